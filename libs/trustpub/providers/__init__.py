@@ -1,0 +1,1 @@
+"""Identity providers: the trusted issuers and each provider's claim rules."""

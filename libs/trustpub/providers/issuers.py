@@ -1,0 +1,191 @@
+"""The identity providers trustpub trusts: the built-in four, plus operator-registered ones.
+
+An issuer is trusted only because the operator configured it; a token can never add one.
+Configuration is a TOML file (``TRUSTPUB_ISSUERS_FILE``)::
+
+    [[issuer]]
+    issuer = "https://gitlab.example.com"      # exact ``iss`` string
+    provider = "gitlab"                        # whose claim rules apply
+
+    [[issuer]]                                 # development/test only: keys from loopback
+    issuer = "https://token.actions.githubusercontent.com"
+    provider = "github"
+    discovery_url = "http://127.0.0.1:8900/.well-known/openid-configuration"
+    allow_loopback_http = true
+
+An entry whose ``issuer`` is a built-in one overrides that built-in's settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from trustpub.runtime.config import ConfigError
+
+PROVIDERS = ("github", "gitlab", "google", "activestate")
+
+GITHUB = "https://token.actions.githubusercontent.com"
+GITLAB = "https://gitlab.com"
+GOOGLE = "https://accounts.google.com"
+ACTIVESTATE = "https://platform.activestate.com/api/v1/oauth/oidc"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Issuer:
+    """One trusted issuer and how its tokens are verified."""
+
+    issuer: str
+    provider: str
+    # RS256 for all four seed providers (warehouse/oidc/services.py pins ["RS256"]).
+    algorithms: tuple[str, ...] = ("RS256",)
+    # Upper bound on exp - iat: a token claiming a longer life is refused. GitHub and
+    # GitLab issue tokens valid for minutes, Google for one hour.
+    max_lifetime: int = 3600
+    # Where keys come from: the discovery document at ``discovery_url`` (by default
+    # ``<issuer>/.well-known/openid-configuration``), or ``jwks_url`` directly.
+    discovery_url: str = ""
+    jwks_url: str = ""
+    # Development and tests only: allow http:// URLs on a loopback address.
+    allow_loopback_http: bool = False
+    enabled: bool = True
+    builtin: bool = False
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            msg = f"issuer {self.issuer!r}: provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}"
+            raise ConfigError(msg)
+        if not self.algorithms or any(a not in ALLOWED_ALGORITHMS for a in self.algorithms):
+            msg = f"issuer {self.issuer!r}: algorithms must be among {sorted(ALLOWED_ALGORITHMS)}"
+            raise ConfigError(msg)
+        _check_url(self.issuer, self, what="issuer", same_host=False)
+        for what in ("discovery_url", "jwks_url"):
+            value = getattr(self, what)
+            if value:
+                _check_url(value, self, what=what, same_host=True)
+
+    @property
+    def requires_jti(self) -> bool:
+        """Google ID tokens carry no ``jti``; they are single-use by their hash instead."""
+        return self.provider != "google"
+
+    @property
+    def discovery(self) -> str:
+        return self.discovery_url or self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+# Asymmetric signature algorithms only: no HMAC (a shared secret), no "none".
+ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "ES256", "ES384"})
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_url(url: str, iss: Issuer, *, what: str, same_host: bool) -> None:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.username or parts.password or not host:
+        msg = f"issuer {iss.issuer!r}: {what} {url!r} must be an absolute URL without credentials"
+        raise ConfigError(msg)
+    if parts.scheme == "https":
+        if same_host and host != (urlsplit(iss.issuer).hostname or "") and not (
+            iss.allow_loopback_http and _is_loopback(host)
+        ):
+            msg = f"issuer {iss.issuer!r}: {what} {url!r} must be on the issuer's own host"
+            raise ConfigError(msg)
+        return
+    if parts.scheme == "http" and iss.allow_loopback_http and _is_loopback(host):
+        return
+    msg = f"issuer {iss.issuer!r}: {what} {url!r} must use https (http only on loopback with allow_loopback_http)"
+    raise ConfigError(msg)
+
+
+BUILTIN: tuple[Issuer, ...] = (
+    Issuer(issuer=GITHUB, provider="github", builtin=True),
+    Issuer(issuer=GITLAB, provider="gitlab", max_lifetime=7200, builtin=True),
+    Issuer(issuer=GOOGLE, provider="google", builtin=True),
+    Issuer(issuer=ACTIVESTATE, provider="activestate", builtin=True),
+)
+
+_FIELDS = {f.name for f in dataclasses.fields(Issuer)} - {"builtin"}
+
+
+class IssuerRegistry:
+    """The configured issuers, looked up by exact ``iss`` string."""
+
+    def __init__(self, issuers: Iterable[Issuer]) -> None:
+        self._by_iss = {i.issuer: i for i in issuers}
+
+    def get(self, iss: str) -> Issuer | None:
+        """The issuer whose ``iss`` is exactly this string (no normalisation)."""
+        return self._by_iss.get(iss)
+
+    def __iter__(self) -> Any:  # noqa: ANN401
+        return iter(self._by_iss.values())
+
+    def __len__(self) -> int:
+        return len(self._by_iss)
+
+    @classmethod
+    def from_entries(cls, entries: Iterable[Mapping[str, Any]], *, builtin: bool = True) -> IssuerRegistry:
+        """Built-ins (unless ``builtin`` is false), then ``entries`` override or add.
+
+        Raises:
+            ConfigError: an entry has an unknown field or an invalid value.
+        """
+        by_iss = {i.issuer: i for i in BUILTIN} if builtin else {}
+        for entry in entries:
+            unknown = set(entry) - _FIELDS
+            if unknown:
+                msg = f"issuer entry has unknown fields: {', '.join(sorted(unknown))}"
+                raise ConfigError(msg)
+            if "issuer" not in entry:
+                msg = "issuer entry lacks 'issuer'"
+                raise ConfigError(msg)
+            base = by_iss.get(entry["issuer"])
+            values: dict[str, Any] = dataclasses.asdict(base) if base else {}
+            values.update(entry)
+            if "algorithms" in values:
+                values["algorithms"] = tuple(values["algorithms"])
+            try:
+                by_iss[entry["issuer"]] = Issuer(**values)
+            except TypeError as exc:
+                msg = f"issuer {entry['issuer']!r}: {exc}"
+                raise ConfigError(msg) from exc
+        return cls(by_iss.values())
+
+    @classmethod
+    def load(cls, path: Path | None, *, disabled_providers: Iterable[str] = ()) -> IssuerRegistry:
+        """The built-ins plus the file at ``path`` (if any); providers listed are switched off.
+
+        Raises:
+            ConfigError: the file is unreadable, not TOML, or has invalid entries.
+        """
+        entries: list[Mapping[str, Any]] = []
+        if path is not None:
+            try:
+                doc = tomllib.loads(path.read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                msg = f"issuers file {path}: {exc}"
+                raise ConfigError(msg) from exc
+            entries = list(doc.get("issuer", []))
+        reg = cls.from_entries(entries)
+        off = set(disabled_providers)
+        bad = off - set(PROVIDERS)
+        if bad:
+            msg = f"unknown providers to disable: {', '.join(sorted(bad))}"
+            raise ConfigError(msg)
+        if off:
+            reg = cls(dataclasses.replace(i, enabled=i.enabled and i.provider not in off) for i in reg)
+        return reg

@@ -1,0 +1,99 @@
+"""Settings read from ``TRUSTPUB_*`` environment variables, or from a dict in tests.
+
+Each service declares a frozen dataclass of its settings and builds it with
+:func:`load`; a value that does not parse is a :class:`ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+PREFIX = "TRUSTPUB_"
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A setting is missing or does not parse; the message names the variable."""
+
+
+def env_name(field: str) -> str:
+    return PREFIX + field.upper()
+
+
+def _parse(name: str, raw: str, typ: Any) -> Any:  # noqa: ANN401  (field types vary)
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if raw == "":
+            return None
+        return _parse(name, raw, args[0])
+    if typ is str:
+        return raw
+    if typ is bool:
+        low = raw.strip().lower()
+        if low in {"1", "true", "yes", "on"}:
+            return True
+        if low in {"0", "false", "no", "off", ""}:
+            return False
+        msg = f"{name} must be true or false, got {raw!r}"
+        raise ConfigError(msg)
+    if typ in (int, float):
+        try:
+            return typ(raw)
+        except ValueError:
+            kind = "a whole number" if typ is int else "a number"
+            msg = f"{name} must be {kind}, got {raw!r}"
+            raise ConfigError(msg) from None
+    if typ is Path:
+        return Path(raw)
+    if origin is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    msg = f"{name}: unsupported setting type {typ!r}"
+    raise ConfigError(msg)
+
+
+def load(cls: type[T], env: Mapping[str, str] | None = None) -> T:
+    """Build ``cls`` (a dataclass) from ``env`` (default: ``os.environ``).
+
+    Field ``request_timeout`` is read from ``TRUSTPUB_REQUEST_TIMEOUT``; fields without a
+    default are required.
+
+    Raises:
+        ConfigError: a required variable is unset or a value does not parse.
+    """
+    source = os.environ if env is None else env
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = env_name(field.name)
+        if name in source:
+            values[field.name] = _parse(name, source[name], hints[field.name])
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            msg = f"{name} is required"
+            raise ConfigError(msg)
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CommonSettings:
+    """Settings every service has."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    subject_root: str = "trustpub"
+    ops_host: str = "127.0.0.1"
+    ops_port: int = 0
+    log_level: str = "info"
+    log_format: str = "json"  # "json" for machines, "console" for people (make up)
+    # Seconds between "not ready" and closing the NATS connection on SIGTERM, so that
+    # load balancers and NATS stop sending new work first.
+    drain_grace: float = 1.0

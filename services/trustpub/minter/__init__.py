@@ -1,0 +1,1 @@
+"""trustpub minter service."""

@@ -1,0 +1,1 @@
+"""trustpub verifier service."""

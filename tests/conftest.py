@@ -1,0 +1,137 @@
+"""Shared fixtures: real NATS (JetStream) and PostgreSQL, a local OIDC issuer.
+
+``TRUSTPUB_TEST_NATS_URL`` / ``TRUSTPUB_TEST_DATABASE_URL`` name existing servers; when
+unset, the suite starts its own under a temporary directory. Each test gets its own NATS
+subject root, and the session its own database, so runs never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from trustpub.devstack.issuer import DevIssuer
+from trustpub.devstack.servers import NatsServer, PostgresServer
+from trustpub.runtime import Runtime, serve
+from trustpub.runtime.service import Setup
+
+AUDIENCE = "trustpub-test"
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("TRUSTPUB_TEST_NATS_URL")
+    if url:
+        yield url
+        return
+    server = NatsServer(tmp_path_factory.mktemp("nats")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("TRUSTPUB_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    server = PostgresServer(tmp_path_factory.mktemp("pg"), fast=True).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _with_db(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def _create_database(admin_url: str) -> str:
+    name = f"trustpub_test_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = _with_db(admin_url, name)
+    from trustpub.registry.migrations import apply  # noqa: PLC0415
+
+    await apply(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+async def database_url(pg_admin_url: str) -> str:
+    """A fresh database for this test session, with every migration applied."""
+    return await _create_database(pg_admin_url)
+
+
+@pytest.fixture
+def subject_root() -> str:
+    """A NATS subject root of this test's own."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def dev_issuer() -> AsyncIterator[DevIssuer]:
+    """A local issuer playing GitHub Actions, with real RSA keys, served over HTTP."""
+    issuer = DevIssuer()
+    async with issuer.serve():
+        yield issuer
+
+
+@pytest.fixture
+def issuers_file(tmp_path: Path, dev_issuer: DevIssuer) -> Path:
+    path = tmp_path / "issuers.toml"
+    path.write_text(dev_issuer.issuers_toml())
+    return path
+
+
+def bounded(coro: object, seconds: float = 10) -> object:
+    """Every network await in a test is bounded."""
+    return asyncio.wait_for(coro, seconds)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running(rt: Runtime, setup: Setup, timeout: float = 15) -> AsyncIterator[Runtime]:
+    """Run one service in this event loop (its own NATS connection) until the block ends."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(rt, setup, stop=stop))
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not rt.ready:
+        if task.done():
+            task.result()  # raises what setup raised
+            msg = f"{rt.name} stopped before it was ready"
+            raise RuntimeError(msg)
+        if asyncio.get_running_loop().time() > deadline:
+            task.cancel()
+            msg = f"{rt.name} not ready after {timeout} s"
+            raise TimeoutError(msg)
+        await asyncio.sleep(0.02)
+    try:
+        yield rt
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout)
+
+
+@pytest.fixture
+def common(nats_url: str, subject_root: str) -> dict[str, str]:
+    """Environment every in-process service of a test shares (pass to ``load``)."""
+    return {
+        "TRUSTPUB_NATS_URL": nats_url,
+        "TRUSTPUB_SUBJECT_ROOT": subject_root,
+        "TRUSTPUB_OPS_PORT": "0",
+        "TRUSTPUB_DRAIN_GRACE": "0",
+        "TRUSTPUB_AUDIENCE": AUDIENCE,
+    }
