@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,30 +27,43 @@ from trustpub.runtime.service import Setup
 AUDIENCE = "trustpub-test"
 
 
+@contextlib.contextmanager
+def _server_dir(name: str) -> Iterator[Path]:
+    # Not tmp_path_factory: pytest prunes old base temp dirs, and a second pytest run on
+    # the machine would delete a running server's data directory.
+    path = Path(tempfile.mkdtemp(prefix=f"trustpub-test-{name}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def nats_url() -> Iterator[str]:
     url = os.environ.get("TRUSTPUB_TEST_NATS_URL")
     if url:
         yield url
         return
-    server = NatsServer(tmp_path_factory.mktemp("nats")).start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    with _server_dir("nats") as path:
+        server = NatsServer(path).start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url() -> Iterator[str]:
     url = os.environ.get("TRUSTPUB_TEST_DATABASE_URL")
     if url:
         yield url
         return
-    server = PostgresServer(tmp_path_factory.mktemp("pg"), fast=True).start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    with _server_dir("pg") as path:
+        server = PostgresServer(path, fast=True).start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 def _with_db(url: str, name: str) -> str:

@@ -18,9 +18,10 @@ import base64
 import contextlib
 import json
 import secrets
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,7 +234,8 @@ class DevIssuer:
 
     @contextlib.asynccontextmanager
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[DevIssuer]:
-        runner = web.AppRunner(self.app(), access_log=None)
+        # A short shutdown: a handler held in "hang" mode must not hold teardown for a minute.
+        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
@@ -244,6 +246,45 @@ class DevIssuer:
         finally:
             await runner.cleanup()
 
+    @contextlib.contextmanager
+    def serve_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[DevIssuer]:
+        """Serve from a thread of its own, for callers whose event loop is not always running
+        (a synchronous test fixture, the benchmark driver)."""
+        ready = threading.Event()
+        stop: list[asyncio.Event] = []
+        failure: list[BaseException] = []
+
+        async def run() -> None:
+            stop.append(asyncio.Event())
+            try:
+                async with self.serve(host, port):
+                    ready.set()
+                    await stop[0].wait()
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                raise
+
+        loop = asyncio.new_event_loop()
+
+        def target() -> None:
+            try:
+                loop.run_until_complete(run())
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        ready.wait(10)
+        if failure:
+            raise failure[0]
+        try:
+            yield self
+        finally:
+            loop.call_soon_threadsafe(stop[0].set)
+            thread.join(10)
+
     def issuers_toml(self, provider: str = "github") -> str:
         """The issuers-file entry that points trustpub at this issuer's loopback keys."""
         return (
@@ -253,6 +294,28 @@ class DevIssuer:
             f'discovery_url = "{self.base_url}/.well-known/openid-configuration"\n'
             "allow_loopback_http = true\n"
         )
+
+
+BUILTIN_ISSUERS = {
+    "https://token.actions.githubusercontent.com": "github",
+    "https://gitlab.com": "gitlab",
+    "https://accounts.google.com": "google",
+    "https://platform.activestate.com/api/v1/oauth/oidc": "activestate",
+}
+
+
+def offline_builtins_toml(*served: DevIssuer) -> str:
+    """Issuers-file entries switching off the built-in issuers no local issuer plays.
+
+    Offline (development, tests) their keys cannot be fetched, and the jwks service would
+    rightly report itself not ready for want of them.
+    """
+    taken = {d.issuer for d in served}
+    return "".join(
+        f'\n[[issuer]]\nissuer = "{iss}"\nprovider = "{prov}"\nenabled = false  # unreachable offline\n'
+        for iss, prov in BUILTIN_ISSUERS.items()
+        if iss not in taken
+    )
 
 
 async def _main(args: argparse.Namespace) -> None:

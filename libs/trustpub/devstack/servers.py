@@ -160,10 +160,13 @@ class PostgresServer:
         if self.fast:
             opts += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         log = self.data_dir / "server.log"
-        self.proc = subprocess.Popen(  # noqa: S603
-            [*prefix, str(bindir / "postgres"), "-D", str(self.data_dir), *opts],
-            stdout=subprocess.DEVNULL, stderr=log.open("ab"), start_new_session=True,
-        )
+        # The child keeps its own copy of the descriptor; ours is closed at once (a leaked
+        # file object is a ResourceWarning, an error under the test suite's settings).
+        with log.open("ab") as err:
+            self.proc = subprocess.Popen(  # noqa: S603
+                [*prefix, str(bindir / "postgres"), "-D", str(self.data_dir), *opts],
+                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+            )
         try:
             wait_for_port(self.port, 30, self.proc)
         except DevServerError as exc:

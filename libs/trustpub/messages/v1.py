@@ -17,7 +17,7 @@ class _Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     pass
 
 
-class ErrorReply(_Msg, tag="trustpub.v1.error"):
+class ErrorReply(_Msg, frozen=True, tag="trustpub.v1.error"):
     """The one error envelope of every endpoint."""
 
     code: str
@@ -27,11 +27,11 @@ class ErrorReply(_Msg, tag="trustpub.v1.error"):
 # --- verifier ---------------------------------------------------------------------------
 
 
-class VerifyRequest(_Msg, tag="trustpub.token.v1.verify_request"):
+class VerifyRequest(_Msg, frozen=True, tag="trustpub.token.v1.verify_request"):
     token: str
 
 
-class VerifiedToken(_Msg, tag="trustpub.token.v1.verify_reply"):
+class VerifiedToken(_Msg, frozen=True, tag="trustpub.token.v1.verify_reply"):
     """A token whose signature, issuer, audience and times were verified."""
 
     issuer: str
@@ -48,14 +48,14 @@ class VerifiedToken(_Msg, tag="trustpub.token.v1.verify_reply"):
 # --- registry ---------------------------------------------------------------------------
 
 
-class MatchRequest(_Msg, tag="trustpub.publisher.v1.match_request"):
+class MatchRequest(_Msg, frozen=True, tag="trustpub.publisher.v1.match_request"):
     """Find the publisher for verified claims, claim the token id, record the mint."""
 
     exchange_id: str
     token: VerifiedToken
 
 
-class MintGrant(_Msg, tag="trustpub.publisher.v1.match_reply"):
+class MintGrant(_Msg, frozen=True, tag="trustpub.publisher.v1.match_reply"):
     """A committed mint record: what the minter is to sign."""
 
     mint_id: str
@@ -66,16 +66,16 @@ class MintGrant(_Msg, tag="trustpub.publisher.v1.match_reply"):
     provenance: dict[str, str] = {}
 
 
-class RevokeRequest(_Msg, tag="trustpub.mint.v1.revoke_request"):
+class RevokeRequest(_Msg, frozen=True, tag="trustpub.mint.v1.revoke_request"):
     mint_id: str
     reason: str = "burned"
 
 
-class MintStatusRequest(_Msg, tag="trustpub.mint.v1.status_request"):
+class MintStatusRequest(_Msg, frozen=True, tag="trustpub.mint.v1.status_request"):
     mint_id: str
 
 
-class MintStatus(_Msg, tag="trustpub.mint.v1.status_reply"):
+class MintStatus(_Msg, frozen=True, tag="trustpub.mint.v1.status_reply"):
     mint_id: str
     known: bool
     revoked: bool = False
@@ -85,30 +85,30 @@ class MintStatus(_Msg, tag="trustpub.mint.v1.status_reply"):
 # --- minter -----------------------------------------------------------------------------
 
 
-class MintRequest(_Msg, tag="trustpub.token.v1.mint_request"):
+class MintRequest(_Msg, frozen=True, tag="trustpub.token.v1.mint_request"):
     grant: MintGrant
 
 
-class MintedToken(_Msg, tag="trustpub.token.v1.mint_reply"):
+class MintedToken(_Msg, frozen=True, tag="trustpub.token.v1.mint_reply"):
     token: str
     expires: int
 
 
-class KeysRequest(_Msg, tag="trustpub.token.v1.keys_request"):
+class KeysRequest(_Msg, frozen=True, tag="trustpub.token.v1.keys_request"):
     pass
 
 
-class KeysReply(_Msg, tag="trustpub.token.v1.keys_reply"):
+class KeysReply(_Msg, frozen=True, tag="trustpub.token.v1.keys_reply"):
     """The minter's public keys as a JWK Set document."""
 
     jwks: dict[str, Any]
 
 
-class InspectRequest(_Msg, tag="trustpub.token.v1.inspect_request"):
+class InspectRequest(_Msg, frozen=True, tag="trustpub.token.v1.inspect_request"):
     token: str
 
 
-class InspectReply(_Msg, tag="trustpub.token.v1.inspect_reply"):
+class InspectReply(_Msg, frozen=True, tag="trustpub.token.v1.inspect_reply"):
     """A minted token whose signature checked out; ``claims`` as signed."""
 
     claims: dict[str, Any]
@@ -117,18 +117,18 @@ class InspectReply(_Msg, tag="trustpub.token.v1.inspect_reply"):
 # --- jwks -------------------------------------------------------------------------------
 
 
-class KeySetRequest(_Msg, tag="trustpub.jwks.v1.get_request"):
+class KeySetRequest(_Msg, frozen=True, tag="trustpub.jwks.v1.get_request"):
     issuer: str
 
 
-class RefreshRequest(_Msg, tag="trustpub.jwks.v1.refresh_request"):
+class RefreshRequest(_Msg, frozen=True, tag="trustpub.jwks.v1.refresh_request"):
     """Ask for a refresh because a token named a key id that is not in the cached set."""
 
     issuer: str
     kid: str = ""
 
 
-class KeySet(_Msg, tag="trustpub.jwks.v1.key_set"):
+class KeySet(_Msg, frozen=True, tag="trustpub.jwks.v1.key_set"):
     """An issuer's verified public keys, as stored in the key-value bucket."""
 
     issuer: str
@@ -136,12 +136,18 @@ class KeySet(_Msg, tag="trustpub.jwks.v1.key_set"):
     fetched_at: float
     # The last time a fetch was attempted, whatever its result.
     checked_at: float = 0.0
+    # Why the last finished fetch failed; empty when it succeeded. A verifier that does not
+    # find a kid answers unavailable rather than invalid-token while this is set.
+    last_error: str = ""
+    # Non-zero while a jwks replica is fetching (the time it claimed the fetch): the other
+    # replicas wait for its result instead of fetching too.
+    pending_since: float = 0.0
 
 
 # --- events -----------------------------------------------------------------------------
 
 
-class ExchangeEvent(_Msg, tag="trustpub.events.v1.exchange"):
+class ExchangeEvent(_Msg, frozen=True, tag="trustpub.events.v1.exchange"):
     """``<root>.events.exchange.succeeded|failed``: one per exchange, for the audit."""
 
     event_id: str
@@ -155,6 +161,18 @@ class ExchangeEvent(_Msg, tag="trustpub.events.v1.exchange"):
     token_hash_prefix: str = ""
     publisher_id: str = ""
     mint_id: str = ""
+
+
+class KeySetRotated(_Msg, frozen=True, tag="trustpub.events.v1.jwks_rotated"):
+    """``<root>.events.jwks.rotated``: an issuer's key set changed (published by jwks)."""
+
+    event_id: str
+    at: float
+    issuer: str
+    old_kids: list[str]
+    new_kids: list[str]
+    # Kids present before and after whose key material changed (should never happen).
+    replaced_kids: list[str] = []
 
 
 Reply = (

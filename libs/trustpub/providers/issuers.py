@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -51,6 +52,11 @@ class Issuer:
     # ``<issuer>/.well-known/openid-configuration``), or ``jwks_url`` directly.
     discovery_url: str = ""
     jwks_url: str = ""
+    # Hosts besides the issuer's own on which the discovery document's ``jwks_uri`` (or
+    # ``jwks_url``) may be: Google publishes its keys on www.googleapis.com, not on
+    # accounts.google.com. Bare lowercase DNS names, set by the operator (or built in), never
+    # taken from a response.
+    jwks_hosts: tuple[str, ...] = ()
     # Development and tests only: allow http:// URLs on a loopback address.
     allow_loopback_http: bool = False
     enabled: bool = True
@@ -63,6 +69,13 @@ class Issuer:
         if not self.algorithms or any(a not in ALLOWED_ALGORITHMS for a in self.algorithms):
             msg = f"issuer {self.issuer!r}: algorithms must be among {sorted(ALLOWED_ALGORITHMS)}"
             raise ConfigError(msg)
+        for host in self.jwks_hosts:
+            if not isinstance(host, str) or not _HOSTNAME.fullmatch(host):
+                msg = (
+                    f"issuer {self.issuer!r}: jwks_hosts entry {host!r} must be a lowercase DNS name "
+                    "(no scheme, port, path or address)"
+                )
+                raise ConfigError(msg)
         _check_url(self.issuer, self, what="issuer", same_host=False)
         for what in ("discovery_url", "jwks_url"):
             value = getattr(self, what)
@@ -82,6 +95,10 @@ class Issuer:
 # Asymmetric signature algorithms only: no HMAC (a shared secret), no "none".
 ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "ES256", "ES384"})
 
+# A DNS name of at least two labels: an extra keys host is a public name the operator
+# vouches for, never an IP address or a single-label (intranet) name.
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
+
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -99,9 +116,10 @@ def _check_url(url: str, iss: Issuer, *, what: str, same_host: bool) -> None:
         msg = f"issuer {iss.issuer!r}: {what} {url!r} must be an absolute URL without credentials"
         raise ConfigError(msg)
     if parts.scheme == "https":
-        if same_host and host != (urlsplit(iss.issuer).hostname or "") and not (
-            iss.allow_loopback_http and _is_loopback(host)
-        ):
+        own = {urlsplit(iss.issuer).hostname or ""}
+        if what == "jwks_url":
+            own.update(iss.jwks_hosts)
+        if same_host and host not in own and not (iss.allow_loopback_http and _is_loopback(host)):
             msg = f"issuer {iss.issuer!r}: {what} {url!r} must be on the issuer's own host"
             raise ConfigError(msg)
         return
@@ -114,7 +132,7 @@ def _check_url(url: str, iss: Issuer, *, what: str, same_host: bool) -> None:
 BUILTIN: tuple[Issuer, ...] = (
     Issuer(issuer=GITHUB, provider="github", builtin=True),
     Issuer(issuer=GITLAB, provider="gitlab", max_lifetime=7200, builtin=True),
-    Issuer(issuer=GOOGLE, provider="google", builtin=True),
+    Issuer(issuer=GOOGLE, provider="google", jwks_hosts=("www.googleapis.com",), builtin=True),
     Issuer(issuer=ACTIVESTATE, provider="activestate", builtin=True),
 )
 
@@ -156,8 +174,9 @@ class IssuerRegistry:
             base = by_iss.get(entry["issuer"])
             values: dict[str, Any] = dataclasses.asdict(base) if base else {}
             values.update(entry)
-            if "algorithms" in values:
-                values["algorithms"] = tuple(values["algorithms"])
+            for listed in ("algorithms", "jwks_hosts"):
+                if isinstance(values.get(listed), list):
+                    values[listed] = tuple(values[listed])
             try:
                 by_iss[entry["issuer"]] = Issuer(**values)
             except TypeError as exc:

@@ -16,17 +16,18 @@ import contextlib
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import msgspec
 import nats
 import nats.errors
-import nats.micro
+from nats.micro.request import Request as MicroRequest
+from nats.micro.service import Service as MicroService
+from nats.micro import add_service
 import structlog
 from aiohttp import web
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
+from nats.aio.client import Client as NatsClient
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from trustpub.messages import EXCHANGE_ID_HEADER, InternalError, Subjects, TrustpubError, Unavailable
@@ -55,14 +56,22 @@ class Runtime:
         self.subjects = Subjects(settings.subject_root)
         self.registry = CollectorRegistry()
         self.metrics = RuntimeMetrics(self.registry, name)
-        self.nc: NATS = NATS()
+        self.nc: NatsClient = NatsClient()
         self.ready = False
         self.stopping = False
         self.checks: dict[str, HealthCheck] = {}
+        # Reported by /readyz under "advisories" but not part of its verdict: what a service
+        # knows about things that do not make it unfit for work (a verifier's keys per issuer).
+        self.advisories: dict[str, HealthCheck] = {}
         self.ops_port = 0
-        self._service: nats.micro.Service | None = None
-        self._endpoints: list[tuple[str, Callable[[Msg], Awaitable[None]]]] = []
+        self.http_port = 0  # the gateway's public port, once bound
+        # Run after "not ready" and the grace period, before NATS drains: a front door
+        # (the gateway's HTTP server) closes here so in-flight requests finish with NATS up.
+        self.before_drain: list[Callable[[], Awaitable[None]]] = []
+        self._service: MicroService | None = None
+        self._endpoints: list[tuple[str, Callable[[MicroRequest], Awaitable[None]]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._background: list[asyncio.Task[None]] = []
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -70,7 +79,8 @@ class Runtime:
         """Connect to NATS; reconnect forever afterwards (the server may restart)."""
 
         async def on_disconnect() -> None:
-            log.warning("nats_disconnected")
+            if not self.stopping:
+                log.warning("nats_disconnected")
 
         async def on_reconnect() -> None:
             log.info("nats_reconnected")
@@ -82,7 +92,7 @@ class Runtime:
             self.settings.nats_url,
             name=f"trustpub-{self.name}",
             max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py takes seconds as float
             connect_timeout=5,
             allow_reconnect=True,
             disconnected_cb=on_disconnect,
@@ -96,7 +106,7 @@ class Runtime:
 
     async def start_endpoints(self) -> None:
         """Register every endpoint as one nats.micro service (``$SRV`` discovery, stats)."""
-        self._service = await nats.micro.add_service(
+        self._service = await add_service(
             self.nc,
             name=f"trustpub-{self.name}",
             version=self.version,
@@ -115,9 +125,20 @@ class Runtime:
         self.stopping = True
         self.set_ready(False)
         await asyncio.sleep(self.settings.drain_grace)
+        for callback in self.before_drain:
+            with contextlib.suppress(Exception):
+                await callback()
+        # Loops (consumers, watchers, refreshers) stop before NATS drains: a pull request
+        # or watch in flight would otherwise hold the drain until its own timeout.
+        for task in self._background:
+            task.cancel()
+        if self._background:
+            _, pending = await asyncio.wait(self._background, timeout=5)
+            log.debug("drain_background_stopped", still_running=len(pending))
         if self.nc.is_connected:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
+        log.debug("drain_nats_drained", in_flight=len(self._tasks))
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         if not self.nc.is_closed:
@@ -127,6 +148,12 @@ class Runtime:
     def set_ready(self, ready: bool) -> None:  # noqa: FBT001
         self.ready = ready
         self.metrics.ready_child.set(1 if ready else 0)
+
+    def background(self, coro: Coroutine[Any, Any, None], name: str = "") -> asyncio.Task[None]:
+        """Run a long-lived loop; it is cancelled when the service starts draining."""
+        task = asyncio.create_task(coro, name=name or None)
+        self._background.append(task)
+        return task
 
     def spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         """Run a background task that drain waits for."""
@@ -157,7 +184,7 @@ class Runtime:
         observe = {o: hist.labels(label, o) for o in ("ok", "error", "internal")}
         inflight = self.metrics.endpoint_inflight.labels(label)
 
-        async def process(req: nats.micro.Request) -> None:
+        async def process(req: MicroRequest) -> None:
             started = time.perf_counter()
             exchange_id = (req.headers or {}).get(EXCHANGE_ID_HEADER, "")
             outcome = "ok"
@@ -170,9 +197,9 @@ class Runtime:
                     reply = ErrorReply(code=exc.code.value, description=exc.description)
                 except msgspec.ValidationError as exc:
                     outcome = "internal"
-                    log.error("bad_request_message", endpoint=label, error=str(exc))
+                    log.warning("bad_request_message", endpoint=label, error=str(exc))
                     reply = ErrorReply(code="internal-error", description="malformed request message")
-                except Exception:  # noqa: BLE001  (the adapter is where every failure becomes a reply)
+                except Exception:  # the adapter is where every failure becomes a reply
                     outcome = "internal"
                     log.exception("endpoint_failed", endpoint=label)
                     reply = ErrorReply(code="internal-error", description="internal error")
@@ -188,13 +215,13 @@ class Runtime:
 
         sem = asyncio.Semaphore(concurrency)
 
-        async def run(req: nats.micro.Request) -> None:
+        async def run(req: MicroRequest) -> None:
             try:
                 await process(req)
             finally:
                 sem.release()
 
-        async def spawn(req: nats.micro.Request) -> None:
+        async def spawn(req: MicroRequest) -> None:
             await sem.acquire()
             self.spawn(run(req))
 
@@ -232,7 +259,7 @@ class Runtime:
                 )
             except nats.errors.NoRespondersError:
                 raise Unavailable(f"no {label} service is running") from None
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 raise Unavailable(f"{label} did not answer within {timeout:.1f} s") from None
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                     nats.errors.OutboundBufferLimitError, nats.errors.StaleConnectionError):
@@ -265,7 +292,15 @@ class Runtime:
                 except Exception:  # noqa: BLE001  (a failing check is "not ready", never a 500)
                     results[name] = False
             ok = self.ready and not self.stopping and all(results.values())
-            body = {"ready": ok, "service": self.name, "checks": results}
+            body: dict[str, object] = {"ready": ok, "service": self.name, "checks": results}
+            if self.advisories:
+                advised: dict[str, bool] = {}
+                for name, check in self.advisories.items():
+                    try:
+                        advised[name] = await asyncio.wait_for(check(), timeout=2)
+                    except Exception:  # noqa: BLE001  (reported as false, never a 500)
+                        advised[name] = False
+                body["advisories"] = advised
             return web.json_response(body, status=200 if ok else 503)
 
         async def metrics(_: web.Request) -> web.Response:

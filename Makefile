@@ -1,0 +1,66 @@
+# trustpub: every entry point is a target here; `make help` lists them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help install up demo test lint format bench clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(STAMP) ## Create .venv and install pinned dependencies (constraints.txt)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trustpub needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,test]'
+	@touch $(STAMP)
+
+up: install ## Run the whole stack (NATS, PostgreSQL, 5 services, dev issuer) with a demo exchange; Ctrl-C stops it
+	$(BIN)/python -m trustpub.devstack.up
+
+demo: install ## Like `up`, but stop everything after the demo exchange
+	$(BIN)/python -m trustpub.devstack.up --exit-after-demo
+
+test: install ## Run the test suite (starts its own NATS and PostgreSQL unless TRUSTPUB_TEST_*_URL are set)
+	$(BIN)/python -m pytest
+
+lint: install ## ruff (lint and format check) and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install ## Apply ruff's formatting and safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install ## Benchmark mint-token at 1 and 32 in flight (exchanges/s, p50, p99, errors)
+	$(BIN)/python -m bench.exchange
+
+clean: ## Remove .run/ (local NATS and PostgreSQL data, keys); keeps .venv
+	rm -rf .run
+
+# -- operating it: Kubernetes, Tilt, Prometheus (docs/metrics.md, README "Operating trustpub") --
+.PHONY: ops-tools dashboards up-prometheus
+OPS_STAMP := $(VENV)/.ops-stamp
+
+ops-tools: $(OPS_STAMP) ## Install the ops tools: the `ops` extra (kubectl, kubernetes-validate, ...) and prometheus/promtool (apt)
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
+	  else \
+	    echo "prometheus and promtool come from Debian's prometheus package: sudo apt-get install prometheus" >&2; exit 1; \
+	  fi; }
+
+$(OPS_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,test,ops]'
+	@touch $(OPS_STAMP)
+
+dashboards: $(OPS_STAMP) ## Regenerate deploy/dashboards/exchange-flow.json from deploy/dashboards/exchange_flow.py
+	$(BIN)/python -m deploy.dashboards.exchange_flow > deploy/dashboards/exchange-flow.json
+
+up-prometheus: install ## Like `up`, plus a real Prometheus scraping every service (http://127.0.0.1:9090; needs make ops-tools)
+	$(BIN)/python -m trustpub.devstack.up --prometheus

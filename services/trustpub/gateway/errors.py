@@ -1,0 +1,33 @@
+"""The HTTP error shape, PyPI's: ``{"message": ..., "errors": [{"code", "description"}]}``.
+
+``errors`` is never missing: twine and gh-action-pypi-publish index into it.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from trustpub.messages import ErrorCode, TrustpubError
+
+TOKEN_REQUEST_FAILED = "Token request failed"
+
+# PyPI answers every refused exchange with 422; a dependency outage is ours to report
+# as 503 (never 500) so that clients know to retry with a fresh token.
+_STATUS = {ErrorCode.UNAVAILABLE: 503, ErrorCode.INTERNAL_ERROR: 503}
+
+
+def error_response(
+    code: str, description: str, *, status: int = 422, message: str = TOKEN_REQUEST_FAILED,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = {"message": message, "errors": [{"code": code, "description": description}]}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def from_error(exc: TrustpubError) -> web.Response:
+    status = _STATUS.get(exc.code, 422)
+    if status == 503:
+        # An internal error's detail stays in the log of the service that had it.
+        desc = exc.description if exc.code is ErrorCode.UNAVAILABLE else "internal error; try again"
+        return error_response("unavailable", desc, status=503, headers={"Retry-After": "1"})
+    return error_response(exc.code.value, exc.description, status=status)

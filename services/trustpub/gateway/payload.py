@@ -1,0 +1,59 @@
+"""Strict parsing of the request body: ``{"token": "<string>"}``.
+
+Stricter than PyPI's pydantic model on the JSON itself (duplicate keys, NaN and a BOM are
+refused: two parsers reading one body differently is how smuggling starts, RFC 8725 2.6),
+as strict on the type (a non-string token is refused, never coerced), and as lenient on
+extra keys (ignored, as PyPI does, so clients that send more keep working).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from trustpub.messages import InvalidPayload
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key[:40]!r}")
+        out[key] = value
+    return out
+
+
+def _constant(name: str) -> Any:  # noqa: ANN401  (json's hook signature)
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_TYPE_NAMES = {str: "string", int: "number", float: "number", bool: "boolean", list: "array",
+               dict: "object", type(None): "null"}
+
+
+def json_type(value: object) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def token_from_body(body: bytes) -> str:
+    """The ``token`` string of a request body.
+
+    Raises:
+        InvalidPayload: the body is not a JSON object with a string ``token``.
+    """
+    try:
+        doc = json.loads(body.decode("utf-8"), object_pairs_hook=_object, parse_constant=_constant)
+    except UnicodeDecodeError:
+        raise InvalidPayload("request body is not UTF-8") from None
+    except RecursionError:
+        raise InvalidPayload("request body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError is a ValueError, and so are our hooks' refusals
+        raise InvalidPayload(f"request body is not valid JSON: {str(exc)[:120]}") from None
+    if not isinstance(doc, dict):
+        raise InvalidPayload(f'request body must be a JSON object with a "token" string, got {json_type(doc)}')
+    if "token" not in doc:
+        raise InvalidPayload('request body has no "token"')
+    token = doc["token"]
+    if not isinstance(token, str):
+        raise InvalidPayload(f'"token" must be a string, got {json_type(token)}')
+    return token

@@ -1,0 +1,107 @@
+"""The minter's signing keys: loading, creating on first start, publishing."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from jwcrypto import jwk
+
+log = structlog.get_logger("trustpub.minter")
+
+
+class KeyError_(Exception):  # noqa: N801  (KeyError is a builtin)
+    """The configured key material is unusable; the message says why."""
+
+
+@dataclass(frozen=True)
+class MinterKey:
+    kid: str
+    alg: str
+    private: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | None
+    public: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+    public_jwk: dict[str, Any]
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        try:
+            if isinstance(self.public, ed25519.Ed25519PublicKey):
+                self.public.verify(signature, data)
+            else:
+                from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+                from cryptography.hazmat.primitives.asymmetric import utils  # noqa: PLC0415
+
+                if len(signature) != 64:
+                    return False
+                der = utils.encode_dss_signature(
+                    int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+                self.public.verify(der, data, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return False
+        return True
+
+
+def _from_jwk(obj: dict[str, Any], *, need_private: bool) -> MinterKey:
+    try:
+        key = jwk.JWK(**obj)
+    except Exception as exc:  # noqa: BLE001  (jwcrypto raises several types for bad input)
+        raise KeyError_(f"not a usable JWK: {type(exc).__name__}") from exc
+    kid = key.thumbprint()
+    if obj.get("kty") == "OKP" and obj.get("crv") == "Ed25519":
+        alg = "EdDSA"
+    elif obj.get("kty") == "EC" and obj.get("crv") == "P-256":
+        alg = "ES256"
+    else:
+        raise KeyError_("the minter signs with Ed25519 (OKP) or P-256 (EC) keys only")
+    private = key.get_op_key("sign") if key.has_private else None
+    if need_private and private is None:
+        raise KeyError_("the active minter key has no private part")
+    public_jwk: dict[str, Any] = key.export_public(as_dict=True)
+    public_jwk.update(kid=kid, alg=alg, use="sig")
+    return MinterKey(kid=kid, alg=alg, private=private, public=key.get_op_key("verify"), public_jwk=public_jwk)
+
+
+def parse(text: str) -> list[MinterKey]:
+    """A JWK, or a JWK Set whose first key is the active (private) one.
+
+    Raises:
+        KeyError_: the text is not JSON, or a key is unusable.
+    """
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KeyError_("minter key is not JSON (expected a JWK or a JWK Set)") from exc
+    items = doc.get("keys") if isinstance(doc, dict) and "keys" in doc else [doc]
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        raise KeyError_("minter key set has no keys")
+    return [_from_jwk(item, need_private=(n == 0)) for n, item in enumerate(items)]
+
+
+def generate() -> str:
+    key = jwk.JWK.generate(kty="OKP", crv="Ed25519")
+    return str(key.export_private())
+
+
+def load(secret: str, path: Path | None) -> list[MinterKey]:
+    """The configured keys; creates the key file (mode 0600) when it does not exist.
+
+    Raises:
+        KeyError_: the configured material is unusable.
+    """
+    if secret:
+        return parse(secret)
+    if path is None:
+        log.warning("minter_key_ephemeral", reason="no TRUSTPUB_MINTER_KEY or TRUSTPUB_MINTER_KEY_FILE")
+        return parse(generate())
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(generate())
+        log.info("minter_key_created", path=str(path))
+    return parse(path.read_text())

@@ -1,0 +1,226 @@
+"""The registry service: endpoints, the audit consumer and the replay-store purge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from trustpub.messages import Unavailable
+from trustpub.messages.v1 import ExchangeEvent, MatchRequest, MintStatusRequest, RevokeRequest
+from trustpub.registry.config import Settings
+from trustpub.registry.db import Database, purge_used_tokens
+from trustpub.registry.match import Matcher
+from trustpub.registry.metrics import RegistryMetrics
+from trustpub.runtime import Runtime
+from trustpub.runtime.events import ensure_stream
+
+log = structlog.get_logger("trustpub.registry")
+
+AUDIT_BATCH = 100
+AUDIT_FETCH_WAIT_S = 1.0
+# How long JetStream waits for an ack before redelivering; a batch insert takes
+# milliseconds, so this only matters when this replica died mid-batch.
+AUDIT_ACK_WAIT_S = 30.0
+AUDIT_RETRY_DELAY_S = 2.0
+MAX_DESCRIPTION = 1000
+# Non-UUID event ids are mapped to a UUID deterministically, so redelivery stays idempotent.
+_EVENT_NAMESPACE = uuid.UUID("5f0c7a52-6f1e-4d57-9a51-0d4f1bb1f0a4")
+
+_INSERT_EVENTS = """
+INSERT INTO audit_events (event_id, at, kind, exchange_id, publisher_id, mint_id, outcome, code, detail)
+SELECT e, a, k, x, p, m, o, c, d::jsonb
+FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
+            $7::text[], $8::text[], $9::text[]) AS t(e, a, k, x, p, m, o, c, d)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING 1
+"""
+
+
+async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
+    """Open the database pool, serve the endpoints, start the background work."""
+    settings = cast("Settings", rt.settings)
+    metrics = RegistryMetrics(rt.registry)
+    db = Database(settings.database_url, pool_size=settings.pool_size, timeout=settings.database_timeout)
+    await db.start()
+    stack.push_async_callback(db.close)
+    rt.checks["database"] = db.ping
+
+    matcher = Matcher(db, settings, metrics)
+    # In-flight requests capped at the pool size: a request never queues on the pool
+    # behind a newcomer (perf-limits.md §5, tail-latency finding).
+    rt.endpoint(rt.subjects.publisher_match, MatchRequest, matcher.match, concurrency=settings.pool_size)
+    rt.endpoint(rt.subjects.mint_revoke, RevokeRequest, matcher.revoke, concurrency=settings.pool_size)
+    rt.endpoint(rt.subjects.mint_status, MintStatusRequest, matcher.status, concurrency=settings.pool_size)
+
+    rt.background(purge_loop(db, settings.purge_interval), "purge used tokens")
+    rt.background(AuditConsumer(rt, db, metrics).run(), "audit consumer")
+
+
+async def purge_loop(db: Database, interval: float) -> None:
+    """Every ``interval`` seconds, delete used token ids whose retention has passed."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with db.connection() as conn:
+                removed = await purge_used_tokens(conn)
+        except Unavailable:
+            log.warning("used_tokens_purge_skipped", reason="database unavailable")
+        except Exception:  # a background loop must survive a bad round
+            log.exception("used_tokens_purge_failed")
+        else:
+            log.info("used_tokens_purged", rows=removed)
+
+
+def _event_uuid(event: ExchangeEvent, raw: bytes) -> uuid.UUID:
+    try:
+        return uuid.UUID(event.event_id)
+    except ValueError:
+        return uuid.uuid5(_EVENT_NAMESPACE, event.event_id or raw.decode("utf-8", "replace"))
+
+
+def _maybe_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None
+
+
+def _at(seconds: float) -> datetime:
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, ValueError, OSError):
+        return datetime.now(UTC)
+
+
+class AuditConsumer:
+    """Stores ``exchange.failed`` events in ``audit_events``, each once.
+
+    A durable pull consumer on the events stream; a batch is acknowledged only after its
+    insert committed, so a database outage means redelivery, not loss, and the event id
+    (``ON CONFLICT DO NOTHING``) makes redelivery harmless.
+    """
+
+    def __init__(self, rt: Runtime, db: Database, metrics: RegistryMetrics) -> None:
+        self.rt = rt
+        self.db = db
+        self.metrics = metrics
+        self.subject = rt.subjects.event("exchange", "failed")
+        self.durable = f"{rt.subjects.root.replace('.', '_')}_registry_audit"
+        self._decoder = msgspec.json.Decoder(ExchangeEvent)
+        self._sub: Any = None
+
+    async def run(self) -> None:
+        try:
+            await self._consume()
+        finally:
+            # A pull subscription left open holds nc.drain() until its timeout.
+            if self._sub is not None:
+                with contextlib.suppress(Exception):
+                    await self._sub.unsubscribe()
+
+    async def _consume(self) -> None:
+        js = self.rt.nc.jetstream()
+        sub: Any = None
+        delay = AUDIT_RETRY_DELAY_S
+        backlog_at = 0.0
+        while not self.rt.stopping:
+            try:
+                if sub is None:
+                    await ensure_stream(js, self.rt.subjects)
+                    sub = await js.pull_subscribe(
+                        self.subject,
+                        durable=self.durable,
+                        stream=self.rt.subjects.events_stream,
+                        config=ConsumerConfig(
+                            ack_policy=AckPolicy.EXPLICIT,
+                            deliver_policy=DeliverPolicy.ALL,
+                            ack_wait=AUDIT_ACK_WAIT_S,
+                        ),
+                    )
+                    self._sub = sub
+                    log.info("audit_consumer_started", durable=self.durable)
+                try:
+                    msgs = await sub.fetch(batch=AUDIT_BATCH, timeout=AUDIT_FETCH_WAIT_S)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    msgs = []
+                if msgs:
+                    await self.store(msgs)
+                if not msgs or time.monotonic() - backlog_at >= 1.0:
+                    info = await sub.consumer_info()
+                    self.metrics.audit_backlog.set((info.num_pending or 0) + (info.num_ack_pending or 0))
+                    backlog_at = time.monotonic()
+                delay = AUDIT_RETRY_DELAY_S
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001  (outages of NATS or PostgreSQL: retry)
+                if self.rt.stopping:
+                    break
+                log.warning("audit_consumer_retrying", error=type(exc).__name__, detail=str(exc)[:200])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def store(self, msgs: Sequence[Msg]) -> int:
+        """Insert a batch of events; ack them after the commit. Returns the rows inserted.
+
+        Raises:
+            Unavailable: the database is down; the events were negatively acknowledged
+                (redelivered after a short delay).
+        """
+        good: list[Msg] = []
+        cols: list[list[Any]] = [[] for _ in range(9)]
+        for msg in msgs:
+            try:
+                event = self._decoder.decode(msg.data)
+            except msgspec.MsgspecError as exc:
+                # A message that can never be stored must not block the ones behind it.
+                log.warning("audit_event_malformed", error=str(exc)[:200])
+                await msg.term()
+                continue
+            good.append(msg)
+            detail = {
+                "description": event.description[:MAX_DESCRIPTION],
+                "issuer": event.issuer,
+                "provider": event.provider,
+                "token_hash_prefix": event.token_hash_prefix[:16],
+            }
+            for key, raw in (("publisher_id", event.publisher_id), ("mint_id", event.mint_id)):
+                if raw and _maybe_uuid(raw) is None:
+                    detail[key] = raw[:100]
+            row = (
+                _event_uuid(event, msg.data),
+                _at(event.at),
+                "exchange.failed",
+                event.exchange_id,
+                _maybe_uuid(event.publisher_id),
+                _maybe_uuid(event.mint_id),
+                event.outcome or "failed",
+                event.code,
+                msgspec.json.encode(detail).decode(),
+            )
+            for col, value in zip(cols, row, strict=True):
+                col.append(value)
+        if not good:
+            return 0
+        try:
+            async with self.db.connection() as conn:
+                inserted = len(await conn.fetch(_INSERT_EVENTS, *cols))
+        except Unavailable:
+            for msg in good:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=AUDIT_RETRY_DELAY_S)
+            raise
+        self.metrics.audited("exchange.failed", inserted)
+        for msg in good:
+            await msg.ack()
+        return inserted

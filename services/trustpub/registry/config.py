@@ -1,0 +1,42 @@
+"""Settings of the registry service (``TRUSTPUB_*`` environment variables)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trustpub.runtime.config import CommonSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings(CommonSettings):
+    """The registry owns PostgreSQL: publishers, projects, used token ids, mints, audit."""
+
+    ops_port: int = 9103
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/trustpub"
+    # Connections in the pool, and requests handled at once: in-flight work is capped at
+    # the pool size so that waiters on the pool are not overtaken (perf-limits.md §5).
+    pool_size: int = 16
+    # Seconds a minted token is valid (PyPI: 900).
+    token_lifetime: int = 900
+    # The verifier's clock leeway in seconds; a used token id is kept past its token's
+    # exp by this plus a margin, so it cannot be replayed while still accepted.
+    leeway: int = 30
+    # Seconds between purges of expired used token ids.
+    purge_interval: float = 600.0
+    # Connect, statement and query timeout in seconds: an outage answers "unavailable"
+    # well within the gateway's request deadline.
+    database_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.pool_size < 1:
+            msg = f"TRUSTPUB_POOL_SIZE must be at least 1, got {self.pool_size}"
+            raise ValueError(msg)
+        if self.token_lifetime < 1:
+            msg = f"TRUSTPUB_TOKEN_LIFETIME must be at least 1 second, got {self.token_lifetime}"
+            raise ValueError(msg)
+        if self.leeway < 0:
+            msg = f"TRUSTPUB_LEEWAY must not be negative, got {self.leeway}"
+            raise ValueError(msg)
+        if self.purge_interval <= 0 or self.database_timeout <= 0:
+            msg = "TRUSTPUB_PURGE_INTERVAL and TRUSTPUB_DATABASE_TIMEOUT must be positive"
+            raise ValueError(msg)

@@ -1,0 +1,571 @@
+"""The registry's PostgreSQL: the connection pool, and the operations on projects,
+publishers and the audit trail that the CLI (and later the admin API) use.
+
+Functions here take an asyncpg connection and do one thing in one transaction; they raise
+:class:`RegistrationError` or :class:`NotFound` for input that cannot be applied, and let
+database errors through (the caller decides whether that is a 503 or an exit code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+
+from trustpub.messages import Unavailable
+from trustpub.providers.rules import RegistrationError, Spec, quote
+
+log = structlog.get_logger("trustpub.registry.db")
+
+UNAVAILABLE = "the registry database is unavailable"
+# Seconds for which a successful statement stands in for a readiness ping.
+PING_FRESH_S = 5.0
+
+# Errors that mean "the database cannot answer now" (connection refused or lost, server
+# shutting down or starting, a statement or client timeout, out of connections, a
+# read-only standby after failover, a serialization failure): a 503 for the caller, never
+# an internal error. Anything else from PostgreSQL is a bug.
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # includes QueryCanceledError (statement_timeout)
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    # A connection the server just closed can be caught between the error message and
+    # the end of the stream ("cannot switch to state ...; another operation is in progress").
+    asyncpg.exceptions.InternalClientError,
+)
+
+# PEP 508 / packaging's project name pattern.
+_PROJECT_NAME = re.compile(r"[A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9]", re.IGNORECASE)
+
+
+class NotFound(LookupError):
+    """A project or publisher named in the request does not exist; the message says which."""
+
+
+def normalize_name(name: str) -> str:
+    """PEP 503 normalization of a project name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _dumps(value: Any) -> str:  # noqa: ANN401  (any JSON value)
+    return orjson.dumps(value).decode()
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """jsonb in and out as Python objects (orjson)."""
+    await conn.set_type_codec("jsonb", encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset hook: nothing to reset.
+
+    asyncpg's default reset runs ``RESET ALL; UNLISTEN *; ...`` on every release, a round
+    trip per request; trustpub never changes session state (asyncpg still rolls back an
+    open transaction before calling this).
+    """
+    del conn
+
+
+async def connect(dsn: str, *, timeout: float = 5.0) -> asyncpg.Connection:
+    """One connection with trustpub's codecs (the CLI's; services use :class:`Database`)."""
+    conn = await asyncpg.connect(dsn, timeout=timeout, command_timeout=timeout * 4)
+    await init_connection(conn)
+    return conn
+
+
+class Database:
+    """An asyncpg pool that tolerates a database that is down when the service starts.
+
+    The service starts and answers ``unavailable`` (and ``/readyz`` says not ready) until
+    the pool could be created; a background task retries. Once created, asyncpg
+    reconnects lost connections by itself.
+    """
+
+    def __init__(self, dsn: str, *, pool_size: int, timeout: float) -> None:
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._pool: asyncpg.Pool | None = None
+        self._retry: asyncio.Task[None] | None = None
+        self._down_logged = False
+        self._last_ok = -PING_FRESH_S
+        # FIFO admission in front of the pool: asyncpg's queue lets a newcomer take a
+        # released connection ahead of a waiter, which showed as a long p99 tail.
+        self._slots = asyncio.Semaphore(pool_size)
+
+    @property
+    def pool_size(self) -> int:
+        return self._pool_size
+
+    async def start(self) -> None:
+        """Create the pool now if the database answers, else keep trying in the background."""
+        if not await self._try_create():
+            self._retry = asyncio.create_task(self._retry_loop())
+
+    async def _try_create(self) -> bool:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=min(2, self._pool_size),
+                max_size=self._pool_size,
+                timeout=self._timeout,
+                command_timeout=self._timeout,
+                server_settings={
+                    "application_name": "trustpub-registry",
+                    "statement_timeout": str(int(self._timeout * 1000)),
+                    # A stalled client must not hold row locks for long.
+                    "idle_in_transaction_session_timeout": str(int(self._timeout * 5000)),
+                },
+                init=init_connection,
+                reset=_keep_session,
+            )
+        except (*OUTAGE_ERRORS, asyncpg.PostgresError) as exc:
+            if not self._down_logged:
+                log.warning("database_unavailable", error=type(exc).__name__, detail=str(exc))
+                self._down_logged = True
+            return False
+        log.info("database_connected", pool_size=self._pool_size)
+        return True
+
+    async def _retry_loop(self) -> None:
+        delay = 0.5
+        while not await self._try_create():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), timeout=self._timeout * 2)
+            except OUTAGE_ERRORS:  # includes TimeoutError
+                self._pool.terminate()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; an outage, here or in the block, is :class:`Unavailable`.
+
+        Raises:
+            Unavailable: no pool yet, no connection within the timeout, or the database
+                failed in a way that means "down" (see ``OUTAGE_ERRORS``).
+        """
+        if self._pool is None:
+            raise Unavailable(UNAVAILABLE)
+        async with self._slots:
+            try:
+                conn = await self._pool.acquire(timeout=self._timeout)
+            except (*OUTAGE_ERRORS, asyncpg.PostgresError) as exc:
+                log.warning("database_unavailable", error=type(exc).__name__, detail=str(exc))
+                raise Unavailable(UNAVAILABLE) from exc
+            try:
+                yield conn
+                self._last_ok = time.monotonic()
+            except OUTAGE_ERRORS as exc:
+                log.warning("database_unavailable", error=type(exc).__name__, detail=str(exc))
+                # Never hand a possibly broken connection to the next request; the pool
+                # opens a fresh one. (A connection that closed itself is detached already.)
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    conn.terminate()
+                raise Unavailable(UNAVAILABLE) from exc
+            finally:
+                with contextlib.suppress(*OUTAGE_ERRORS):
+                    await self._pool.release(conn, timeout=self._timeout)
+
+    async def ping(self) -> bool:
+        """Readiness: ``SELECT 1`` through the pool.
+
+        A statement that succeeded in the last few seconds counts as a ping: under full
+        load the check would otherwise queue behind the requests and time out, and a busy
+        database is not a down one.
+        """
+        if self._pool is not None and time.monotonic() - self._last_ok < PING_FRESH_S:
+            return True
+        try:
+            async with self.connection() as conn:
+                return bool(await conn.fetchval("SELECT 1") == 1)
+        except Unavailable:
+            return False
+
+
+# --- records ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: str
+    name: str
+    normalized_name: str
+    created_at: datetime
+    created_by: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "normalized_name": self.normalized_name,
+            "created_at": self.created_at.isoformat(),
+            "created_by": self.created_by,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Publisher:
+    id: str
+    provider: str
+    issuer: str
+    lookup_key: str
+    unique_key: str
+    spec: dict[str, Any]
+    environment: str
+    registrant: str
+    created_at: datetime
+    projects: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "issuer": self.issuer,
+            "spec": self.spec,
+            "environment": self.environment,
+            "registrant": self.registrant,
+            "created_at": self.created_at.isoformat(),
+            "projects": self.projects,
+        }
+
+
+def _project(row: Mapping[str, Any]) -> Project:
+    return Project(
+        id=str(row["id"]),
+        name=row["name"],
+        normalized_name=row["normalized_name"],
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+    )
+
+
+def _publisher(row: Mapping[str, Any]) -> Publisher:
+    return Publisher(
+        id=str(row["id"]),
+        provider=row["provider"],
+        issuer=row["issuer"],
+        lookup_key=row["lookup_key"],
+        unique_key=row["unique_key"],
+        spec=dict(row["spec"]),
+        environment=row["environment"],
+        registrant=row["registrant"],
+        created_at=row["created_at"],
+        projects=list(row["projects"]),
+    )
+
+
+_PUBLISHER_COLUMNS = """
+    p.id, p.provider, p.issuer, p.lookup_key, p.unique_key, p.spec, p.environment, p.registrant,
+    p.created_at,
+    ARRAY(SELECT pr.name FROM publisher_projects pp JOIN projects pr ON pr.id = pp.project_id
+          WHERE pp.publisher_id = p.id ORDER BY pr.normalized_name) AS projects
+"""
+
+# --- audit --------------------------------------------------------------------------------
+
+INSERT_AUDIT = """
+INSERT INTO audit_events (event_id, at, kind, exchange_id, publisher_id, mint_id, outcome, code, detail)
+VALUES ($1, coalesce($2, now()), $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+
+async def insert_audit(  # noqa: PLR0913  (one argument per column)
+    conn: asyncpg.Connection,
+    kind: str,
+    *,
+    exchange_id: str = "",
+    publisher_id: str | uuid.UUID | None = None,
+    mint_id: str | uuid.UUID | None = None,
+    outcome: str = "",
+    code: str = "",
+    detail: Mapping[str, Any] | None = None,
+    event_id: uuid.UUID | None = None,
+    at: datetime | None = None,
+) -> None:
+    """Append one audit row (idempotent by ``event_id``, a fresh one by default)."""
+    await conn.execute(
+        INSERT_AUDIT,
+        event_id or uuid.uuid4(),
+        at,
+        kind,
+        exchange_id,
+        _uuid_or_none(publisher_id),
+        _uuid_or_none(mint_id),
+        outcome,
+        code,
+        dict(detail or {}),
+    )
+
+
+def _uuid_or_none(value: str | uuid.UUID | None) -> uuid.UUID | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def parse_id(value: str, what: str = "publisher id") -> uuid.UUID:
+    """A UUID given by a person.
+
+    Raises:
+        RegistrationError: not a UUID.
+    """
+    try:
+        return uuid.UUID(value.strip())
+    except ValueError:
+        raise RegistrationError(f"{what} {quote(value)} is not a UUID") from None
+
+
+# --- projects -----------------------------------------------------------------------------
+
+
+async def add_project(conn: asyncpg.Connection, name: str, *, created_by: str = "") -> Project:
+    """Add a project (audited as ``project.created``).
+
+    Raises:
+        RegistrationError: the name is not a valid project name, or the project (by its
+            normalized name) exists already.
+    """
+    name = name.strip()
+    if not _PROJECT_NAME.fullmatch(name):
+        raise RegistrationError(
+            f"project name {quote(name)} is not valid: use ASCII letters, digits, '.', '_' and '-', "
+            "starting and ending with a letter or digit"
+        )
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "INSERT INTO projects (name, normalized_name, created_by) VALUES ($1, $2, $3) "
+            "ON CONFLICT (normalized_name) DO NOTHING RETURNING *",
+            name,
+            normalize_name(name),
+            created_by,
+        )
+        if row is None:
+            existing = await conn.fetchval(
+                "SELECT name FROM projects WHERE normalized_name = $1", normalize_name(name)
+            )
+            raise RegistrationError(f"project {quote(name)} exists already (as {quote(existing)})")
+        project = _project(row)
+        await insert_audit(
+            conn, "project.created", outcome="ok", detail={"project": project.name, "by": created_by}
+        )
+    return project
+
+
+async def list_projects(conn: asyncpg.Connection) -> list[Project]:
+    rows = await conn.fetch("SELECT * FROM projects ORDER BY normalized_name")
+    return [_project(r) for r in rows]
+
+
+# --- publishers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewPublisher:
+    """A validated registration: the provider computed the keys and the spec."""
+
+    provider: str
+    issuer: str
+    lookup_key: str
+    unique_key: str
+    spec: dict[str, Any]
+    # Reconciles the request with an identical publisher that exists (see github.merge_spec).
+    merge: Callable[[Spec, Spec], dict[str, Any]]
+    registrant: str = ""
+
+
+async def add_publisher(
+    conn: asyncpg.Connection, new: NewPublisher, projects: Sequence[str]
+) -> tuple[Publisher, bool]:
+    """Register a publisher for ``projects``; returns it and whether it was created.
+
+    An identical publisher (same unique key) is re-used and linked to the projects, as
+    PyPI does; fields it left open that the request gives are pinned now.
+
+    Raises:
+        NotFound: a project does not exist.
+        RegistrationError: no project given, or the identical publisher has other options.
+    """
+    if not projects:
+        raise RegistrationError("name at least one project (--project NAME)")
+    wanted = {normalize_name(p): p for p in projects}
+    async with conn.transaction():
+        found = await conn.fetch(
+            "SELECT id, normalized_name FROM projects WHERE normalized_name = ANY($1::text[])", list(wanted)
+        )
+        missing = [name for norm, name in wanted.items() if norm not in {r["normalized_name"] for r in found}]
+        if missing:
+            first = missing[0]
+            raise NotFound(
+                f"project {quote(first)} does not exist; add it first with: trustpub project add {first}"
+            )
+        project_ids = [r["id"] for r in found]
+        row = await conn.fetchrow(
+            "INSERT INTO publishers (provider, issuer, lookup_key, unique_key, spec, environment, "
+            "registrant) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+            "ON CONFLICT (unique_key) DO NOTHING RETURNING id",
+            new.provider,
+            new.issuer,
+            new.lookup_key,
+            new.unique_key,
+            new.spec,
+            str(new.spec.get("environment") or ""),
+            new.registrant,
+        )
+        created = row is not None
+        if created:
+            publisher_id = row["id"]
+        else:
+            existing = await conn.fetchrow(
+                "SELECT id, spec FROM publishers WHERE unique_key = $1 FOR UPDATE", new.unique_key
+            )
+            publisher_id = existing["id"]
+            fill = new.merge(existing["spec"], new.spec)
+            if fill:
+                await conn.execute(
+                    "UPDATE publishers SET spec = spec || $2 WHERE id = $1", publisher_id, fill
+                )
+                await insert_audit(
+                    conn,
+                    "publisher.pinned",
+                    publisher_id=publisher_id,
+                    outcome="ok",
+                    detail={f: {"old": existing["spec"].get(f), "new": v} for f, v in fill.items()}
+                    | {"by": new.registrant},
+                )
+        linked = await conn.fetch(
+            "INSERT INTO publisher_projects (publisher_id, project_id) SELECT $1, unnest($2::uuid[]) "
+            "ON CONFLICT DO NOTHING RETURNING project_id",
+            publisher_id,
+            project_ids,
+        )
+        publisher = await _get_publisher(conn, publisher_id)
+        linked_names = [p for p in publisher.projects if normalize_name(p) in wanted]
+        if created:
+            await insert_audit(
+                conn,
+                "publisher.created",
+                publisher_id=publisher_id,
+                outcome="ok",
+                detail={
+                    "provider": new.provider,
+                    "issuer": new.issuer,
+                    "spec": publisher.spec,
+                    "projects": linked_names,
+                    "by": new.registrant,
+                },
+            )
+        elif linked:
+            await insert_audit(
+                conn,
+                "publisher.linked",
+                publisher_id=publisher_id,
+                outcome="ok",
+                detail={"projects": linked_names, "by": new.registrant},
+            )
+    return publisher, created
+
+
+async def _get_publisher(conn: asyncpg.Connection, publisher_id: uuid.UUID) -> Publisher:
+    row = await conn.fetchrow(f"SELECT {_PUBLISHER_COLUMNS} FROM publishers p WHERE p.id = $1", publisher_id)  # noqa: S608  (constant column list)
+    if row is None:
+        raise NotFound(f"no publisher with id {publisher_id}")
+    return _publisher(row)
+
+
+async def get_publisher(conn: asyncpg.Connection, publisher_id: str | uuid.UUID) -> Publisher:
+    """Raises NotFound, or RegistrationError for an id that is not a UUID."""
+    pid = publisher_id if isinstance(publisher_id, uuid.UUID) else parse_id(publisher_id)
+    return await _get_publisher(conn, pid)
+
+
+async def list_publishers(conn: asyncpg.Connection, *, project: str | None = None) -> list[Publisher]:
+    """Every publisher, or those of one project, oldest first.
+
+    Raises:
+        NotFound: ``project`` does not exist.
+    """
+    if project is None:
+        rows = await conn.fetch(f"SELECT {_PUBLISHER_COLUMNS} FROM publishers p ORDER BY p.created_at, p.id")  # noqa: S608
+        return [_publisher(r) for r in rows]
+    project_id = await conn.fetchval(
+        "SELECT id FROM projects WHERE normalized_name = $1", normalize_name(project)
+    )
+    if project_id is None:
+        raise NotFound(f"project {quote(project)} does not exist")
+    rows = await conn.fetch(
+        f"SELECT {_PUBLISHER_COLUMNS} FROM publishers p "  # noqa: S608  (constant column list)
+        "WHERE EXISTS (SELECT 1 FROM publisher_projects pp "
+        "WHERE pp.publisher_id = p.id AND pp.project_id = $1) "
+        "ORDER BY p.created_at, p.id",
+        project_id,
+    )
+    return [_publisher(r) for r in rows]
+
+
+async def remove_publisher(conn: asyncpg.Connection, publisher_id: str, *, actor: str = "") -> Publisher:
+    """Unlink a publisher from every project and delete it (audited as ``publisher.removed``).
+
+    Tokens minted through it stay in ``mints``; introspection (``mint.status``) reports
+    them as revoked from now on, since their publisher is gone.
+
+    Raises:
+        RegistrationError: the id is not a UUID.
+        NotFound: no such publisher.
+    """
+    pid = parse_id(publisher_id)
+    async with conn.transaction():
+        publisher = await _get_publisher(conn, pid)
+        await conn.execute("DELETE FROM publishers WHERE id = $1", pid)
+        await insert_audit(
+            conn,
+            "publisher.removed",
+            publisher_id=pid,
+            outcome="ok",
+            detail={
+                "provider": publisher.provider,
+                "issuer": publisher.issuer,
+                "spec": publisher.spec,
+                "projects": publisher.projects,
+                "by": actor,
+            },
+        )
+    return publisher
+
+
+# --- replay store -------------------------------------------------------------------------
+
+
+async def purge_used_tokens(conn: asyncpg.Connection) -> int:
+    """Delete used token ids whose retention has passed; never one still retained."""
+    status: str = await conn.execute("DELETE FROM used_tokens WHERE expires_at < now()")
+    return int(status.rsplit(" ", 1)[-1])

@@ -1,0 +1,75 @@
+"""The registry's Prometheus metrics (bounded labels: provider, outcome, code, kind)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from trustpub.providers.issuers import PROVIDERS
+from trustpub.runtime.metrics import LATENCY_BUCKETS
+
+# Audit kinds written by this service; anything else is counted as "other".
+AUDIT_KINDS = frozenset(
+    {
+        "exchange.succeeded",
+        "exchange.failed",
+        "publisher.created",
+        "publisher.linked",
+        "publisher.removed",
+        "publisher.pinned",
+        "mint.revoked",
+        "project.created",
+    }
+)
+
+
+def provider_label(provider: str) -> str:
+    """A token's provider as a label value: a known provider, or "other"."""
+    return provider if provider in PROVIDERS else "other"
+
+
+def kind_label(kind: str) -> str:
+    return kind if kind in AUDIT_KINDS else "other"
+
+
+class RegistryMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.match_total = Counter(
+            "trustpub_match_total",
+            "Publisher matches, by provider, outcome (granted, refused, unavailable, error) and error code.",
+            ["provider", "outcome", "code"],
+            registry=registry,
+        )
+        self.match_duration = Histogram(
+            "trustpub_match_duration_seconds",
+            "Time to match a verified token to a publisher and record the mint, by provider.",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.replays_refused = Counter(
+            "trustpub_replays_refused_total",
+            "Exchanges refused because the token's id was used before, by provider.",
+            ["provider"],
+            registry=registry,
+        )
+        self.publishers_pinned = Counter(
+            "trustpub_publishers_pinned_total",
+            "Publishers whose ids were pinned on first use, by provider.",
+            ["provider"],
+            registry=registry,
+        )
+        self.audit_events = Counter(
+            "trustpub_audit_events_total",
+            "Rows written to the audit trail, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.audit_backlog = Gauge(
+            "trustpub_audit_backlog",
+            "Events of the audit consumer not yet stored (undelivered plus unacknowledged).",
+            registry=registry,
+        )
+
+    def audited(self, kind: str, n: int = 1) -> None:
+        if n:
+            self.audit_events.labels(kind_label(kind)).inc(n)

@@ -1,0 +1,114 @@
+"""Keeps a :class:`KeyCache` in step with the JetStream key-value bucket of key sets.
+
+The jwks service writes each issuer's :class:`KeySet` under ``base64url(issuer)``; every
+verifier replica watches the bucket, so the hot path never asks another service for a key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+from trustpub.verifier.keys import KeyCache
+
+log = structlog.get_logger("trustpub.verifier.feed")
+
+# After the watch breaks (it should not: the ordered consumer survives reconnects), wait this
+# long before watching again, so a persistent failure does not spin.
+REWATCH_DELAY_S = 1.0
+_DELETED = frozenset({"DEL", "PURGE"})
+
+
+async def open_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
+    """The bucket, created if it does not exist yet (the jwks service may start later)."""
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE))
+    except nats.js.errors.BadRequestError:
+        # Another service created it meanwhile (possibly with other settings): use theirs.
+        return await js.key_value(bucket)
+
+
+class BucketFeed:
+    """Loads every key set once, then applies updates as they arrive."""
+
+    def __init__(self, js: JetStreamContext, bucket: str, cache: KeyCache) -> None:
+        self._js = js
+        self._bucket = bucket
+        self._cache = cache
+        self._watcher: KeyValue.KeyWatcher | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.loaded = False
+
+    @property
+    def healthy(self) -> bool:
+        """True once the initial load finished, while the watch is running."""
+        return self.loaded and self._task is not None and not self._task.done()
+
+    async def start(self, *, timeout: float) -> None:
+        """Load the bucket's current content, then keep watching in the background.
+
+        Raises:
+            TimeoutError: the current content did not arrive within ``timeout``.
+        """
+        kv = await asyncio.wait_for(open_bucket(self._js, self._bucket), timeout)
+        self._watcher = await asyncio.wait_for(kv.watchall(), timeout)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                entry = await self._watcher.updates(timeout=max(remaining, 0.001))  # type: ignore[no-untyped-call]
+            except nats.errors.TimeoutError:
+                msg = f"key sets of bucket {self._bucket} did not load within {timeout} s"
+                raise TimeoutError(msg) from None
+            if entry is None:  # the marker: everything stored so far was delivered
+                break
+            self._apply(entry)
+        self.loaded = True
+        log.info("keysets_loaded", bucket=self._bucket)
+        self._task = asyncio.create_task(self._run())
+
+    def _apply(self, entry: KeyValue.Entry) -> None:
+        deleted = entry.operation in _DELETED
+        self._cache.apply_entry(entry.key, None if deleted else entry.value or b"")
+
+    async def _run(self) -> None:
+        while True:
+            watcher = self._watcher
+            try:
+                if watcher is None:
+                    kv = await open_bucket(self._js, self._bucket)
+                    watcher = self._watcher = await kv.watchall()
+                async for entry in watcher:
+                    if entry is not None:
+                        self._apply(entry)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("keyset_watch_failed", bucket=self._bucket)
+            else:
+                return  # stop() ended the iteration
+            if self._watcher is not None:
+                with contextlib.suppress(Exception):
+                    await self._watcher.stop()  # type: ignore[no-untyped-call]
+            self._watcher = None
+            await asyncio.sleep(REWATCH_DELAY_S)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()  # type: ignore[no-untyped-call]

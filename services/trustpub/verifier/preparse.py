@@ -1,0 +1,271 @@
+"""Strict, cheap checks of a compact JWT before jwcrypto sees any of it.
+
+Everything here is pure and bounded in time by the size cap: no key, no network, no crypto.
+jwcrypto alone accepts non-canonical base64 (padding, ``+/``, non-zero unused bits),
+duplicate JSON keys (last one wins), ``jku``/``x5u`` headers and tokens without a ``kid``,
+and crashes with TypeError/OverflowError/RecursionError on some claim shapes
+(reference/security.md §1.7), so the outer form is settled here first.
+
+Structural failures are ``InvalidPayload("malformed JWT: ...")``, PyPI's code for a token
+it cannot even decode; header policy failures are ``InvalidToken``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from trustpub.messages import InvalidPayload, InvalidToken
+from trustpub.providers.issuers import Issuer
+
+# Nesting deeper than this is refused: real tokens are flat objects (GitHub's nests nothing),
+# and json/jwcrypto recurse once per level.
+MAX_DEPTH = 32
+
+_COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+_SEGMENT_NAMES = ("header", "payload", "signature")
+# A JSON escape of a UTF-16 surrogate: the decoder accepts lone ones, and a lone surrogate
+# cannot be encoded as UTF-8 again (the reply would fail to serialise).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+# Header members a token may carry. x5t (a certificate thumbprint) is ignored: GitHub sends it.
+# Everything else (jku, x5u, jwk, x5c, crit, zip, enc, b64, cty, ...) either points at key
+# material the operator did not configure, changes how the token is processed, or belongs
+# to JWE, and is refused.
+ALLOWED_HEADERS = frozenset({"alg", "kid", "typ", "x5t"})
+# kid is an opaque map key; a bounded, safe alphabet keeps it harmless in logs and messages.
+KID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class Compact:
+    """A token whose outer form passed: decoded header and payload, not yet verified."""
+
+    header: dict[str, Any]
+    payload: dict[str, Any]
+    iss: str
+    # ``<header>.<payload>`` as sent (canonical, so exactly what the signature covers).
+    signing_input: str
+
+
+def malformed(reason: str) -> InvalidPayload:
+    return InvalidPayload(f"malformed JWT: {reason}")
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """``value`` cut to ``limit`` characters, control and other unprintable ones escaped."""
+    cut = value[:limit]
+    if not cut.isprintable():
+        cut = cut.encode("unicode_escape").decode("ascii")
+    return cut + ("..." if len(value) > limit else "")
+
+
+_JSON_TYPES = {
+    type(None): "null",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number with a fraction",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+}
+
+
+def json_type(value: object) -> str:
+    """How a JSON value reads in a message: "a string", "an array", ..."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+class _StrictJSONError(ValueError):
+    pass
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                msg = f'duplicate key "{shown(key, 40)}"'
+                raise _StrictJSONError(msg)
+            seen.add(key)
+    return obj
+
+
+def _constant(name: str) -> Any:  # noqa: ANN401  (a json hook's signature)
+    msg = f"{name} is not JSON"
+    raise _StrictJSONError(msg)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        msg = "a number too large for a float"
+        raise _StrictJSONError(msg)
+    return value
+
+
+# RFC 8259 strictly: duplicate keys, NaN/Infinity and non-finite numbers are refused. Integers
+# above 4300 digits raise ValueError in int() (CPython's conversion limit), caught below.
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float)
+
+
+def _too_deep(value: object) -> bool:
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > MAX_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _has_surrogate(value: object) -> bool:
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def strict_json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """Decode ``raw`` as strict UTF-8 JSON that must be an object.
+
+    Raises:
+        InvalidPayload: not UTF-8, not strict JSON, too deeply nested, or not an object.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise malformed(f"the {what} is not UTF-8") from None
+    try:
+        value = _DECODER.decode(text)
+    except _StrictJSONError as exc:
+        raise malformed(f"the {what} is not strict JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise malformed(f"the {what} is not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise malformed(f"the {what} nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError:
+        # int() refusing more than 4300 digits (CVE-2020-10735 limit).
+        raise malformed(f"the {what} has a number that is too long") from None
+    if not isinstance(value, dict):
+        raise malformed(f"the {what} is {json_type(value)}, not a JSON object")
+    # Each level opens with "[" or "{": with few of them the text cannot nest deeply, so the
+    # walk below runs only for unusual tokens.
+    if text.count("{") + text.count("[") > MAX_DEPTH and _too_deep(value):
+        raise malformed(f"the {what} nests deeper than {MAX_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(text) and _has_surrogate(value):
+        raise malformed(f"the {what} has an unpaired UTF-16 surrogate escape")
+    return value
+
+
+def _b64(segment: str, name: str) -> bytes:
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise malformed(f"the {name} segment is not valid base64url") from None
+    # One string per byte sequence: unused low bits must be zero (no padding or "+/" got past
+    # the alphabet check). Otherwise many strings carry one signature, and replay keys differ.
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise malformed(f"the {name} segment is not canonical base64url (non-zero unused bits)")
+    return raw
+
+
+def _why_not_compact(token: str) -> str:
+    if not token:
+        return "the token is empty"
+    parts = token.count(".") + 1
+    if parts != 3:
+        return f"expected 3 dot-separated segments, found {parts}"
+    for name, segment in zip(_SEGMENT_NAMES, token.split("."), strict=True):
+        if not segment:
+            return f"the {name} segment is empty"
+        if not _SEGMENT.fullmatch(segment):
+            return f"the {name} segment has characters outside base64url (A-Z a-z 0-9 - _, no padding)"
+    return "not a compact JWS"  # pragma: no cover  (the regex and the loop agree)
+
+
+def parse(token: str, *, max_bytes: int) -> Compact:
+    """Check the outer form of ``token`` and decode its header and payload.
+
+    Raises:
+        InvalidPayload: over ``max_bytes``, not three canonical base64url segments, header or
+            payload not a strict JSON object, or ``iss`` missing or not a string.
+    """
+    # Characters, not bytes: a non-ASCII character fails the alphabet check just below anyway.
+    if len(token) > max_bytes:
+        raise malformed(f"the token is {len(token)} bytes long, the limit is {max_bytes}")
+    match = _COMPACT.fullmatch(token)
+    if match is None:
+        raise malformed(_why_not_compact(token))
+    h64, p64, s64 = match.groups()
+    header_raw = _b64(h64, "header")
+    payload_raw = _b64(p64, "payload")
+    _b64(s64, "signature")
+    header = strict_json_object(header_raw, "header")
+    payload = strict_json_object(payload_raw, "payload")
+    iss = payload.get("iss")
+    if not isinstance(iss, str):
+        what = "no iss claim" if iss is None else f"an iss claim that is {json_type(iss)}"
+        raise malformed(f"the payload has {what}, expected a string")
+    return Compact(header=header, payload=payload, iss=iss, signing_input=f"{h64}.{p64}")
+
+
+def check_header(header: dict[str, Any], issuer: Issuer) -> tuple[str, str]:
+    """The header's ``alg`` and ``kid`` once the header passed the policy.
+
+    Raises:
+        InvalidToken: a header member outside alg/kid/typ/x5t, ``typ`` other than "JWT",
+            ``alg`` not pinned for ``issuer``, ``kid`` missing or not a safe string.
+    """
+    extra = header.keys() - ALLOWED_HEADERS
+    if extra:
+        names = ", ".join(f'"{shown(n, 32)}"' for n in sorted(extra)[:5])
+        raise InvalidToken(
+            f"JWT header {names} is not accepted: a token's header may only carry alg, kid, typ and x5t"
+        )
+    typ = header.get("typ", "JWT")
+    if typ != "JWT":
+        got = f'"{shown(typ, 32)}"' if isinstance(typ, str) else json_type(typ)
+        raise InvalidToken(f'JWT header typ must be "JWT" or absent, the token carried {got}')
+    alg = header.get("alg")
+    expected = ", ".join(issuer.algorithms)
+    if not isinstance(alg, str):
+        got = "none" if alg is None else json_type(alg)
+        raise InvalidToken(f"JWT header alg is missing or not a string (got {got}), expected {expected}")
+    # Pinned per issuer: never "none", never HMAC (the public key would be the secret), never
+    # another algorithm for the same key (Wycheproof tc 332-340).
+    if alg not in issuer.algorithms:
+        raise InvalidToken(
+            f'JWT algorithm "{shown(alg, 32)}" is not accepted for {issuer.issuer}, expected {expected}'
+        )
+    kid = header.get("kid")
+    if kid is None:
+        # Without a kid jwcrypto would try every key of a set (Warehouse #20051).
+        raise InvalidToken("JWT header has no kid: the key that signed the token must be named")
+    if not isinstance(kid, str):
+        raise InvalidToken(f"JWT header kid must be a string, the token carried {json_type(kid)}")
+    if not KID_RE.fullmatch(kid):
+        raise InvalidToken(
+            f'JWT header kid "{shown(kid, 40)}" is not 1 to 128 characters among A-Z a-z 0-9 . _ -'
+        )
+    return alg, kid

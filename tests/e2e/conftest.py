@@ -1,0 +1,121 @@
+"""The whole stack as separate processes: HTTP in, real NATS and PostgreSQL behind.
+
+One stack per session (five service processes, a local issuer in a thread of its own);
+tests isolate themselves by registering publishers for repositories of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tests.conftest import AUDIENCE
+from trustpub.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
+from trustpub.devstack.stack import Stack
+from trustpub.registry import cli
+
+
+@pytest.fixture(scope="session")
+def e2e_issuer() -> Iterator[DevIssuer]:
+    issuer = DevIssuer()
+    with issuer.serve_in_thread():
+        yield issuer
+
+
+@pytest.fixture(scope="session")
+def stack_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def stack_env(nats_url: str, database_url: str, e2e_issuer: DevIssuer, stack_root: Path) -> dict[str, str]:
+    root = stack_root
+    (root / "issuers.toml").write_text(e2e_issuer.issuers_toml() + offline_builtins_toml(e2e_issuer))
+    return {
+        "TRUSTPUB_NATS_URL": nats_url,
+        "TRUSTPUB_SUBJECT_ROOT": f"e2e{uuid.uuid4().hex[:10]}",
+        "TRUSTPUB_DATABASE_URL": database_url,
+        "TRUSTPUB_ISSUERS_FILE": str(root / "issuers.toml"),
+        "TRUSTPUB_MINTER_KEY_FILE": str(root / "minter.jwk"),
+        "TRUSTPUB_AUDIENCE": AUDIENCE,
+        "TRUSTPUB_DRAIN_GRACE": "0.2",
+        "TRUSTPUB_REQUEST_TIMEOUT": "3",
+        "TRUSTPUB_LOG_LEVEL": "debug",  # every service logs every exchange: the id must be in each
+    }
+
+
+@pytest.fixture(scope="session")
+def stack(stack_env: dict[str, str], stack_root: Path) -> Iterator[Stack]:
+    s = Stack(stack_env, log_dir=stack_root / "logs")
+    s.start_all()
+    try:
+        yield s
+    finally:
+        s.stop_all()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        yield session
+
+
+class Publisher:
+    """A GitHub publisher registered for this test only, and tokens for it."""
+
+    def __init__(self, issuer: DevIssuer, owner: str, repo: str, project: str, **spec: Any) -> None:
+        self.issuer = issuer
+        self.owner = owner
+        self.repo = repo
+        self.project = project
+        self.spec = spec
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        return github_claims(AUDIENCE, issuer=self.issuer.issuer, owner=self.owner, repo=self.repo,
+                             owner_id=self.spec.get("owner_id", "1001"), **overrides)
+
+    def token(self, **overrides: Any) -> str:
+        return self.issuer.token(self.claims(**overrides))
+
+
+def register(database_url: str, *args: str) -> int:
+    return cli.main([*args, "--database-url", database_url])
+
+
+@pytest.fixture
+def publisher(stack: Stack, e2e_issuer: DevIssuer, stack_env: dict[str, str]) -> Publisher:
+    """A fresh project and GitHub publisher (owner id 1001, workflow release.yml, env release)."""
+    n = uuid.uuid4().hex[:8]
+    db = stack_env["TRUSTPUB_DATABASE_URL"]
+    project = f"pkg-{n}"
+    assert register(db, "project", "add", project) == 0
+    assert register(db, "publisher", "add", "github", "--project", project, "--owner", f"org-{n}",
+                    "--owner-id", "1001", "--repository", "demo", "--workflow", "release.yml",
+                    "--environment", "release") == 0
+    return Publisher(e2e_issuer, f"org-{n}", "demo", project, owner_id="1001")
+
+
+async def mint(http: aiohttp.ClientSession, stack: Stack, token: Any,  # noqa: ANN401
+               path: str = "/_/oidc/mint-token") -> tuple[int, dict[str, Any], dict[str, str]]:
+    async with http.post(f"{stack.base_url}{path}", data=json.dumps({"token": token})) as resp:
+        return resp.status, await resp.json(content_type=None), dict(resp.headers)
+
+
+async def mints_count(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url, timeout=5)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM mints"))
+    finally:
+        await conn.close()
+
+
+def bounded(coro: Any, seconds: float = 15) -> Any:  # noqa: ANN401
+    return asyncio.wait_for(coro, seconds)

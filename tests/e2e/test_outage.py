@@ -1,0 +1,97 @@
+"""Outages: a stopped or stuck service gives 503 within the deadline; the stack recovers."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import signal
+import ssl
+import time
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.e2e.conftest import bounded, mint
+from trustpub.devstack.servers import free_port
+
+DEADLINE_S = 3.0  # TRUSTPUB_REQUEST_TIMEOUT of the e2e stack
+
+
+@pytest.mark.parametrize("service", ["verifier", "registry", "minter"])
+async def test_stopped_service_gives_503_fast_and_the_stack_recovers(http, stack, publisher, service):
+    stack.stop(service)
+    try:
+        started = time.monotonic()
+        status, body, headers = await bounded(mint(http, stack, publisher.token()))
+        elapsed = time.monotonic() - started
+        assert status == 503, body
+        assert body["errors"][0]["code"] == "unavailable"
+        assert headers["Retry-After"] == "1"
+        assert elapsed < DEADLINE_S + 0.5
+    finally:
+        stack.start(service)
+    status, body, _ = await bounded(mint(http, stack, publisher.token()))
+    assert status == 200, body
+
+
+async def test_stuck_service_gives_503_at_the_deadline_not_a_hang(http, stack, publisher):
+    pid = stack.procs["registry"].popen.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        status, body, _ = await bounded(mint(http, stack, publisher.token()))
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert status == 503, body
+    assert body["errors"][0]["code"] == "unavailable"
+    assert "did not answer" in body["errors"][0]["description"]
+    assert DEADLINE_S - 0.5 < elapsed < DEADLINE_S + 1.0
+    status, body, _ = await bounded(mint(http, stack, publisher.token()))
+    assert status == 200, body
+
+
+def _self_signed(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trustpub test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_gateway_serves_https_when_given_a_certificate(stack, publisher, tmp_path):
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    stack.start("gateway", replica="-tls", extra={
+        "TRUSTPUB_TLS_CERT": str(cert), "TRUSTPUB_TLS_KEY": str(key), "TRUSTPUB_HTTP_PORT": str(port)})
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+            async with http.get(f"https://127.0.0.1:{port}/_/oidc/audience", ssl=ctx) as resp:
+                assert resp.status == 200
+            async with http.post(f"https://127.0.0.1:{port}/_/oidc/mint-token", ssl=ctx,
+                                 json={"token": publisher.token()}) as resp:
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["success"] is True
+    finally:
+        stack.stop("gateway-tls")
+
+
+async def test_sigterm_drains_the_gateway_cleanly(stack):
+    assert stack.stop("gateway") == 0
+    stack.start("gateway")

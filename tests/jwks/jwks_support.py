@@ -1,0 +1,244 @@
+"""Helpers of the jwks tests: a movable clock, the service in-process, KV and NATS readers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwcrypto import jwk
+from nats.aio.client import Client
+from tests.conftest import running
+
+from trustpub.devstack.issuer import DevIssuer
+from trustpub.jwks.app import setup_with
+from trustpub.jwks.config import Settings
+from trustpub.messages import Subjects
+from trustpub.messages.keys import kv_key
+from trustpub.messages.v1 import KeySet, encode
+from trustpub.runtime import Runtime, load
+from trustpub.runtime.service import any_reply
+
+# The other built-in issuers would be fetched from the internet: the tests have one issuer.
+OTHER_PROVIDERS = "gitlab,google,activestate"
+
+
+class Clock:
+    """A clock the test moves (unix seconds): cooldowns pass without sleeping."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@dataclass
+class JwksTest:
+    """What a jwks test works with: the dev issuer, its issuers file, NATS, a clock."""
+
+    dev: DevIssuer
+    issuers_file: Path  # discovery document on loopback (the conftest fixture)
+    common: dict[str, str]
+    nats_url: str
+    root: str
+    clock: Clock = field(default_factory=Clock)
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.root)
+
+    @property
+    def direct_issuers_file(self) -> Path:
+        """Names the dev issuer's JWKS URL (``jwks_url``): no discovery document."""
+        return direct_issuers_file(self.issuers_file.parent, self.dev)
+
+    def env(self, issuers_file: Path | None = None, **overrides: str) -> dict[str, str]:
+        return jwks_env(self.common, issuers_file or self.issuers_file, **overrides)
+
+    def service(self, env: dict[str, str] | None = None) -> contextlib.AbstractAsyncContextManager[Runtime]:
+        return jwks_service(env or self.env(), self.clock)
+
+    def nats(self) -> contextlib.AbstractAsyncContextManager[Client]:
+        return nats_client(self.nats_url)
+
+    async def stored(self, until: Callable[[KeySet], bool] = lambda _: True, timeout: float = 10.0) -> KeySet:
+        async with self.nats() as nc:
+            return await wait_stored(nc, self.root, self.dev.issuer, until, timeout)
+
+
+def jwks_env(common: dict[str, str], issuers_file: Path, **overrides: str) -> dict[str, str]:
+    env = {
+        **common,
+        "TRUSTPUB_ISSUERS_FILE": str(issuers_file),
+        "TRUSTPUB_DISABLED_PROVIDERS": OTHER_PROVIDERS,
+        "TRUSTPUB_FETCH_TIMEOUT": "2",
+    }
+    env.update({f"TRUSTPUB_{k.upper()}": v for k, v in overrides.items()})
+    return env
+
+
+def direct_issuers_file(tmp_path: Path, dev: DevIssuer) -> Path:
+    """An issuers file naming the dev issuer's JWKS URL directly (no discovery)."""
+    path = tmp_path / "issuers-direct.toml"
+    path.write_text(
+        "[[issuer]]\n"
+        f'issuer = "{dev.issuer}"\n'
+        'provider = "github"\n'
+        f'jwks_url = "{dev.base_url}/.well-known/jwks"\n'
+        "allow_loopback_http = true\n"
+    )
+    return path
+
+
+@contextlib.asynccontextmanager
+async def jwks_service(
+    env: dict[str, str], clock: Callable[[], float] | None = None
+) -> AsyncIterator[Runtime]:
+    rt = Runtime("jwks", load(Settings, env))
+    setup = setup_with(now=clock or time.time)
+    async with running(rt, setup) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def nats_client(url: str) -> AsyncIterator[Client]:
+    nc = await asyncio.wait_for(nats.connect(url, connect_timeout=5), 10)
+    try:
+        yield nc
+    finally:
+        await asyncio.wait_for(nc.drain(), 10)
+
+
+async def ask(nc: Client, subject: str, msg: msgspec.Struct, timeout: float = 5.0) -> Any:
+    """Send one request; the decoded reply (a KeySet or an ErrorReply)."""
+    reply = await nc.request(subject, encode(msg), timeout=timeout)
+    return any_reply(reply.data)
+
+
+async def read_stored(nc: Client, root: str, issuer: str) -> KeySet | None:
+    js = nc.jetstream()
+    kv = await asyncio.wait_for(js.key_value(Subjects(root).jwks_bucket), 5)
+    try:
+        entry = await asyncio.wait_for(kv.get(kv_key(issuer)), 5)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    assert entry.value is not None
+    return msgspec.json.decode(entry.value, type=KeySet)
+
+
+async def wait_stored(
+    nc: Client,
+    root: str,
+    issuer: str,
+    until: Callable[[KeySet], bool] = lambda _: True,
+    timeout: float = 10.0,
+) -> KeySet:
+    """Poll the bucket until the issuer's entry exists and satisfies ``until``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ks = await read_stored(nc, root, issuer)
+        if ks is not None and until(ks):
+            return ks
+        if time.monotonic() > deadline:
+            msg = f"no matching key set for {issuer} after {timeout} s (last: {ks})"
+            raise AssertionError(msg)
+        await asyncio.sleep(0.02)
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def kids(ks: KeySet) -> list[str]:
+    return [k["kid"] for k in ks.keys]
+
+
+@contextlib.asynccontextmanager
+async def redirector(target: str) -> AsyncIterator[str]:
+    """A loopback server answering every GET with a 302 to ``target``."""
+
+    async def redirect(_: web.Request) -> web.Response:
+        raise web.HTTPFound(target)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", redirect)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def serve_briefly(dev: DevIssuer) -> AsyncIterator[DevIssuer]:
+    """Like ``DevIssuer.serve``, but a handler left hanging is cancelled at once on exit.
+
+    ``DevIssuer.serve`` keeps aiohttp's 60 s graceful shutdown, which a "hang" handler
+    (asleep for an hour, its client long gone) would use up in full.
+    """
+    runner = web.AppRunner(dev.app(), access_log=None, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    dev.base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    try:
+        yield dev
+    finally:
+        await runner.cleanup()
+
+
+# -- keys that must be refused ----------------------------------------------------------
+
+
+def rsa_jwk(kid: str, *, bits: int = 2048, exponent: int = 65537) -> dict[str, Any]:
+    priv = rsa.generate_private_key(public_exponent=exponent, key_size=bits)
+    out: dict[str, Any] = jwk.JWK.from_pyca(priv.public_key()).export_public(as_dict=True)
+    out.update(kid=kid, use="sig", alg="RS256")
+    return out
+
+
+def rsa_private_jwk(kid: str) -> dict[str, Any]:
+    priv = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    out: dict[str, Any] = jwk.JWK.from_pyca(priv).export_private(as_dict=True)
+    out.update(kid=kid, use="sig", alg="RS256")
+    return out
+
+
+def ec_jwk(kid: str) -> dict[str, Any]:
+    priv = ec.generate_private_key(ec.SECP256R1())
+    out: dict[str, Any] = jwk.JWK.from_pyca(priv.public_key()).export_public(as_dict=True)
+    out.update(kid=kid, use="sig", alg="ES256")
+    return out
+
+
+def off_curve_jwk(kid: str) -> dict[str, Any]:
+    """A P-256 key whose y is moved off the curve (the invalid-curve attack's shape)."""
+    good = ec_jwk(kid)
+    y = jwk.base64url_decode(good["y"])
+    moved = ((int.from_bytes(y, "big") + 1) % (1 << 256)).to_bytes(32, "big")
+    good["y"] = jwk.base64url_encode(moved)
+    return good
+
+
+def oct_jwk(kid: str) -> dict[str, Any]:
+    return {"kty": "oct", "kid": kid, "k": jwk.base64url_encode(b"0123456789abcdef0123456789abcdef")}

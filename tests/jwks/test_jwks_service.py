@@ -1,0 +1,266 @@
+"""The jwks service in-process against a local issuer: real HTTP, real NATS and KV."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import aiohttp
+import msgspec
+import pytest
+from structlog.testing import capture_logs
+from tests.jwks.jwks_support import JwksTest, ask, jwks_service, kids, read_stored, serve_briefly, wait_for
+
+from trustpub.devstack.issuer import DevIssuer, SigningKey
+from trustpub.messages.v1 import ErrorReply, KeySet, KeySetRequest, KeySetRotated, RefreshRequest
+
+COOLDOWN = 60.0  # the default refresh_cooldown; tests move the clock past it
+
+
+def refresh_count(rt, issuer: str, result: str) -> float:
+    sample = {"issuer": issuer, "result": result}
+    return rt.registry.get_sample_value("trustpub_jwks_refresh_total", sample) or 0
+
+
+def gauge(rt, name: str, issuer: str) -> float | None:
+    return rt.registry.get_sample_value(name, {"issuer": issuer})
+
+
+async def test_fetch_on_start_lands_the_set_in_kv(jw: JwksTest):
+    dev = jw.dev
+    async with jw.service() as rt, jw.nats() as nc:
+        ks = await jw.stored()
+        assert ks.issuer == dev.issuer
+        assert ks.keys == [dev.keys[0].public_jwk()]
+        assert abs(ks.fetched_at - jw.clock()) < 1
+        assert ks.checked_at == ks.fetched_at
+        assert dev.hits == {"discovery": 1, "jwks": 1}
+
+        reply = await ask(nc, jw.subjects.jwks_get, KeySetRequest(issuer=dev.issuer))
+        assert reply == ks
+
+        assert gauge(rt, "trustpub_jwks_keys", dev.issuer) == 1
+        assert refresh_count(rt, dev.issuer, "ok") == 1
+        jw.clock.advance(100)
+        assert gauge(rt, "trustpub_jwks_keyset_age_seconds", dev.issuer) == pytest.approx(100)
+
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            async with http.get(f"http://127.0.0.1:{rt.ops_port}/readyz") as resp:
+                body = await resp.json()
+            assert resp.status == 200
+            # One check per enabled issuer: it has a usable set in the bucket.
+            assert body["checks"] == {"nats": True, "jwks_bucket": True, f"keys {dev.issuer}": True}
+
+            # Past the staleness bound (24 h by default) the set is no longer usable.
+            jw.clock.advance(86400)
+            async with http.get(f"http://127.0.0.1:{rt.ops_port}/readyz") as resp:
+                body = await resp.json()
+            assert resp.status == 503
+            assert body["checks"][f"keys {dev.issuer}"] is False
+
+
+async def test_unknown_kid_refreshes_once_and_returns_the_new_key(jw: JwksTest):
+    dev = jw.dev
+    async with jw.service() as rt, jw.nats() as nc:
+        await jw.stored()
+        rotated = await nc.subscribe(jw.subjects.event("jwks", "rotated"))
+        dev.keys.append(SigningKey.generate("dev-2"))
+        jw.clock.advance(COOLDOWN + 1)
+
+        reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-2"))
+        assert isinstance(reply, KeySet)
+        assert kids(reply) == ["dev-1", "dev-2"]
+        assert dev.hits["jwks"] == 2
+        stored = await read_stored(nc, jw.root, dev.issuer)
+        assert stored == reply
+        assert stored.fetched_at == jw.clock()
+        assert refresh_count(rt, dev.issuer, "ok") == 2
+
+        # The first set's own event (old_kids []) may arrive after the subscription: skip it.
+        event = msgspec.json.decode((await rotated.next_msg(timeout=5)).data, type=KeySetRotated)
+        if event.old_kids == []:
+            event = msgspec.json.decode((await rotated.next_msg(timeout=5)).data, type=KeySetRotated)
+        assert (event.issuer, event.old_kids, event.new_kids) == (dev.issuer, ["dev-1"], ["dev-1", "dev-2"])
+        assert event.replaced_kids == []
+
+        # Past the cooldown, a kid that the stored set already has costs no fetch (another
+        # replica, or an earlier request, refreshed already).
+        jw.clock.advance(COOLDOWN + 1)
+        again = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-2"))
+        assert again == reply
+        assert dev.hits["jwks"] == 2
+
+
+async def test_withdrawn_key_disappears_after_a_refresh(jw: JwksTest):
+    dev = jw.dev
+    async with jw.service() as rt, jw.nats() as nc:
+        await jw.stored()
+        dev.keys[:] = [SigningKey.generate("dev-2")]
+        jw.clock.advance(COOLDOWN + 1)
+        reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-2"))
+        assert kids(reply) == ["dev-2"]
+        assert kids(await read_stored(nc, jw.root, dev.issuer)) == ["dev-2"]
+        assert gauge(rt, "trustpub_jwks_keys", dev.issuer) == 1
+
+
+async def test_periodic_refresh_drops_a_withdrawn_key_within_one_period(jw: JwksTest):
+    # The real clock here: the periodic loop sleeps for real.
+    env = jw.env(refresh_interval="0.5")
+    async with jwks_service(env, time.time):
+        await jw.stored()
+        jw.dev.keys[:] = [SigningKey.generate("dev-3")]
+        ks = await jw.stored(lambda ks: kids(ks) == ["dev-3"], timeout=5)
+        assert ks.keys == [jw.dev.keys[0].public_jwk()]
+
+
+async def test_flood_of_random_kids_makes_at_most_one_fetch(jw: JwksTest):
+    dev = jw.dev
+    async with jw.service() as rt, jw.nats() as nc:
+        first = await jw.stored()
+        jw.clock.advance(COOLDOWN + 1)
+        before = dict(dev.hits)
+        requests = [RefreshRequest(issuer=dev.issuer, kid=uuid.uuid4().hex) for _ in range(50)]
+        replies = await asyncio.wait_for(
+            asyncio.gather(*(ask(nc, jw.subjects.jwks_refresh, r) for r in requests)), 15
+        )
+        assert all(isinstance(r, KeySet) and r.keys == first.keys for r in replies)
+        assert dev.hits["jwks"] - before["jwks"] == 1
+        assert dev.hits["discovery"] - before["discovery"] == 1
+        # One fetch (it found the same keys); the requests that came after it were in cooldown.
+        assert refresh_count(rt, dev.issuer, "unchanged") == 1
+
+        # Still within the cooldown: no fetch at all.
+        jw.clock.advance(COOLDOWN / 2)
+        more = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="nope"))
+        assert isinstance(more, KeySet)
+        assert dev.hits["jwks"] - before["jwks"] == 1
+        assert refresh_count(rt, dev.issuer, "cooldown") >= 1
+
+
+async def test_issuer_down_keeps_the_last_good_set(jw: JwksTest):
+    dev = jw.dev
+    async with jw.service() as rt, jw.nats() as nc:
+        good = await jw.stored()
+        dev.mode = "error"
+        jw.clock.advance(COOLDOWN + 1)
+        with capture_logs() as logs:
+            reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-9"))
+        assert isinstance(reply, KeySet)
+        assert reply.keys == good.keys
+        assert reply.fetched_at == good.fetched_at
+        assert reply.checked_at == jw.clock()
+        assert await read_stored(nc, jw.root, dev.issuer) == reply
+        [failed] = [e for e in logs if e["event"] == "jwks_fetch_failed"]
+        assert failed["issuer"] == dev.issuer
+        assert failed["reason"].startswith(f"discovery document at {dev.base_url}/.well-known/")
+        assert failed["reason"].endswith("answered HTTP 500")
+        assert refresh_count(rt, dev.issuer, "error") == 1
+
+        # The cooldown counts from that failed attempt too.
+        hits = dev.hits["discovery"]
+        again = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-9"))
+        assert again.keys == good.keys
+        assert dev.hits["discovery"] == hits
+        got = await ask(nc, jw.subjects.jwks_get, KeySetRequest(issuer=dev.issuer))
+        assert got.keys == good.keys
+
+        # The age of the set grows while the issuer is down.
+        age = gauge(rt, "trustpub_jwks_keyset_age_seconds", dev.issuer)
+        assert age == pytest.approx(COOLDOWN + 1)
+
+        # Back up: the next refresh after the cooldown succeeds.
+        dev.mode = "ok"
+        dev.keys.append(SigningKey.generate("dev-9"))
+        jw.clock.advance(COOLDOWN + 1)
+        back = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-9"))
+        assert kids(back) == ["dev-1", "dev-9"]
+
+
+async def test_hanging_issuer_is_cut_at_fetch_timeout(jw: JwksTest):
+    # Its own issuer: the shared fixture would wait out aiohttp's 60 s graceful shutdown
+    # for the handler left hanging.
+    async with serve_briefly(DevIssuer()) as dev:
+        path = jw.issuers_file.parent / "hanging.toml"
+        path.write_text(dev.issuers_toml())
+        async with jwks_service(jw.env(path, fetch_timeout="0.5"), jw.clock) as rt, jw.nats() as nc:
+            good = await jw.stored()
+            dev.mode = "hang"
+            jw.clock.advance(COOLDOWN + 1)
+            started = time.monotonic()
+            request = RefreshRequest(issuer=dev.issuer, kid="x")
+            replies = await asyncio.wait_for(
+                asyncio.gather(*(ask(nc, jw.subjects.jwks_refresh, request) for _ in range(5))), 5
+            )
+            elapsed = time.monotonic() - started
+            assert 0.4 <= elapsed < 2.0
+            assert all(r.keys == good.keys for r in replies)
+            assert refresh_count(rt, dev.issuer, "error") == 1
+            assert dev.hits["discovery"] == 2  # the start, then one fetch shared by all five
+
+
+async def test_unconfigured_issuer_is_refused_without_any_request(jw: JwksTest):
+    dev = jw.dev
+    async with jw.service(), jw.nats() as nc:
+        await jw.stored()
+        jw.clock.advance(COOLDOWN + 1)
+        before = dict(dev.hits)
+        # The dev issuer's own base URL serves a discovery document: were it fetched, the
+        # hit counters would show it. gitlab.com is built in but disabled in these tests.
+        for issuer in (dev.base_url, "https://gitlab.com", "https://evil.example"):
+            refresh = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=issuer, kid="k"))
+            get = await ask(nc, jw.subjects.jwks_get, KeySetRequest(issuer=issuer))
+            for reply in (refresh, get):
+                assert isinstance(reply, ErrorReply)
+                assert reply.code == "invalid-payload"
+                assert reply.description == f"issuer {issuer!r} is not a configured, enabled issuer"
+        assert dev.hits == before
+        assert await read_stored(nc, jw.root, dev.base_url) is None
+
+
+async def test_cold_start_with_the_issuer_down_is_unavailable(jw: JwksTest):
+    dev = jw.dev
+    dev.mode = "error"
+    async with jw.service() as rt, jw.nats() as nc:
+        # Ready although the only issuer is down; the start fetch runs in the background.
+        assert rt.ready
+        await wait_for(lambda: refresh_count(rt, dev.issuer, "error") == 1)
+        reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-1"))
+        assert isinstance(reply, ErrorReply)
+        assert reply.code == "unavailable"
+        assert "answered HTTP 500" in reply.description
+        got = await ask(nc, jw.subjects.jwks_get, KeySetRequest(issuer=dev.issuer))
+        assert isinstance(got, ErrorReply)
+        assert got.code == "unavailable"
+        assert await read_stored(nc, jw.root, dev.issuer) is None
+        assert dev.hits["discovery"] == 1
+
+        # After the cooldown, a refresh while still down fails with the fetch's reason.
+        jw.clock.advance(COOLDOWN + 1)
+        reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-1"))
+        assert reply.code == "unavailable"
+        assert "could not be fetched" in reply.description
+        assert dev.hits["discovery"] == 2
+
+        dev.mode = "ok"
+        jw.clock.advance(COOLDOWN + 1)
+        reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-1"))
+        assert kids(reply) == ["dev-1"]
+
+
+async def test_a_second_replica_shares_the_stored_set(jw: JwksTest):
+    dev = jw.dev
+    async with jw.service(), jw.nats() as nc:
+        first = await jw.stored()
+        # The second replica finds the set that the first one checked within the cooldown:
+        # it does not fetch at start. Refresh requests now reach either replica, and both
+        # answer from the shared bucket within the cooldown.
+        hits = dict(dev.hits)
+        async with jw.service() as second:
+            await wait_for(lambda: gauge(second, "trustpub_jwks_keys", dev.issuer) == 1)
+            assert dev.hits == hits
+            for _ in range(10):
+                reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="zz"))
+                assert reply.keys == first.keys
+            assert dev.hits == hits

@@ -1,0 +1,260 @@
+"""The world of a keys test: two local issuers, the real jwks and verifier services, clocks.
+
+Both services run in-process with their real ``setup`` (each its own Runtime and NATS
+connection, on this test's subject root); the only stand-ins are the identity providers,
+played by :class:`DevIssuer` over real HTTP with real keys. Clocks are moved, not waited for:
+the jwks service and the verifier each get one (``jwks_clock``, ``verifier_clock``);
+:meth:`World.advance` moves both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import nats
+import nats.js.errors
+from aiohttp import web
+from nats.aio.client import Client
+from tests.conftest import AUDIENCE, running
+
+from trustpub.devstack.issuer import DevIssuer, SigningKey
+from trustpub.jwks.app import setup_with as jwks_setup
+from trustpub.jwks.config import Settings as JwksSettings
+from trustpub.messages import Subjects, TrustpubError
+from trustpub.messages.keys import kv_key
+from trustpub.messages.v1 import KeySet, VerifiedToken, VerifyRequest
+from trustpub.runtime import Runtime, load
+from trustpub.verifier.app import setup_with as verifier_setup
+from trustpub.verifier.config import Settings as VerifierSettings
+
+COOLDOWN = 60.0  # the default refresh_cooldown; tests move the clocks past it
+OTHER_ISSUER = "https://gitlab.example.test"
+# Built-in issuers that would be fetched from the internet: switched off in the issuers file,
+# as `make up` does, so that they do not count for readiness.
+OFFLINE = (
+    ("https://gitlab.com", "gitlab"),
+    ("https://accounts.google.com", "google"),
+    ("https://platform.activestate.com/api/v1/oauth/oidc", "activestate"),
+)
+
+
+class Clock:
+    """Unix seconds that the test moves."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class IssuerServer:
+    """Serves a DevIssuer on loopback; ``stop`` makes it refuse connections (the port is
+    kept for ``start`` again). A handler left hanging is cut after 0.2 s at stop."""
+
+    def __init__(self, dev: DevIssuer) -> None:
+        self.dev = dev
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        runner = web.AppRunner(self.dev.app(), access_log=None, shutdown_timeout=0.2)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.dev.base_url = f"http://127.0.0.1:{self.port}"
+        self._runner = runner
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the verifier answered: "verified", or an error code, and the description."""
+
+    code: str
+    description: str = ""
+    claims: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verified(self) -> bool:
+        return self.code == "verified"
+
+
+@dataclass
+class World:
+    dev: DevIssuer  # plays GitHub Actions' issuer
+    other: DevIssuer  # a self-managed GitLab, whose tokens must be unaffected
+    servers: dict[str, IssuerServer]
+    tmp: Path
+    common: dict[str, str]
+    nats_url: str
+    jwks_clock: Clock = field(default_factory=Clock)
+    verifier_clock: Clock = field(default_factory=Clock)
+    attacker: SigningKey = field(default_factory=lambda: SigningKey.generate("attacker"))
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.common["TRUSTPUB_SUBJECT_ROOT"])
+
+    def advance(self, seconds: float) -> None:
+        self.jwks_clock.advance(seconds)
+        self.verifier_clock.advance(seconds)
+
+    # -- configuration ----------------------------------------------------------------
+
+    def issuers_file(self, *, direct: bool = False, algorithms: tuple[str, ...] = ()) -> Path:
+        """Both issuers on loopback (discovery, or ``direct``: the dev issuer's JWKS URL)."""
+        dev = self.dev
+        text = self.other.issuers_toml("gitlab") + "\n"
+        if direct:
+            text += (
+                f'[[issuer]]\nissuer = "{dev.issuer}"\nprovider = "github"\n'
+                f'jwks_url = "{dev.base_url}/.well-known/jwks"\nallow_loopback_http = true\n'
+            )
+        else:
+            text += dev.issuers_toml()
+        if algorithms:
+            text += "algorithms = [" + ", ".join(f'"{a}"' for a in algorithms) + "]\n"
+        for iss, provider in OFFLINE:
+            text += f'\n[[issuer]]\nissuer = "{iss}"\nprovider = "{provider}"\nenabled = false\n'
+        path = self.tmp / f"issuers-{uuid.uuid4().hex[:8]}.toml"
+        path.write_text(text)
+        return path
+
+    def env(self, issuers_file: Path | None = None, **overrides: str) -> dict[str, str]:
+        env = {
+            **self.common,
+            "TRUSTPUB_ISSUERS_FILE": str(issuers_file or self.issuers_file()),
+            "TRUSTPUB_FETCH_TIMEOUT": "1",
+            # Above the jwks service's worst case (a fetch, or waiting for another replica's).
+            "TRUSTPUB_REFRESH_TIMEOUT": "3",
+        }
+        env.update({f"TRUSTPUB_{k.upper()}": v for k, v in overrides.items()})
+        return env
+
+    # -- services ---------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def jwks(self, env: dict[str, str] | None = None) -> AsyncIterator[Runtime]:
+        rt = Runtime("jwks", load(JwksSettings, env or self.env()))
+        async with running(rt, jwks_setup(now=self.jwks_clock)) as started:
+            yield started
+
+    @contextlib.asynccontextmanager
+    async def verifier(self, env: dict[str, str] | None = None) -> AsyncIterator[Runtime]:
+        rt = Runtime("verifier", load(VerifierSettings, env or self.env()))
+        async with running(rt, verifier_setup(now=self.verifier_clock)) as started:
+            yield started
+
+    @contextlib.asynccontextmanager
+    async def both(self, env: dict[str, str] | None = None) -> AsyncIterator[tuple[Runtime, Runtime]]:
+        """The jwks service (its start fetch landed, where an issuer is up), then a verifier."""
+        env = env or self.env()
+        async with self.jwks(env) as jwks:
+            await self.settled(jwks)
+            async with self.verifier(env) as verifier:
+                yield jwks, verifier
+
+    async def settled(self, jwks: Runtime, timeout: float = 5.0) -> None:
+        """Wait until the jwks service's start fetch of each issuer that is up has landed."""
+        up = [d for d in (self.dev, self.other) if d.mode == "ok" and self.servers[d.issuer].running]
+        for dev in up:
+            await until(lambda d=dev: sample(jwks, "trustpub_jwks_keys", issuer=d.issuer) is not None, timeout)
+
+    # -- asking -----------------------------------------------------------------------
+
+    async def verify(self, rt: Runtime, token: str, timeout: float = 5.0) -> Verdict:
+        """Ask the verifier over NATS, as the gateway does."""
+        try:
+            reply = await rt.request(
+                rt.subjects.token_verify, VerifyRequest(token=token), VerifiedToken, timeout=timeout
+            )
+        except TrustpubError as exc:
+            return Verdict(exc.code.value, exc.description)
+        return Verdict("verified", claims=reply.claims)
+
+    def token(self, dev: DevIssuer | None = None, *, key: SigningKey | None = None, kid: str = "") -> str:
+        """A fresh token of ``dev`` (the GitHub issuer by default) signed with ``key``."""
+        dev = dev or self.dev
+        key = key or dev.signing_key
+        header = {"alg": key.alg, "kid": kid or key.kid, "typ": "JWT"}
+        return dev.token(dev_claims(dev), key=key, header=header)
+
+    def forged(self, dev: DevIssuer | None = None) -> str:
+        """A token naming a random kid, validly signed by the attacker's key."""
+        return self.token(dev, key=self.attacker, kid=uuid.uuid4().hex)
+
+    @contextlib.asynccontextmanager
+    async def nats(self) -> AsyncIterator[Client]:
+        nc = await asyncio.wait_for(nats.connect(self.nats_url, connect_timeout=5), 10)
+        try:
+            yield nc
+        finally:
+            await asyncio.wait_for(nc.drain(), 10)
+
+    async def stored(self, nc: Client, issuer: str) -> KeySet | None:
+        kv = await asyncio.wait_for(nc.jetstream().key_value(self.subjects.jwks_bucket), 5)
+        try:
+            entry = await asyncio.wait_for(kv.get(kv_key(issuer)), 5)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        assert entry.value is not None
+        return msgspec.json.decode(entry.value, type=KeySet)
+
+
+def dev_claims(dev: DevIssuer) -> dict[str, Any]:
+    from trustpub.devstack.issuer import github_claims  # noqa: PLC0415
+
+    return github_claims(AUDIENCE, issuer=dev.issuer)
+
+
+def kids(keyset: KeySet | None) -> list[str]:
+    return [] if keyset is None else [k["kid"] for k in keyset.keys]
+
+
+def sample(rt: Runtime, name: str, **labels: str) -> float | None:
+    return rt.registry.get_sample_value(name, labels)
+
+
+def refreshes(rt: Runtime, issuer: str, result: str) -> float:
+    return sample(rt, "trustpub_jwks_refresh_total", issuer=issuer, result=result) or 0.0
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            msg = f"condition not met within {timeout} s"
+            raise AssertionError(msg)
+        await asyncio.sleep(0.01)
+
+
+async def readyz(rt: Runtime) -> tuple[int, dict[str, Any]]:
+    """What a probe sees on the service's ops port."""
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as http,
+        http.get(f"http://127.0.0.1:{rt.ops_port}/readyz") as resp,
+    ):
+        return resp.status, await resp.json()

@@ -1,0 +1,519 @@
+"""The registry service in-process over real NATS and PostgreSQL: match, replay, pinning,
+revocation, outages and the audit consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import aiohttp
+import asyncpg
+import msgspec
+import pytest
+from tests.conftest import running
+from tests.registry.registry_support import (
+    claims_for,
+    match_request,
+    register,
+    unique,
+    wait_until,
+)
+
+from trustpub.devstack.servers import free_port
+from trustpub.messages import InvalidPublisher, InvalidToken, ReusedToken, TrustpubError, Unavailable
+from trustpub.messages.v1 import ExchangeEvent, MintGrant, MintStatus, MintStatusRequest, RevokeRequest
+from trustpub.registry import db, migrations
+from trustpub.registry.app import setup
+from trustpub.registry.config import Settings
+from trustpub.runtime import Runtime, load
+from trustpub.runtime.events import ensure_stream, publish
+
+GHES = "https://ghes.example.test/_services/token"
+
+
+@pytest.fixture
+async def conn(database_url):
+    c = await asyncio.wait_for(db.connect(database_url), 10)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def make_registry(common, database_url, **env) -> Runtime:
+    settings = load(Settings, {**common, "TRUSTPUB_DATABASE_URL": database_url, **env})
+    return Runtime("registry", settings)
+
+
+@pytest.fixture
+async def registry(common, database_url):
+    rt = make_registry(common, database_url)
+    async with running(rt, setup):
+        yield rt
+
+
+async def match(rt, req) -> MintGrant:
+    return await rt.request(rt.subjects.publisher_match, req, MintGrant, timeout=5)
+
+
+def sample(rt, name, **labels) -> float:
+    return rt.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_happy_path_grant_mint_and_audit(registry, conn):
+    owner = unique("org")
+    p1, p2 = unique("pkg"), unique("Pkg")
+    publisher = await register(conn, projects=[p1, p2], owner=owner)
+    claims = claims_for(owner)
+    req = match_request(claims)
+
+    before = time.time()
+    grant = await match(registry, req)
+
+    assert grant.publisher_id == publisher.id
+    assert grant.projects == sorted([p1, p2], key=db.normalize_name)
+    assert grant.expires_at - grant.issued_at == 900
+    assert before - 1 <= grant.issued_at <= time.time() + 1
+    assert grant.provenance["repository"] == f"{owner}/demo"
+    assert grant.provenance["workflow"] == "release.yml"
+    assert grant.provenance["issuer"] == req.token.issuer
+    assert grant.provenance["sha"] == claims["sha"]
+
+    mint = await conn.fetchrow("SELECT * FROM mints WHERE id = $1", uuid.UUID(grant.mint_id))
+    assert mint["exchange_id"] == req.exchange_id
+    assert str(mint["publisher_id"]) == publisher.id
+    assert mint["token_key"] == claims["jti"]
+    assert list(mint["projects"]) == grant.projects
+    assert mint["provenance"] == grant.provenance
+    assert mint["revoked_at"] is None
+
+    audit = await conn.fetchrow(
+        "SELECT * FROM audit_events WHERE kind = 'exchange.succeeded' AND mint_id = $1",
+        uuid.UUID(grant.mint_id),
+    )
+    assert audit["exchange_id"] == req.exchange_id
+    assert str(audit["publisher_id"]) == publisher.id
+    assert audit["outcome"] == "succeeded"
+    assert audit["detail"] == {
+        "issuer": req.token.issuer,
+        "provider": "github",
+        "token_hash_prefix": req.token.token_hash[:16],
+    }
+
+    used = await conn.fetchrow("SELECT expires_at FROM used_tokens WHERE token_key = $1", claims["jti"])
+    # Kept until exp + leeway (30) + margin (60): TOB-PYPI26-1.
+    assert used["expires_at"].timestamp() == claims["exp"] + 90
+
+    assert sample(registry, "trustpub_match_total", provider="github", outcome="granted", code="") == 1
+    assert sample(registry, "trustpub_audit_events_total", kind="exchange.succeeded") == 1
+    assert sample(registry, "trustpub_match_duration_seconds_count", provider="github") == 1
+
+
+async def test_replay_refused(registry, conn):
+    owner = unique("org")
+    await register(conn, projects=[unique("pkg")], owner=owner)
+    claims = claims_for(owner)
+    await match(registry, match_request(claims))
+
+    with pytest.raises(ReusedToken) as info:
+        await match(registry, match_request(claims))
+    assert info.value.code == "invalid-reuse-token"
+    assert info.value.description == "invalid token: already used"
+    assert await conn.fetchval("SELECT count(*) FROM mints WHERE token_key = $1", claims["jti"]) == 1
+    assert sample(registry, "trustpub_replays_refused_total", provider="github") == 1
+    assert (
+        sample(
+            registry, "trustpub_match_total", provider="github", outcome="refused", code="invalid-reuse-token"
+        )
+        == 1
+    )
+
+
+async def test_concurrent_presentations_give_one_grant(registry, conn):
+    owner = unique("org")
+    await register(conn, projects=[unique("pkg")], owner=owner)
+    claims = claims_for(owner)
+
+    results = await asyncio.wait_for(
+        asyncio.gather(*(match(registry, match_request(claims)) for _ in range(20)), return_exceptions=True),
+        30,
+    )
+
+    grants = [r for r in results if isinstance(r, MintGrant)]
+    reused = [r for r in results if isinstance(r, ReusedToken)]
+    assert len(grants) == 1, results
+    assert len(reused) == 19, results
+    assert await conn.fetchval("SELECT count(*) FROM mints WHERE token_key = $1", claims["jti"]) == 1
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM audit_events WHERE kind = 'exchange.succeeded' AND mint_id = $1",
+            uuid.UUID(grants[0].mint_id),
+        )
+        == 1
+    )
+
+
+async def test_no_publisher_for_repository(registry):
+    owner = unique("org")
+    with pytest.raises(InvalidPublisher) as info:
+        await match(registry, match_request(claims_for(owner)))
+    assert info.value.description == (
+        "valid token, but no corresponding publisher "
+        f"(no trusted publisher is registered for repository {owner}/demo)"
+    )
+
+
+async def test_rejected_exchange_does_not_consume_the_token(registry, conn):
+    # H9: a refused token can be presented again once the publisher is fixed.
+    owner = unique("org")
+    project = unique("pkg")
+    wrong = await register(conn, projects=[project], owner=owner, workflow="other.yml")
+    claims = claims_for(owner)
+
+    with pytest.raises(InvalidPublisher) as info:
+        await match(registry, match_request(claims))
+    assert info.value.description == (
+        "valid token, but no corresponding publisher ("
+        f'workflow_ref "{owner}/demo/.github/workflows/release.yml@refs/tags/v1.0.0" '
+        'does not name the registered workflow "other.yml")'
+    )
+    assert await conn.fetchval("SELECT count(*) FROM used_tokens WHERE token_key = $1", claims["jti"]) == 0
+
+    await db.remove_publisher(conn, wrong.id, actor="test")
+    fixed = await register(conn, projects=[project], owner=owner)
+    grant = await match(registry, match_request(claims))
+    assert grant.publisher_id == fixed.id
+
+
+async def test_failures_of_every_candidate_are_listed(registry, conn):
+    owner = unique("org")
+    await register(conn, projects=[unique("pkg")], owner=owner, workflow="a.yml")
+    await register(conn, projects=[unique("pkg")], owner=owner, workflow="b.yml", environment="")
+    claims = claims_for(owner, owner_id="9999")
+    with pytest.raises(InvalidPublisher) as info:
+        await match(registry, match_request(claims))
+    description = info.value.description
+    assert description.startswith("valid token, but no corresponding publisher (")
+    assert 'does not name the registered workflow "a.yml"' in description
+    assert 'does not name the registered workflow "b.yml"' in description
+    # The shared owner-id failure appears once.
+    assert description.count('repository_owner_id "9999"') == 1
+    assert "; " in description
+
+
+async def test_malformed_claims_are_invalid_publisher(registry):
+    claims = claims_for(unique("org"))
+    del claims["repository_owner_id"]
+    with pytest.raises(InvalidPublisher) as info:
+        await match(registry, match_request(claims))
+    assert info.value.description == (
+        "valid token, but no corresponding publisher (missing claim 'repository_owner_id')"
+    )
+    look_alike = claims_for(unique("org"), repository="octo-\u043erg/demo")
+    with pytest.raises(InvalidPublisher, match="is not of the form owner/name"):
+        await match(registry, match_request(look_alike))
+
+
+async def test_publisher_matches_only_its_issuer(registry, conn):
+    # E7 / TOB-PYPI26-12: a token from another issuer with the same claims finds nothing.
+    owner = unique("org")
+    await register(conn, projects=[unique("pkg")], owner=owner)
+    with pytest.raises(InvalidPublisher, match="no trusted publisher is registered"):
+        await match(registry, match_request(claims_for(owner, issuer=GHES), issuer=GHES))
+
+
+async def test_unsupported_provider(registry):
+    with pytest.raises(InvalidPublisher) as info:
+        await match(registry, match_request(claims_for(unique("org")), provider="gitlab"))
+    assert info.value.description == "gitlab publishers are not supported yet"
+
+
+async def test_most_specific_publisher_wins(registry, conn):
+    owner = unique("org")
+    any_env, release = unique("any"), unique("rel")
+    p_any = await register(conn, projects=[any_env], owner=owner, environment="")
+    p_rel = await register(conn, projects=[release], owner=owner, environment="release")
+
+    grant = await match(registry, match_request(claims_for(owner, environment="Release")))
+    assert (grant.publisher_id, grant.projects) == (p_rel.id, [release])
+    grant = await match(registry, match_request(claims_for(owner, environment="staging")))
+    assert (grant.publisher_id, grant.projects) == (p_any.id, [any_env])
+    grant = await match(registry, match_request(claims_for(owner, environment=None)))
+    assert grant.publisher_id == p_any.id
+
+
+async def test_ids_pinned_on_first_use(registry, conn):
+    owner = unique("org")
+    publisher = await register(conn, projects=[unique("pkg")], owner=owner, owner_id=None, repository_id=None)
+    assert publisher.spec["owner_id"] is None
+
+    grant = await match(registry, match_request(claims_for(owner, owner_id="1001", repo_id="2002")))
+
+    spec = await conn.fetchval("SELECT spec FROM publishers WHERE id = $1", uuid.UUID(publisher.id))
+    assert (spec["owner_id"], spec["repository_id"]) == ("1001", "2002")
+    audit = await conn.fetchrow(
+        "SELECT * FROM audit_events WHERE kind = 'publisher.pinned' AND publisher_id = $1",
+        uuid.UUID(publisher.id),
+    )
+    assert str(audit["mint_id"]) == grant.mint_id
+    assert audit["detail"]["owner_id"] == {"old": None, "new": "1001"}
+    assert audit["detail"]["repository_id"] == {"old": None, "new": "2002"}
+    assert sample(registry, "trustpub_publishers_pinned_total", provider="github") == 1
+
+    # A later token from a resurrected owner name (another id) is refused.
+    with pytest.raises(InvalidPublisher) as info:
+        await match(registry, match_request(claims_for(owner, owner_id="9999")))
+    assert (
+        'repository_owner_id "9999" does not match the registered owner id "1001"' in info.value.description
+    )
+    # And the pinned publisher keeps working without further pinning.
+    await match(registry, match_request(claims_for(owner)))
+    assert sample(registry, "trustpub_publishers_pinned_total", provider="github") == 1
+
+
+async def test_racing_first_uses_pin_once(registry, conn):
+    owner = unique("org")
+    publisher = await register(conn, projects=[unique("pkg")], owner=owner, owner_id=None)
+    reqs = [match_request(claims_for(owner, owner_id=str(1000 + i))) for i in range(6)]
+    results = await asyncio.wait_for(
+        asyncio.gather(*(match(registry, r) for r in reqs), return_exceptions=True), 30
+    )
+    grants = [r for r in results if isinstance(r, MintGrant)]
+    assert len(grants) == 1, results
+    assert all(isinstance(r, InvalidPublisher) for r in results if not isinstance(r, MintGrant))
+    spec = await conn.fetchval("SELECT spec FROM publishers WHERE id = $1", uuid.UUID(publisher.id))
+    winner = next(r for r, res in zip(reqs, results, strict=True) if isinstance(res, MintGrant))
+    assert spec["owner_id"] == winner.token.claims["repository_owner_id"]
+
+
+async def test_replay_does_not_pin(registry, conn):
+    owner = unique("org")
+    publisher = await register(conn, projects=[unique("pkg")], owner=owner, owner_id=None)
+    claims = claims_for(owner)
+    await conn.execute(
+        "INSERT INTO used_tokens (issuer, token_key, expires_at) VALUES ($1, $2, now() + interval '1 hour')",
+        "https://token.actions.githubusercontent.com",
+        claims["jti"],
+    )
+    with pytest.raises(ReusedToken):
+        await match(registry, match_request(claims))
+    spec = await conn.fetchval("SELECT spec FROM publishers WHERE id = $1", uuid.UUID(publisher.id))
+    assert spec["owner_id"] is None
+
+
+async def test_revoke_and_status(registry, conn):
+    owner = unique("org")
+    publisher = await register(conn, projects=[unique("pkg")], owner=owner)
+    grant = await match(registry, match_request(claims_for(owner)))
+    subjects = registry.subjects
+
+    status = await registry.request(
+        subjects.mint_status, MintStatusRequest(mint_id=grant.mint_id), MintStatus, timeout=5
+    )
+    assert (status.known, status.revoked, status.expires_at) == (True, False, grant.expires_at)
+
+    revoked = await registry.request(
+        subjects.mint_revoke, RevokeRequest(mint_id=grant.mint_id, reason="burned"), MintStatus, timeout=5
+    )
+    assert (revoked.known, revoked.revoked, revoked.expires_at) == (True, True, grant.expires_at)
+    again = await registry.request(
+        subjects.mint_revoke, RevokeRequest(mint_id=grant.mint_id), MintStatus, timeout=5
+    )
+    assert again.revoked
+    row = await conn.fetchrow(
+        "SELECT revoked_at, revoked_reason FROM mints WHERE id = $1", uuid.UUID(grant.mint_id)
+    )
+    assert row["revoked_at"] is not None
+    assert row["revoked_reason"] == "burned"
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM audit_events WHERE kind = 'mint.revoked' AND mint_id = $1",
+            uuid.UUID(grant.mint_id),
+        )
+        == 1
+    )
+    status = await registry.request(
+        subjects.mint_status, MintStatusRequest(mint_id=grant.mint_id), MintStatus, timeout=5
+    )
+    assert status.revoked
+
+    for unknown in (str(uuid.uuid4()), "not-a-uuid"):
+        with pytest.raises(InvalidToken, match=r"^unknown token$"):
+            await registry.request(
+                subjects.mint_revoke, RevokeRequest(mint_id=unknown), MintStatus, timeout=5
+            )
+        status = await registry.request(
+            subjects.mint_status, MintStatusRequest(mint_id=unknown), MintStatus, timeout=5
+        )
+        assert not status.known
+
+    # Removing the publisher revokes its outstanding tokens at introspection.
+    other = await match(registry, match_request(claims_for(owner)))
+    await db.remove_publisher(conn, publisher.id, actor="test")
+    status = await registry.request(
+        subjects.mint_status, MintStatusRequest(mint_id=other.mint_id), MintStatus, timeout=5
+    )
+    assert (status.known, status.revoked) == (True, True)
+
+
+async def test_database_down_means_unavailable(common):
+    # Nothing listens on this port: the service starts, is not ready, and answers 503-style.
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/trustpub"
+    rt = make_registry(common, url, TRUSTPUB_DATABASE_TIMEOUT="1")
+    async with running(rt, setup):
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(f"http://127.0.0.1:{rt.ops_port}/readyz") as resp,
+        ):
+            body = await resp.json()
+        assert resp.status == 503
+        assert body["checks"]["database"] is False
+
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as info:
+            await match(rt, match_request(claims_for(unique("org"))))
+        assert info.value.description == "the registry database is unavailable"
+        assert time.monotonic() - started < 3
+        with pytest.raises(Unavailable):
+            await rt.request(
+                rt.subjects.mint_status, MintStatusRequest(mint_id=str(uuid.uuid4())), MintStatus, timeout=5
+            )
+        assert (
+            sample(rt, "trustpub_match_total", provider="github", outcome="unavailable", code="unavailable")
+            == 1
+        )
+
+
+async def test_database_lost_mid_service_means_unavailable(registry, conn, database_url):
+    # Kill the registry's sessions: the pool's connections die under it.
+    owner = unique("org")
+    await register(conn, projects=[unique("pkg")], owner=owner)
+    await match(registry, match_request(claims_for(owner)))
+    await conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'trustpub-registry' AND datname = current_database()"
+    )
+    outcomes = []
+    for _ in range(4):
+        try:
+            outcomes.append(await match(registry, match_request(claims_for(owner))))
+        except TrustpubError as exc:
+            outcomes.append(exc)
+    # Never an internal error: a dead connection is "unavailable", and the pool recovers.
+    assert all(isinstance(o, MintGrant | Unavailable) for o in outcomes), outcomes
+    assert isinstance(outcomes[-1], MintGrant)
+
+
+async def test_statement_timeout_means_unavailable(common, database_url, conn):
+    # The publisher row is held by someone else: pinning waits on the lock until the
+    # statement timeout, and the caller gets "unavailable" in bounded time, not a hang.
+    owner = unique("org")
+    publisher = await register(conn, projects=[unique("pkg")], owner=owner, owner_id=None)
+    claims = claims_for(owner)
+    rt = make_registry(common, database_url, TRUSTPUB_DATABASE_TIMEOUT="0.5")
+    async with running(rt, setup):
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM publishers WHERE id = $1 FOR UPDATE", uuid.UUID(publisher.id))
+            started = time.monotonic()
+            with pytest.raises(Unavailable, match=r"^the registry database is unavailable$"):
+                await match(rt, match_request(claims))
+            assert time.monotonic() - started < 3
+        # Nothing was consumed: the same token goes through once the lock is gone.
+        grant = await match(rt, match_request(claims))
+        assert grant.publisher_id == publisher.id
+
+
+async def test_exchange_failed_events_are_audited_once(registry, conn):
+    js = registry.nc.jetstream()
+    await asyncio.wait_for(ensure_stream(js, registry.subjects), 10)
+    subject = registry.subjects.event("exchange", "failed")
+    event_id = str(uuid.uuid4())
+    event = ExchangeEvent(
+        event_id=event_id,
+        exchange_id=uuid.uuid4().hex,
+        at=time.time(),
+        outcome="failed",
+        code="invalid-token",
+        description="malformed or invalid token",
+        issuer="https://token.actions.githubusercontent.com",
+        provider="github",
+        token_hash_prefix="0123456789abcdef",
+    )
+    await publish(js, subject, event, event_id)
+    await publish(js, subject, event, event_id)  # dropped by JetStream's duplicate window
+    # Re-sent under another message id: JetStream keeps it, the event id must dedupe it.
+    await asyncio.wait_for(js.publish(subject, msgspec.json.encode(event)), 5)
+    sentinel = ExchangeEvent(event_id=str(uuid.uuid4()), exchange_id="x", at=time.time(), outcome="failed")
+    await publish(js, subject, sentinel, sentinel.event_id)
+
+    async def stored() -> bool:
+        return bool(
+            await conn.fetchval(
+                "SELECT count(*) FROM audit_events WHERE event_id = $1", uuid.UUID(sentinel.event_id)
+            )
+        )
+
+    await wait_until(stored, timeout=15)
+    row = await conn.fetchrow("SELECT * FROM audit_events WHERE event_id = $1", uuid.UUID(event_id))
+    assert (
+        await conn.fetchval("SELECT count(*) FROM audit_events WHERE event_id = $1", uuid.UUID(event_id)) == 1
+    )
+    assert row["kind"] == "exchange.failed"
+    assert row["code"] == "invalid-token"
+    assert row["exchange_id"] == event.exchange_id
+    assert row["detail"]["token_hash_prefix"] == "0123456789abcdef"
+    assert sample(registry, "trustpub_audit_events_total", kind="exchange.failed") == 2
+
+    async def drained() -> bool:
+        return registry.registry.get_sample_value("trustpub_audit_backlog") == 0
+
+    await wait_until(drained, timeout=10)
+
+
+async def test_purge_keeps_retained_token_ids(common, database_url, conn):
+    owner = unique("org")
+    await register(conn, projects=[unique("pkg")], owner=owner)
+    old_key, live_key = unique("expired"), unique("live")
+    await conn.execute(
+        "INSERT INTO used_tokens (issuer, token_key, expires_at) VALUES "
+        "('test', $1, now() - interval '1 second'), ('test', $2, now() + interval '1 hour')",
+        old_key,
+        live_key,
+    )
+    rt = make_registry(common, database_url, TRUSTPUB_PURGE_INTERVAL="0.1")
+    async with running(rt, setup):
+        claims = claims_for(owner)
+        await match(rt, match_request(claims))
+
+        async def purged() -> bool:
+            return not await conn.fetchval("SELECT count(*) FROM used_tokens WHERE token_key = $1", old_key)
+
+        await wait_until(purged, timeout=10)
+        await asyncio.sleep(0.3)  # a few more purge rounds
+        kept = await conn.fetch(
+            "SELECT token_key FROM used_tokens WHERE token_key = ANY($1::text[])", [live_key, claims["jti"]]
+        )
+        assert {r["token_key"] for r in kept} == {live_key, claims["jti"]}
+
+
+async def test_migrations_idempotent_and_serialised(pg_admin_url, database_url):
+    assert await asyncio.wait_for(migrations.apply(database_url), 30) == []
+    name = f"trustpub_mig_{uuid.uuid4().hex[:8]}"
+    admin = await asyncio.wait_for(asyncpg.connect(pg_admin_url), 10)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = pg_admin_url.rpartition("/")[0] + "/" + name
+        first, second = await asyncio.wait_for(
+            asyncio.gather(migrations.apply(url), migrations.apply(url)), 60
+        )
+        assert sorted([first, second]) == [[], ["0001_init"]]
+        check = await asyncpg.connect(url)
+        try:
+            assert await check.fetchval("SELECT count(*) FROM schema_migrations") == 1
+        finally:
+            await check.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
