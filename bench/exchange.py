@@ -53,16 +53,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def children(pid: int) -> list[int]:
-    out = []
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (PostgreSQL runs under runuser: postmaster, then backends)."""
+    parent: dict[int, int] = {}
     for path in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = path.read_text().rsplit(")", 1)[1].split()
+            parent[int(path.parent.name)] = int(path.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    out, frontier = [], [pid]
+    while frontier:
+        kids = [c for c, p in parent.items() if p in frontier]
+        out.extend(kids)
+        frontier = kids
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants (exited backends' time is lost)."""
+    total = 0.0
+    for p in [pid, *descendants(pid)]:
+        try:
+            total += cpu_seconds(p)
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            out.append(int(path.parent.name))
-    return out
+    return total
 
 
 async def drive(url: str, tokens: list[str], concurrency: int, seconds: float) -> dict[str, Any]:
@@ -105,14 +120,42 @@ async def drive(url: str, tokens: list[str], concurrency: int, seconds: float) -
 
 
 def make_tokens(issuer: DevIssuer, n: int) -> list[str]:
-    return [issuer.token(github_claims(AUDIENCE, issuer=issuer.issuer, jti=str(uuid.uuid4())))
-            for _ in range(n)]
+    return [
+        issuer.token(github_claims(AUDIENCE, issuer=issuer.issuer, jti=str(uuid.uuid4()))) for _ in range(n)
+    ]
 
 
-async def register(database_url: str) -> None:
-    from trustpub.registry import db  # noqa: PLC0415
+def register(database_url: str) -> None:
+    """The publisher the tokens match: octo-org/demo, release.yml, environment release."""
+    from trustpub.registry import cli  # noqa: PLC0415
 
-    await db.bench_register(database_url)
+    db = ["--database-url", database_url]
+    assert cli.main(["project", "add", "bench-pkg", *db]) == 0
+    assert (
+        cli.main(
+            [
+                "publisher",
+                "add",
+                "github",
+                "--project",
+                "bench-pkg",
+                "--owner",
+                "octo-org",
+                "--owner-id",
+                "1001",
+                "--repository",
+                "demo",
+                "--repository-id",
+                "2002",
+                "--workflow",
+                "release.yml",
+                "--environment",
+                "release",
+                *db,
+            ]
+        )
+        == 0
+    )
 
 
 def main() -> None:
@@ -124,9 +167,12 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
 
     rs256 = calibrate()
-    print(f"calibration: jwcrypto RS256 verify {rs256:,.0f}/s "
-          f"(perf-limits.md: {REFERENCE['rs256_verify_per_s']:,}/s, machine speed ratio "
-          f"{rs256 / REFERENCE['rs256_verify_per_s']:.2f})", flush=True)
+    print(
+        f"calibration: jwcrypto RS256 verify {rs256:,.0f}/s "
+        f"(perf-limits.md: {REFERENCE['rs256_verify_per_s']:,}/s, machine speed ratio "
+        f"{rs256 / REFERENCE['rs256_verify_per_s']:.2f})",
+        flush=True,
+    )
 
     with tempfile.TemporaryDirectory(prefix="trustpub-bench-") as tmp:
         root = Path(tmp)
@@ -138,14 +184,20 @@ def main() -> None:
 
             db_url = pg.url
             asyncio.run(apply(db_url))
-            asyncio.run(register(db_url))
+            register(db_url)
             with issuer.serve_in_thread():
                 (root / "issuers.toml").write_text(issuer.issuers_toml() + offline_builtins_toml(issuer))
-                stack = Stack({
-                    "TRUSTPUB_NATS_URL": nats.url, "TRUSTPUB_DATABASE_URL": db_url,
-                    "TRUSTPUB_ISSUERS_FILE": str(root / "issuers.toml"), "TRUSTPUB_AUDIENCE": AUDIENCE,
-                    "TRUSTPUB_MINTER_KEY_FILE": str(root / "minter.jwk"), "TRUSTPUB_LOG_LEVEL": "warning",
-                }, log_dir=root / "logs")
+                stack = Stack(
+                    {
+                        "TRUSTPUB_NATS_URL": nats.url,
+                        "TRUSTPUB_DATABASE_URL": db_url,
+                        "TRUSTPUB_ISSUERS_FILE": str(root / "issuers.toml"),
+                        "TRUSTPUB_AUDIENCE": AUDIENCE,
+                        "TRUSTPUB_MINTER_KEY_FILE": str(root / "minter.jwk"),
+                        "TRUSTPUB_LOG_LEVEL": "warning",
+                    },
+                    log_dir=root / "logs",
+                )
                 stack.start_all()
                 try:
                     results = run_levels(stack, issuer, levels, args.seconds, nats, pg)
@@ -159,33 +211,35 @@ def main() -> None:
         args.json.write_text(json.dumps(out, indent=2))
 
 
-def run_levels(stack: Stack, issuer: DevIssuer, levels: list[int], seconds: float,
-               nats: NatsServer, pg: PostgresServer) -> list[dict[str, Any]]:
+def run_levels(
+    stack: Stack, issuer: DevIssuer, levels: list[int], seconds: float, nats: NatsServer, pg: PostgresServer
+) -> list[dict[str, Any]]:
     url = f"{stack.base_url}/_/oidc/mint-token"
     asyncio.run(drive(url, make_tokens(issuer, 200), 8, 2))  # warm-up: keys fetched, pools filled
     pids = {k: p.popen.pid for k, p in stack.procs.items()}
-    assert nats.proc is not None  # noqa: S101
-    assert pg.proc is not None  # noqa: S101
+    assert nats.proc is not None
+    assert pg.proc is not None
     pids["nats-server"] = nats.proc.pid
-    pg_pids = [pg.proc.pid, *children(pg.proc.pid)]
     results = []
     for conc in levels:
         need = int(3000 * seconds) if conc > 1 else int(800 * seconds)
         print(f"signing {need:,} fresh tokens for {conc} in flight ...", flush=True)
         tokens = make_tokens(issuer, need)
         before = {k: cpu_seconds(p) for k, p in pids.items()}
-        pg_before = sum(cpu_seconds(p) for p in [*pg_pids, *children(pg.proc.pid)] if Path(f"/proc/{p}").exists())
+        pg_before = tree_cpu(pg.proc.pid)
         driver_before = time.process_time()
         res = asyncio.run(drive(url, tokens, conc, seconds))
         n = max(res["exchanges"], 1)
         cpu = {k: round((cpu_seconds(p) - before[k]) * 1e6 / n) for k, p in pids.items()}
-        pg_after = sum(cpu_seconds(p) for p in [*pg_pids, *children(pg.proc.pid)] if Path(f"/proc/{p}").exists())
+        pg_after = tree_cpu(pg.proc.pid)
         cpu["postgres"] = round((pg_after - pg_before) * 1e6 / n)
         cpu["bench-client"] = round((time.process_time() - driver_before) * 1e6 / n)
         res["cpu_us_per_exchange"] = cpu
         res["cpu_us_per_exchange_total_excl_client"] = sum(v for k, v in cpu.items() if k != "bench-client")
         if conc == 32:
-            res["ratio_vs_prototype_1443_per_s"] = round(res["exchanges_per_s"] / REFERENCE["exchanges_per_s_32"], 2)
+            res["ratio_vs_prototype_1443_per_s"] = round(
+                res["exchanges_per_s"] / REFERENCE["exchanges_per_s_32"], 2
+            )
         results.append(res)
         print(json.dumps(res), flush=True)
     return results

@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-
 from tests.conftest import AUDIENCE
+
 from trustpub.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
 from trustpub.devstack.stack import Stack
 from trustpub.registry import cli
@@ -79,8 +79,14 @@ class Publisher:
         self.spec = spec
 
     def claims(self, **overrides: Any) -> dict[str, Any]:
-        return github_claims(AUDIENCE, issuer=self.issuer.issuer, owner=self.owner, repo=self.repo,
-                             owner_id=self.spec.get("owner_id", "1001"), **overrides)
+        return github_claims(
+            AUDIENCE,
+            issuer=self.issuer.issuer,
+            owner=self.owner,
+            repo=self.repo,
+            owner_id=self.spec.get("owner_id", "1001"),
+            **overrides,
+        )
 
     def token(self, **overrides: Any) -> str:
         return self.issuer.token(self.claims(**overrides))
@@ -97,14 +103,33 @@ def publisher(stack: Stack, e2e_issuer: DevIssuer, stack_env: dict[str, str]) ->
     db = stack_env["TRUSTPUB_DATABASE_URL"]
     project = f"pkg-{n}"
     assert register(db, "project", "add", project) == 0
-    assert register(db, "publisher", "add", "github", "--project", project, "--owner", f"org-{n}",
-                    "--owner-id", "1001", "--repository", "demo", "--workflow", "release.yml",
-                    "--environment", "release") == 0
+    assert (
+        register(
+            db,
+            "publisher",
+            "add",
+            "github",
+            "--project",
+            project,
+            "--owner",
+            f"org-{n}",
+            "--owner-id",
+            "1001",
+            "--repository",
+            "demo",
+            "--workflow",
+            "release.yml",
+            "--environment",
+            "release",
+        )
+        == 0
+    )
     return Publisher(e2e_issuer, f"org-{n}", "demo", project, owner_id="1001")
 
 
-async def mint(http: aiohttp.ClientSession, stack: Stack, token: Any,  # noqa: ANN401
-               path: str = "/_/oidc/mint-token") -> tuple[int, dict[str, Any], dict[str, str]]:
+async def mint(
+    http: aiohttp.ClientSession, stack: Stack, token: Any, path: str = "/_/oidc/mint-token"
+) -> tuple[int, dict[str, Any], dict[str, str]]:
     async with http.post(f"{stack.base_url}{path}", data=json.dumps({"token": token})) as resp:
         return resp.status, await resp.json(content_type=None), dict(resp.headers)
 
@@ -117,5 +142,5 @@ async def mints_count(database_url: str) -> int:
         await conn.close()
 
 
-def bounded(coro: Any, seconds: float = 15) -> Any:  # noqa: ANN401
+def bounded(coro: Any, seconds: float = 15) -> Any:
     return asyncio.wait_for(coro, seconds)

@@ -7,13 +7,13 @@ import base64
 import json
 import time
 
-import aiohttp
 import asyncpg
+import id as oidc_id
 import pytest
 from jwcrypto import jwk, jws
-
 from tests.conftest import AUDIENCE
 from tests.e2e.conftest import Publisher, bounded, mint, mints_count, register
+
 from trustpub.devstack.issuer import SigningKey, b64u, compact, enc_json
 
 
@@ -30,7 +30,8 @@ async def test_audience_body_is_exactly_pypis(http, stack):
 
 
 async def test_happy_path_mints_a_token_that_verifies_against_published_keys(
-        http, stack, publisher, stack_env):
+    http, stack, publisher, stack_env
+):
     before = time.time()
     status, body, headers = await bounded(mint(http, stack, publisher.token()))
     assert status == 200, body
@@ -62,10 +63,13 @@ async def test_happy_path_mints_a_token_that_verifies_against_published_keys(
     # Invariant 2: the token left only after its mint record and audit row were committed.
     conn = await asyncpg.connect(stack_env["TRUSTPUB_DATABASE_URL"], timeout=5)
     try:
-        row = await conn.fetchrow("SELECT projects, exchange_id FROM mints WHERE id = $1::uuid", claims["jti"])
+        row = await conn.fetchrow(
+            "SELECT projects, exchange_id FROM mints WHERE id = $1::uuid", claims["jti"]
+        )
         audit = await conn.fetchval(
             "SELECT count(*) FROM audit_events WHERE kind = 'exchange.succeeded' AND mint_id = $1::uuid",
-            claims["jti"])
+            claims["jti"],
+        )
     finally:
         await conn.close()
     assert row["projects"] == [publisher.project]
@@ -83,10 +87,13 @@ async def test_same_token_twice_is_refused_as_reuse(http, stack, publisher):
     token = publisher.token()
     assert (await bounded(mint(http, stack, token)))[0] == 200
     status, body, _ = await bounded(mint(http, stack, token))
-    assert (status, body) == (422, {
-        "message": "Token request failed",
-        "errors": [{"code": "invalid-reuse-token", "description": "invalid token: already used"}],
-    })
+    assert (status, body) == (
+        422,
+        {
+            "message": "Token request failed",
+            "errors": [{"code": "invalid-reuse-token", "description": "invalid token: already used"}],
+        },
+    )
 
 
 async def test_twenty_concurrent_submissions_of_one_token_mint_exactly_one(http, stack, publisher):
@@ -101,14 +108,19 @@ async def test_twenty_concurrent_submissions_of_one_token_mint_exactly_one(http,
 # Each GitHub rule, refused with invalid-publisher and a description naming what was
 # expected and what the token carried.
 RULES = [
-    ("wrong repository", {"repository": "someone/demo"},
-     "no trusted publisher is registered for repository someone/demo"),
+    (
+        "wrong repository",
+        {"repository": "someone/demo"},
+        "no trusted publisher is registered for repository someone/demo",
+    ),
     ("wrong owner", {"repository_owner": "someone"}, 'repository_owner "someone"'),
-    ("wrong owner id (resurrected account)", {"repository_owner_id": "9999"},
-     'repository_owner_id "9999"'),
+    ("wrong owner id (resurrected account)", {"repository_owner_id": "9999"}, 'repository_owner_id "9999"'),
     ("wrong workflow", "workflow", 'does not name the registered workflow "release.yml"'),
-    ("wrong environment", {"environment": "staging"},
-     'environment "staging" does not match the registered environment "release"'),
+    (
+        "wrong environment",
+        {"environment": "staging"},
+        'environment "staging" does not match the registered environment "release"',
+    ),
     ("no environment", {"environment": None}, 'the publisher requires "release"'),
     ("reusable workflow not allowed", "reusable", "is a reusable workflow this publisher does not allow"),
     ("pull_request_target", {"event_name": "pull_request_target"}, "pull_request_target"),
@@ -151,32 +163,49 @@ async def _refused(http, stack, database_url, token, code, fragment):
     assert await mints_count(database_url) == before
 
 
-async def test_hostile_tokens_are_refused_and_nothing_is_minted(http, stack, publisher, stack_env, e2e_issuer):
+async def test_hostile_tokens_are_refused_and_nothing_is_minted(
+    http, stack, publisher, stack_env, e2e_issuer
+):
     db = stack_env["TRUSTPUB_DATABASE_URL"]
     now = int(time.time())
     attacker = SigningKey.generate(e2e_issuer.signing_key.kid)
     cases = [
-        (e2e_issuer.token(forged(publisher, iss="https://token.actions.githubusercontent.com.evil.test")),
-         "invalid-payload", "unknown trusted publishing issuer"),
-        (e2e_issuer.token(forged(publisher, exp=now - 120, iat=now - 400, nbf=now - 400)),
-         "invalid-token", "expired"),
-        (e2e_issuer.token(forged(publisher, iat=now + 600, nbf=now, exp=now + 900)), "invalid-token",
-         "in the future"),
+        (
+            e2e_issuer.token(forged(publisher, iss="https://token.actions.githubusercontent.com.evil.test")),
+            "invalid-payload",
+            "unknown trusted publishing issuer",
+        ),
+        (
+            e2e_issuer.token(forged(publisher, exp=now - 120, iat=now - 400, nbf=now - 400)),
+            "invalid-token",
+            "expired",
+        ),
+        (
+            e2e_issuer.token(forged(publisher, iat=now + 600, nbf=now, exp=now + 900)),
+            "invalid-token",
+            "in the future",
+        ),
         (e2e_issuer.token(forged(publisher, aud="pypi")), "invalid-token", '"pypi" is not this index'),
         (e2e_issuer.token(forged(publisher), key=attacker), "invalid-token", "signature does not verify"),
-        (enc_json({"alg": "none", "typ": "JWT"}) + "." + enc_json(forged(publisher)) + "."
-         + b64u(b"x"), "invalid-token", '"none"'),
+        (
+            enc_json({"alg": "none", "typ": "JWT"}) + "." + enc_json(forged(publisher)) + "." + b64u(b"x"),
+            "invalid-token",
+            '"none"',
+        ),
     ]
     for token, code, fragment in cases:
         await _refused(http, stack, db, token, code, fragment)
 
 
-@pytest.mark.parametrize(("body", "status", "code"), [
-    (b"not json", 422, "invalid-payload"),
-    (b'{"token": 12}', 422, "invalid-payload"),
-    (b"{}", 422, "invalid-payload"),
-    (b'{"token": "' + b"A" * 70000 + b'"}', 413, "invalid-payload"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"not json", 422, "invalid-payload"),
+        (b'{"token": 12}', 422, "invalid-payload"),
+        (b"{}", 422, "invalid-payload"),
+        (b'{"token": "' + b"A" * 70000 + b'"}', 413, "invalid-payload"),
+    ],
+)
 async def test_bad_bodies_get_the_error_shape(http, stack, body, status, code):
     async with http.post(f"{stack.base_url}/_/oidc/mint-token", data=body) as resp:
         assert resp.status == status
@@ -218,14 +247,33 @@ async def test_one_publisher_for_two_projects_covers_both(http, stack, e2e_issue
     owner = f"mono-{int(time.time() * 1000) % 10**8}"
     for p in ("mono-a", "mono-b"):
         await asyncio.to_thread(register, db, "project", "add", f"{owner}-{p}")
-    assert await asyncio.to_thread(register, db, "publisher", "add", "github", "--project", f"{owner}-mono-a", "--project",
-                    f"{owner}-mono-b", "--owner", owner, "--repository", "mono", "--workflow",
-                    "release.yml") == 0
+    assert (
+        await asyncio.to_thread(
+            register,
+            db,
+            "publisher",
+            "add",
+            "github",
+            "--project",
+            f"{owner}-mono-a",
+            "--project",
+            f"{owner}-mono-b",
+            "--owner",
+            owner,
+            "--repository",
+            "mono",
+            "--workflow",
+            "release.yml",
+        )
+        == 0
+    )
     pub = Publisher(e2e_issuer, owner, "mono", f"{owner}-mono-a")
     status, body, _ = await bounded(mint(http, stack, pub.token(environment=None)))
     assert status == 200, body
     assert sorted(decode(body["token"].removeprefix("trustpub-"))["projects"]) == [
-        f"{owner}-mono-a", f"{owner}-mono-b"]
+        f"{owner}-mono-a",
+        f"{owner}-mono-b",
+    ]
 
 
 async def test_exchange_id_is_in_every_services_log(http, stack, publisher):
@@ -242,8 +290,6 @@ async def test_exchange_id_is_in_every_services_log(http, stack, publisher):
 
 async def test_id_library_obtains_a_token_and_it_exchanges(http, stack, publisher, e2e_issuer, monkeypatch):
     """The client code twine and gh-action-pypi-publish use, unchanged, against the dev issuer."""
-    import id as oidc_id
-
     e2e_issuer.profile = {"owner": publisher.owner, "repo": "demo", "owner_id": "1001"}
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", f"{e2e_issuer.base_url}/token")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
+import datetime as dt
 import ipaddress
 import os
 import signal
@@ -15,8 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
 from tests.e2e.conftest import bounded, mint
+
 from trustpub.devstack.servers import free_port
 
 DEADLINE_S = 3.0  # TRUSTPUB_REQUEST_TIMEOUT of the e2e stack
@@ -59,33 +59,47 @@ async def test_stuck_service_gives_503_at_the_deadline_not_a_hang(http, stack, p
 def _self_signed(tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trustpub test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return cert_path, key_path
 
 
 async def test_gateway_serves_https_when_given_a_certificate(stack, publisher, tmp_path):
     cert, key = _self_signed(tmp_path)
     port = free_port()
-    stack.start("gateway", replica="-tls", extra={
-        "TRUSTPUB_TLS_CERT": str(cert), "TRUSTPUB_TLS_KEY": str(key), "TRUSTPUB_HTTP_PORT": str(port)})
+    stack.start(
+        "gateway",
+        replica="-tls",
+        extra={"TRUSTPUB_TLS_CERT": str(cert), "TRUSTPUB_TLS_KEY": str(key), "TRUSTPUB_HTTP_PORT": str(port)},
+    )
     try:
         ctx = ssl.create_default_context(cafile=str(cert))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
             async with http.get(f"https://127.0.0.1:{port}/_/oidc/audience", ssl=ctx) as resp:
                 assert resp.status == 200
-            async with http.post(f"https://127.0.0.1:{port}/_/oidc/mint-token", ssl=ctx,
-                                 json={"token": publisher.token()}) as resp:
+            async with http.post(
+                f"https://127.0.0.1:{port}/_/oidc/mint-token", ssl=ctx, json={"token": publisher.token()}
+            ) as resp:
                 assert resp.status == 200, await resp.text()
                 assert (await resp.json())["success"] is True
     finally:

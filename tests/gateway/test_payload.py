@@ -13,38 +13,44 @@ def test_token_string_is_taken_and_extra_keys_ignored():
 
 
 # The bodies warehouse's tests/unit/oidc/test_views.py enumerate as rejected.
-@pytest.mark.parametrize(("body", "why"), [
-    (b"", "not valid JSON"),
-    (b"[]", "must be a JSON object"),
-    (b'"a.b.c"', "got string"),
-    (b"12345", "got number"),
-    (b"3.14", "got number"),
-    (b"null", "got null"),
-    (b"{}", 'has no "token"'),
-    (b'{"token": null}', '"token" must be a string, got null'),
-    (b'{"wrongkey": ""}', 'has no "token"'),
-    (b'{"token": 3.14}', "got number"),
-    (b'{"token": 0}', "got number"),
-    (b'{"token": [""]}', "got array"),
-    (b'{"token": []}', "got array"),
-    (b'{"token": {}}', "got object"),
-    (b'{"token": true}', "got boolean"),
-])
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"", "not valid JSON"),
+        (b"[]", "must be a JSON object"),
+        (b'"a.b.c"', "got string"),
+        (b"12345", "got number"),
+        (b"3.14", "got number"),
+        (b"null", "got null"),
+        (b"{}", 'has no "token"'),
+        (b'{"token": null}', '"token" must be a string, got null'),
+        (b'{"wrongkey": ""}', 'has no "token"'),
+        (b'{"token": 3.14}', "got number"),
+        (b'{"token": 0}', "got number"),
+        (b'{"token": [""]}', "got array"),
+        (b'{"token": []}', "got array"),
+        (b'{"token": {}}', "got object"),
+        (b'{"token": true}', "got boolean"),
+    ],
+)
 def test_pypi_rejected_bodies(body, why):
     with pytest.raises(InvalidPayload, match=why):
         token_from_body(body)
 
 
-@pytest.mark.parametrize(("body", "why"), [
-    (b'{"token": "x.y.z", "token": "a.b.c"}', "duplicate key"),
-    (b'{"token": NaN}', "NaN is not valid JSON"),
-    (b'{"token": "a", "n": Infinity}', "Infinity is not valid JSON"),
-    (b'{"token": "a", "n": ' + b"9" * 5000 + b"}", "not valid JSON"),
-    (b'{"token": "a", "x": ' + b"[" * 100000 + b"]" * 100000 + b"}", "nested too deeply"),
-    (b"\xef\xbb\xbf" + b'{"token": "a"}', "not valid JSON"),
-    ('{"token": "a"}'.encode("utf-16"), "not UTF-8"),
-    (b'{"token": "\xff"}', "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"token": "x.y.z", "token": "a.b.c"}', "duplicate key"),
+        (b'{"token": NaN}', "NaN is not valid JSON"),
+        (b'{"token": "a", "n": Infinity}', "Infinity is not valid JSON"),
+        (b'{"token": "a", "n": ' + b"9" * 5000 + b"}", "not valid JSON"),
+        (b'{"token": "a", "x": ' + b"[" * 100000 + b"]" * 100000 + b"}", "nested too deeply"),
+        (b"\xef\xbb\xbf" + b'{"token": "a"}', "not valid JSON"),
+        ('{"token": "a"}'.encode("utf-16"), "not UTF-8"),
+        (b'{"token": "\xff"}', "not UTF-8"),
+    ],
+)
 def test_ambiguous_or_hostile_json_is_refused(body, why):
     with pytest.raises(InvalidPayload, match=why):
         token_from_body(body)

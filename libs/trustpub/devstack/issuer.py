@@ -70,10 +70,17 @@ class SigningKey:
     def sign(self, signing_input: bytes, alg: str | None = None) -> bytes:
         alg = alg or self.alg
         if isinstance(self.private, rsa.RSAPrivateKey):
-            digest = {"RS256": hashes.SHA256(), "RS384": hashes.SHA384(), "RS512": hashes.SHA512(),
-                      "PS256": hashes.SHA256()}[alg]
-            pad = (padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
-                   if alg.startswith("PS") else padding.PKCS1v15())
+            digest = {
+                "RS256": hashes.SHA256(),
+                "RS384": hashes.SHA384(),
+                "RS512": hashes.SHA512(),
+                "PS256": hashes.SHA256(),
+            }[alg]
+            pad = (
+                padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
+                if alg.startswith("PS")
+                else padding.PKCS1v15()
+            )
             return self.private.sign(signing_input, pad, digest)
         der = self.private.sign(signing_input, ec.ECDSA(hashes.SHA256()))
         r, s = utils.decode_dss_signature(der)
@@ -84,12 +91,14 @@ def compact(key: SigningKey, header: dict[str, Any], claims: dict[str, Any]) -> 
     """A compact JWS over exactly these header and claims (no checks: tests forge freely)."""
     signing_input = f"{enc_json(header)}.{enc_json(claims)}"
     alg = header.get("alg", key.alg)
-    sig = key.sign(signing_input.encode(), alg if isinstance(alg, str) and alg in {
-        "RS256", "RS384", "RS512", "PS256", "ES256"} else None)
+    sig = key.sign(
+        signing_input.encode(),
+        alg if isinstance(alg, str) and alg in {"RS256", "RS384", "RS512", "PS256", "ES256"} else None,
+    )
     return f"{signing_input}.{b64u(sig)}"
 
 
-def github_claims(
+def github_claims(  # noqa: PLR0913  (one keyword per claim a test varies)
     audience: str,
     *,
     issuer: str = GITHUB_ISSUER,
@@ -114,7 +123,9 @@ def github_claims(
     wf = f"{owner}/{repo}/.github/workflows/{workflow}@{ref}"
     claims: dict[str, Any] = {
         "jti": str(uuid.uuid4()),
-        "sub": f"repo:{owner}/{repo}:environment:{environment}" if environment else f"repo:{owner}/{repo}:ref:{ref}",
+        "sub": f"repo:{owner}/{repo}:environment:{environment}"
+        if environment
+        else f"repo:{owner}/{repo}:ref:{ref}",
         "aud": audience,
         "ref": ref,
         "sha": "0123456789abcdef0123456789abcdef01234567",
@@ -173,8 +184,9 @@ class DevIssuer:
     def jwks(self) -> dict[str, Any]:
         return {"keys": [k.public_jwk() for k in self.keys]}
 
-    def token(self, claims: dict[str, Any], *, key: SigningKey | None = None,
-              header: dict[str, Any] | None = None) -> str:
+    def token(
+        self, claims: dict[str, Any], *, key: SigningKey | None = None, header: dict[str, Any] | None = None
+    ) -> str:
         key = key or self.signing_key
         hdr = header if header is not None else {"alg": key.alg, "kid": key.kid, "typ": "JWT"}
         return compact(key, hdr, claims)
@@ -205,16 +217,33 @@ class DevIssuer:
         fault = await self._faults("discovery")
         if fault is not None:
             return fault
-        return web.json_response({
-            "issuer": self.issuer,
-            "jwks_uri": f"{self.base_url}/.well-known/jwks",
-            "subject_types_supported": ["public", "pairwise"],
-            "response_types_supported": ["id_token"],
-            "id_token_signing_alg_values_supported": ["RS256"],
-            "claims_supported": ["sub", "aud", "exp", "iat", "iss", "jti", "nbf", "ref", "repository",
-                                 "repository_owner", "repository_owner_id", "workflow_ref",
-                                 "job_workflow_ref", "environment", "event_name", "sha"],
-        })
+        return web.json_response(
+            {
+                "issuer": self.issuer,
+                "jwks_uri": f"{self.base_url}/.well-known/jwks",
+                "subject_types_supported": ["public", "pairwise"],
+                "response_types_supported": ["id_token"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "claims_supported": [
+                    "sub",
+                    "aud",
+                    "exp",
+                    "iat",
+                    "iss",
+                    "jti",
+                    "nbf",
+                    "ref",
+                    "repository",
+                    "repository_owner",
+                    "repository_owner_id",
+                    "workflow_ref",
+                    "job_workflow_ref",
+                    "environment",
+                    "event_name",
+                    "sha",
+                ],
+            }
+        )
 
     async def _jwks(self, _: web.Request) -> web.Response:
         fault = await self._faults("jwks")

@@ -72,8 +72,16 @@ class NatsServer:
         self.port = self.port or free_port()
         self.monitor_port = self.monitor_port or free_port()
         args = [
-            nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port),
-            "-m", str(self.monitor_port), "-js", "-sd", str(self.store_dir),
+            nats_server_binary(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-m",
+            str(self.monitor_port),
+            "-js",
+            "-sd",
+            str(self.store_dir),
         ]
         out = log_file.open("ab") if log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)  # noqa: S603
@@ -108,7 +116,7 @@ def _run_as() -> list[str]:
         with contextlib.suppress(KeyError):
             pwd.getpwnam(user)
             return ["runuser", "-u", user, "--"]
-    subprocess.run(  # noqa: S603
+    subprocess.run(
         ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "trustpub-pg"],  # noqa: S607
         check=True,
     )
@@ -148,14 +156,32 @@ class PostgresServer:
         _chown_for(prefix, self.data_dir)
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(  # noqa: S603
-                [*prefix, str(bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                 "--auth=trust", "-E", "UTF8", "--locale=C"],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                [
+                    *prefix,
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )
         self.port = self.port or free_port()
         opts = [
-            "-c", f"port={self.port}", "-c", "listen_addresses=127.0.0.1",
-            "-c", f"unix_socket_directories={self.data_dir}", "-c", "max_connections=200",
+            "-c",
+            f"port={self.port}",
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={self.data_dir}",
+            "-c",
+            "max_connections=200",
         ]
         if self.fast:
             opts += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
@@ -165,7 +191,9 @@ class PostgresServer:
         with log.open("ab") as err:
             self.proc = subprocess.Popen(  # noqa: S603
                 [*prefix, str(bindir / "postgres"), "-D", str(self.data_dir), *opts],
-                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
             )
         try:
             wait_for_port(self.port, 30, self.proc)

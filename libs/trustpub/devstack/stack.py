@@ -50,8 +50,15 @@ class Stack:
     def ops_url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.procs[name].ops_port}"
 
-    def start(self, name: str, *, replica: str = "", extra: dict[str, str] | None = None,
-              wait: bool = True, timeout: float = 30) -> Proc:
+    def start(
+        self,
+        name: str,
+        *,
+        replica: str = "",
+        extra: dict[str, str] | None = None,
+        wait: bool = True,
+        timeout: float = 30,
+    ) -> Proc:
         """Start ``name`` (a key of :data:`SERVICES`); ``replica`` names a second copy."""
         key = f"{name}{replica}"
         ops_port = free_port()
@@ -68,7 +75,10 @@ class Stack:
             log = self.log_dir / f"{key}.log"
             out = log.open("ab")
         popen = subprocess.Popen(  # noqa: S603  (our own interpreter and module)
-            [sys.executable, "-m", f"trustpub.{name}"], env=env, stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", f"trustpub.{name}"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         if out is not None:

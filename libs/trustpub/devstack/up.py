@@ -72,8 +72,9 @@ def load_issuer_key(path: Path) -> SigningKey:
         return SigningKey(kid="dev-1", private=priv)  # type: ignore[arg-type]
     key = SigningKey.generate("dev-1")
     path.parent.mkdir(parents=True, exist_ok=True)
-    pem = key.private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+    pem = key.private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
@@ -86,11 +87,28 @@ def register_demo(database_url: str) -> None:
 
     db = ["--database-url", database_url]
     cli.main(["project", "add", DEMO["project"], *db])  # exits 2 when it exists: fine
-    status = cli.main([
-        "publisher", "add", "github", "--project", DEMO["project"], "--owner", DEMO["owner"],
-        "--owner-id", DEMO["owner_id"], "--repository", DEMO["repository"], "--workflow", DEMO["workflow"],
-        "--environment", DEMO["environment"], "--registrant", "make-up-demo", *db,
-    ])
+    status = cli.main(
+        [
+            "publisher",
+            "add",
+            "github",
+            "--project",
+            DEMO["project"],
+            "--owner",
+            DEMO["owner"],
+            "--owner-id",
+            DEMO["owner_id"],
+            "--repository",
+            DEMO["repository"],
+            "--workflow",
+            DEMO["workflow"],
+            "--environment",
+            DEMO["environment"],
+            "--registrant",
+            "make-up-demo",
+            *db,
+        ]
+    )
     if status != 0:
         raise SystemExit("registering the demo publisher failed")
 
@@ -111,11 +129,13 @@ def demo_exchange(base_url: str, issuer: DevIssuer) -> bool:
 
     _, aud = http_json(f"{base_url}/_/oidc/audience")
     audience = aud["audience"]
-    os.environ.update({
-        "GITHUB_ACTIONS": "true",
-        "ACTIONS_ID_TOKEN_REQUEST_URL": f"{issuer.base_url}/token",
-        "ACTIONS_ID_TOKEN_REQUEST_TOKEN": issuer.request_token,
-    })
+    os.environ.update(
+        {
+            "GITHUB_ACTIONS": "true",
+            "ACTIONS_ID_TOKEN_REQUEST_URL": f"{issuer.base_url}/token",
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN": issuer.request_token,
+        }
+    )
     oidc_token = oidc_id.detect_credential(audience)
     say(f"id.detect_credential({audience!r}) obtained a {len(oidc_token or '')}-byte OIDC token")
     status, body = http_json(f"{base_url}/_/oidc/mint-token", {"token": oidc_token})
@@ -162,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         applied = asyncio.run(apply(db_url))
         say(f"migrations applied: {', '.join(applied) or 'none new'}")
 
-        issuer = DevIssuer(keys=[load_issuer_key(run / "dev-issuer" / "key.pem")],
-                           request_token="dev-request-token")  # noqa: S106  (a local demo secret)
+        issuer = DevIssuer(
+            keys=[load_issuer_key(run / "dev-issuer" / "key.pem")], request_token="dev-request-token"
+        )
         cleanup.enter_context(issuer.serve_in_thread(port=port_or_free(args.issuer_port)))
         say(f"development OIDC issuer (plays GitHub Actions) at {issuer.base_url}")
         issuers_file = run / "issuers.toml"

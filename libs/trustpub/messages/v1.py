@@ -175,16 +175,7 @@ class KeySetRotated(_Msg, frozen=True, tag="trustpub.events.v1.jwks_rotated"):
     replaced_kids: list[str] = []
 
 
-Reply = (
-    VerifiedToken
-    | MintGrant
-    | MintStatus
-    | MintedToken
-    | KeysReply
-    | InspectReply
-    | KeySet
-    | ErrorReply
-)
+Reply = VerifiedToken | MintGrant | MintStatus | MintedToken | KeysReply | InspectReply | KeySet | ErrorReply
 
 encoder = msgspec.json.Encoder()
 

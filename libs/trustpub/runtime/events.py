@@ -41,8 +41,9 @@ async def ensure_stream(js: JetStreamContext, subjects: Subjects) -> None:
             await js.stream_info(subjects.events_stream)
 
 
-async def publish(js: JetStreamContext, subject: str, event: msgspec.Struct, event_id: str,
-                  *, timeout: float = 2.0) -> None:
+async def publish(
+    js: JetStreamContext, subject: str, event: msgspec.Struct, event_id: str, *, timeout: float = 2.0
+) -> None:
     """Publish one event and wait until JetStream has stored it.
 
     Raises:

@@ -7,7 +7,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 # Buckets from 0.5 ms to 10 s: a NATS hop is ~0.3 ms idle, an exchange ~2-30 ms, and the
 # request deadline is 5 s by default.
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 
 

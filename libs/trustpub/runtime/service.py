@@ -22,12 +22,12 @@ from typing import Any, TypeVar
 import msgspec
 import nats
 import nats.errors
-from nats.micro.request import Request as MicroRequest
-from nats.micro.service import Service as MicroService
-from nats.micro import add_service
 import structlog
 from aiohttp import web
 from nats.aio.client import Client as NatsClient
+from nats.micro import add_service
+from nats.micro.request import Request as MicroRequest
+from nats.micro.service import Service as MicroService
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from trustpub.messages import EXCHANGE_ID_HEADER, InternalError, Subjects, TrustpubError, Unavailable
@@ -261,18 +261,23 @@ class Runtime:
                 raise Unavailable(f"no {label} service is running") from None
             except (TimeoutError, nats.errors.TimeoutError):
                 raise Unavailable(f"{label} did not answer within {timeout:.1f} s") from None
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                    nats.errors.OutboundBufferLimitError, nats.errors.StaleConnectionError):
+            except (
+                nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionReconnectingError,
+                nats.errors.OutboundBufferLimitError,
+                nats.errors.StaleConnectionError,
+            ):
                 raise Unavailable("the message bus is unreachable") from None
             reply = _reply_decoder.decode(msg.data)
             if isinstance(reply, ErrorReply):
                 raise TrustpubError.from_code(reply.code, reply.description)
             if not isinstance(reply, reply_type):
                 raise InternalError(f"{label} answered with {type(reply).__name__}")
-            return reply
         except TrustpubError as exc:
             outcome = exc.code.value
             raise
+        else:
+            return reply
         finally:
             self.metrics.request_duration.labels(label, outcome).observe(time.perf_counter() - started)
 

@@ -99,8 +99,9 @@ class Gateway:
         async def send() -> None:
             for attempt in range(5):
                 try:
-                    await publish(self._js, self.subjects.event("exchange", event.outcome), event,
-                                  event.event_id)
+                    await publish(
+                        self._js, self.subjects.event("exchange", event.outcome), event, event.event_id
+                    )
                 except TrustpubError:
                     await asyncio.sleep(0.2 * 2**attempt)
                 else:
@@ -114,8 +115,12 @@ class Gateway:
 
     async def audience(self, _: web.Request) -> web.Response:
         if not self.settings.enabled:
-            return error_response("not-enabled", "trusted publishing functionality not enabled", status=403,
-                                  message="Trusted publishing functionality not enabled")
+            return error_response(
+                "not-enabled",
+                "trusted publishing functionality not enabled",
+                status=403,
+                message="Trusted publishing functionality not enabled",
+            )
         return web.json_response({"audience": self.settings.audience})
 
     async def mint_token(self, request: web.Request) -> web.Response:
@@ -131,32 +136,62 @@ class Gateway:
                     raise NotEnabled("trusted publishing functionality not enabled")
                 token = await self._body_token(request)
                 verified = await self.rt.request(
-                    self.subjects.token_verify, VerifyRequest(token=token), VerifiedToken,
-                    timeout=self._remaining(deadline), exchange_id=exchange_id)
+                    self.subjects.token_verify,
+                    VerifyRequest(token=token),
+                    VerifiedToken,
+                    timeout=self._remaining(deadline),
+                    exchange_id=exchange_id,
+                )
                 grant = await self.rt.request(
-                    self.subjects.publisher_match, MatchRequest(exchange_id=exchange_id, token=verified),
-                    MintGrant, timeout=self._remaining(deadline), exchange_id=exchange_id)
+                    self.subjects.publisher_match,
+                    MatchRequest(exchange_id=exchange_id, token=verified),
+                    MintGrant,
+                    timeout=self._remaining(deadline),
+                    exchange_id=exchange_id,
+                )
                 minted = await self.rt.request(
-                    self.subjects.token_mint, MintRequest(grant=grant), MintedToken,
-                    timeout=self._remaining(deadline), exchange_id=exchange_id)
+                    self.subjects.token_mint,
+                    MintRequest(grant=grant),
+                    MintedToken,
+                    timeout=self._remaining(deadline),
+                    exchange_id=exchange_id,
+                )
             except TrustpubError as exc:
                 return self._refused(exc, exchange_id, token, verified, started)
             provider = verified.provider
             self.exchanges.labels(provider, "minted", "").inc()
             elapsed = time.perf_counter() - started
             self.duration.labels("minted").observe(elapsed)
-            log.info("exchange_succeeded", provider=provider, issuer=verified.issuer,
-                     publisher_id=grant.publisher_id, mint_id=grant.mint_id, projects=grant.projects,
-                     duration_ms=round(elapsed * 1000, 2))
-            self._record(ExchangeEvent(
-                event_id=uuid.uuid4().hex, exchange_id=exchange_id, at=time.time(), outcome="succeeded",
-                issuer=verified.issuer, provider=provider, token_hash_prefix=verified.token_hash[:16],
-                publisher_id=grant.publisher_id, mint_id=grant.mint_id))
-            return web.json_response({"success": True, "token": minted.token, "expires": minted.expires},
-                                     headers={EXCHANGE_ID_RESPONSE_HEADER: exchange_id})
+            log.info(
+                "exchange_succeeded",
+                provider=provider,
+                issuer=verified.issuer,
+                publisher_id=grant.publisher_id,
+                mint_id=grant.mint_id,
+                projects=grant.projects,
+                duration_ms=round(elapsed * 1000, 2),
+            )
+            self._record(
+                ExchangeEvent(
+                    event_id=uuid.uuid4().hex,
+                    exchange_id=exchange_id,
+                    at=time.time(),
+                    outcome="succeeded",
+                    issuer=verified.issuer,
+                    provider=provider,
+                    token_hash_prefix=verified.token_hash[:16],
+                    publisher_id=grant.publisher_id,
+                    mint_id=grant.mint_id,
+                )
+            )
+            return web.json_response(
+                {"success": True, "token": minted.token, "expires": minted.expires},
+                headers={EXCHANGE_ID_RESPONSE_HEADER: exchange_id},
+            )
 
-    def _refused(self, exc: TrustpubError, exchange_id: str, token: str, verified: VerifiedToken | None,
-                 started: float) -> web.Response:
+    def _refused(
+        self, exc: TrustpubError, exchange_id: str, token: str, verified: VerifiedToken | None, started: float
+    ) -> web.Response:
         response = from_error(exc)
         outcome = "unavailable" if response.status == 503 else "refused"
         provider = verified.provider if verified else "unknown"
@@ -164,14 +199,29 @@ class Gateway:
         self.exchanges.labels(provider, outcome, code).inc()
         elapsed = time.perf_counter() - started
         self.duration.labels(outcome).observe(elapsed)
-        token_hash = verified.token_hash if verified else (
-            hashlib.sha256(token.encode()).hexdigest() if token else "")
-        log.info("exchange_failed", provider=provider, code=code, reason=exc.description[:300],
-                 duration_ms=round(elapsed * 1000, 2))
-        self._record(ExchangeEvent(
-            event_id=uuid.uuid4().hex, exchange_id=exchange_id, at=time.time(), outcome="failed", code=code,
-            description=exc.description[:500], issuer=verified.issuer if verified else "", provider=provider,
-            token_hash_prefix=token_hash[:16]))
+        token_hash = (
+            verified.token_hash if verified else (hashlib.sha256(token.encode()).hexdigest() if token else "")
+        )
+        log.info(
+            "exchange_failed",
+            provider=provider,
+            code=code,
+            reason=exc.description[:300],
+            duration_ms=round(elapsed * 1000, 2),
+        )
+        self._record(
+            ExchangeEvent(
+                event_id=uuid.uuid4().hex,
+                exchange_id=exchange_id,
+                at=time.time(),
+                outcome="failed",
+                code=code,
+                description=exc.description[:500],
+                issuer=verified.issuer if verified else "",
+                provider=provider,
+                token_hash_prefix=token_hash[:16],
+            )
+        )
         response.headers[EXCHANGE_ID_RESPONSE_HEADER] = exchange_id
         return response
 
@@ -180,10 +230,20 @@ class Gateway:
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout
         try:
             token = await self._body_token(request)
-            claims = (await self.rt.request(self.subjects.token_inspect, InspectRequest(token=token),
-                                            InspectReply, timeout=self._remaining(deadline))).claims
-            await self.rt.request(self.subjects.mint_revoke, RevokeRequest(mint_id=str(claims["jti"])),
-                                  MintStatus, timeout=self._remaining(deadline))
+            claims = (
+                await self.rt.request(
+                    self.subjects.token_inspect,
+                    InspectRequest(token=token),
+                    InspectReply,
+                    timeout=self._remaining(deadline),
+                )
+            ).claims
+            await self.rt.request(
+                self.subjects.mint_revoke,
+                RevokeRequest(mint_id=str(claims["jti"])),
+                MintStatus,
+                timeout=self._remaining(deadline),
+            )
         except TrustpubError as exc:
             return from_error(exc)
         log.info("token_burned", mint_id=claims["jti"])
@@ -195,12 +255,22 @@ class Gateway:
         try:
             token = await self._body_token(request)
             try:
-                claims = (await self.rt.request(self.subjects.token_inspect, InspectRequest(token=token),
-                                                InspectReply, timeout=self._remaining(deadline))).claims
+                claims = (
+                    await self.rt.request(
+                        self.subjects.token_inspect,
+                        InspectRequest(token=token),
+                        InspectReply,
+                        timeout=self._remaining(deadline),
+                    )
+                ).claims
             except InvalidToken:
                 return web.json_response({"active": False})
-            status = await self.rt.request(self.subjects.mint_status, MintStatusRequest(mint_id=str(claims["jti"])),
-                                           MintStatus, timeout=self._remaining(deadline))
+            status = await self.rt.request(
+                self.subjects.mint_status,
+                MintStatusRequest(mint_id=str(claims["jti"])),
+                MintStatus,
+                timeout=self._remaining(deadline),
+            )
         except TrustpubError as exc:
             return from_error(exc)
         if not status.known or status.revoked:
@@ -212,8 +282,9 @@ class Gateway:
         now = time.monotonic()
         if self._jwks is None or now - self._jwks[0] > self.settings.jwks_cache_seconds:
             try:
-                reply = await self.rt.request(self.subjects.token_keys, KeysRequest(), KeysReply,
-                                              timeout=self.settings.request_timeout)
+                reply = await self.rt.request(
+                    self.subjects.token_keys, KeysRequest(), KeysReply, timeout=self.settings.request_timeout
+                )
             except TrustpubError as exc:
                 return from_error(exc)
             self._jwks = (now, reply.jwks)
@@ -225,7 +296,7 @@ class Gateway:
 async def error_shape(request: web.Request, handler: Any) -> web.StreamResponse:  # noqa: ANN401
     """Every error, including aiohttp's own 404/405/413, in PyPI's JSON shape; never a 500."""
     try:
-        return cast(web.StreamResponse, await handler(request))
+        return cast("web.StreamResponse", await handler(request))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -233,7 +304,9 @@ async def error_shape(request: web.Request, handler: Any) -> web.StreamResponse:
         desc = exc.text or exc.reason
         if exc.status == 413:
             desc = f"request body larger than {request.app[SETTINGS].max_body_bytes} bytes"
-        resp = error_response(code, desc.removeprefix(f"{exc.status}: "), status=exc.status, message=exc.reason)
+        resp = error_response(
+            code, desc.removeprefix(f"{exc.status}: "), status=exc.status, message=exc.reason
+        )
         if "Allow" in exc.headers:
             resp.headers["Allow"] = exc.headers["Allow"]
         return resp
@@ -241,8 +314,9 @@ async def error_shape(request: web.Request, handler: Any) -> web.StreamResponse:
         return from_error(exc)
     except Exception:  # the last line of defence of invariant 3: never a 500
         log.exception("gateway_handler_failed", path=request.path)
-        return error_response("unavailable", "internal error; try again", status=503,
-                              headers={"Retry-After": "1"})
+        return error_response(
+            "unavailable", "internal error; try again", status=503, headers={"Retry-After": "1"}
+        )
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -261,7 +335,7 @@ def http_app(gw: Gateway) -> web.Application:
 
 
 async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
-    settings = cast(Settings, rt.settings)
+    settings = cast("Settings", rt.settings)
     gw = Gateway(rt, settings)
     try:
         await asyncio.wait_for(ensure_stream(rt.nc.jetstream(), rt.subjects), 5)
@@ -281,5 +355,10 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     sockets = getattr(server, "sockets", None)
     port = int(sockets[0].getsockname()[1]) if sockets else settings.http_port
     rt.http_port = port
-    log.info("http_listening", host=settings.http_host, port=port, tls=ssl_ctx is not None,
-             audience=settings.audience)
+    log.info(
+        "http_listening",
+        host=settings.http_host,
+        port=port,
+        tls=ssl_ctx is not None,
+        audience=settings.audience,
+    )

@@ -17,7 +17,11 @@ _STATUS = {ErrorCode.UNAVAILABLE: 503, ErrorCode.INTERNAL_ERROR: 503}
 
 
 def error_response(
-    code: str, description: str, *, status: int = 422, message: str = TOKEN_REQUEST_FAILED,
+    code: str,
+    description: str,
+    *,
+    status: int = 422,
+    message: str = TOKEN_REQUEST_FAILED,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     body = {"message": message, "errors": [{"code": code, "description": description}]}

@@ -27,8 +27,15 @@ def _constant(name: str) -> Any:  # noqa: ANN401  (json's hook signature)
     raise ValueError(f"{name} is not valid JSON")
 
 
-_TYPE_NAMES = {str: "string", int: "number", float: "number", bool: "boolean", list: "array",
-               dict: "object", type(None): "null"}
+_TYPE_NAMES = {
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+    type(None): "null",
+}
 
 
 def json_type(value: object) -> str:
@@ -50,7 +57,9 @@ def token_from_body(body: bytes) -> str:
     except ValueError as exc:  # JSONDecodeError is a ValueError, and so are our hooks' refusals
         raise InvalidPayload(f"request body is not valid JSON: {str(exc)[:120]}") from None
     if not isinstance(doc, dict):
-        raise InvalidPayload(f'request body must be a JSON object with a "token" string, got {json_type(doc)}')
+        raise InvalidPayload(
+            f'request body must be a JSON object with a "token" string, got {json_type(doc)}'
+        )
     if "token" not in doc:
         raise InvalidPayload('request body has no "token"')
     token = doc["token"]

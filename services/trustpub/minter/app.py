@@ -25,7 +25,7 @@ log = structlog.get_logger("trustpub.minter")
 
 
 async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:  # noqa: ARG001
-    settings = cast(Settings, rt.settings)
+    settings = cast("Settings", rt.settings)
     signer = Signer(
         keys.load(settings.minter_key, settings.minter_key_file),
         prefix=settings.token_prefix,
@@ -37,8 +37,14 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:  # noqa:
     async def mint(req: MintRequest) -> MintedToken:
         token = signer.mint(req.grant)
         minted.inc()
-        log.info("token_minted", mint_id=req.grant.mint_id, publisher_id=req.grant.publisher_id,
-                 projects=req.grant.projects, expires=req.grant.expires_at, kid=signer.active.kid)
+        log.info(
+            "token_minted",
+            mint_id=req.grant.mint_id,
+            publisher_id=req.grant.publisher_id,
+            projects=req.grant.projects,
+            expires=req.grant.expires_at,
+            kid=signer.active.kid,
+        )
         return MintedToken(token=token, expires=req.grant.expires_at)
 
     async def public_keys(_: KeysRequest) -> KeysReply:

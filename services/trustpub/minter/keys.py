@@ -39,7 +39,8 @@ class MinterKey:
                 if len(signature) != 64:
                     return False
                 der = utils.encode_dss_signature(
-                    int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+                    int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+                )
                 self.public.verify(der, data, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             return False
@@ -49,7 +50,7 @@ class MinterKey:
 def _from_jwk(obj: dict[str, Any], *, need_private: bool) -> MinterKey:
     try:
         key = jwk.JWK(**obj)
-    except Exception as exc:  # noqa: BLE001  (jwcrypto raises several types for bad input)
+    except Exception as exc:
         raise KeyError_(f"not a usable JWK: {type(exc).__name__}") from exc
     kid = key.thumbprint()
     if obj.get("kty") == "OKP" and obj.get("crv") == "Ed25519":
@@ -63,7 +64,9 @@ def _from_jwk(obj: dict[str, Any], *, need_private: bool) -> MinterKey:
         raise KeyError_("the active minter key has no private part")
     public_jwk: dict[str, Any] = key.export_public(as_dict=True)
     public_jwk.update(kid=kid, alg=alg, use="sig")
-    return MinterKey(kid=kid, alg=alg, private=private, public=key.get_op_key("verify"), public_jwk=public_jwk)
+    return MinterKey(
+        kid=kid, alg=alg, private=private, public=key.get_op_key("verify"), public_jwk=public_jwk
+    )
 
 
 def parse(text: str) -> list[MinterKey]:

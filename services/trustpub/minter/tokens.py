@@ -82,7 +82,7 @@ class Signer:
         """
         if len(token) > MAX_TOKEN_CHARS or not token.startswith(self.prefix):
             raise InvalidToken("not a token minted by this service")
-        parts = token[len(self.prefix):].split(".")
+        parts = token[len(self.prefix) :].split(".")
         if len(parts) != 3:
             raise InvalidToken("not a token minted by this service")
         try:
