@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from trustpub.devstack.servers import DevServerError, free_port
+from trustpub.devstack.servers import DevServerError, free_port, port_if_free
 
 SERVICES = ("jwks", "verifier", "registry", "minter", "gateway")
+# Each service's default ops port (its config.py); `make up` keeps them when they are free.
+DEFAULT_OPS_PORTS = {"gateway": 9100, "jwks": 9101, "verifier": 9102, "registry": 9103, "minter": 9104}
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Stack:
     log_dir: Path | None = None  # None: services write to this process's stdout
     procs: dict[str, Proc] = field(default_factory=dict)
     http_port: int = 0
+    default_ports: bool = False  # use DEFAULT_OPS_PORTS where free (make up); else any free port
 
     @property
     def base_url(self) -> str:
@@ -62,6 +65,8 @@ class Stack:
         """Start ``name`` (a key of :data:`SERVICES`); ``replica`` names a second copy."""
         key = f"{name}{replica}"
         ops_port = free_port()
+        if self.default_ports and not replica:
+            ops_port = port_if_free(DEFAULT_OPS_PORTS[name]) or ops_port
         env = {**os.environ, **self.env, "TRUSTPUB_OPS_PORT": str(ops_port), **(extra or {})}
         if name == "gateway" and not replica:
             self.http_port = self.http_port or int(env.get("TRUSTPUB_HTTP_PORT", "0")) or free_port()

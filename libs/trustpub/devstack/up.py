@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import urllib.request
@@ -27,7 +26,7 @@ import asyncpg
 
 from trustpub.devstack.issuer import DevIssuer, SigningKey, offline_builtins_toml
 from trustpub.devstack.prometheus import serve_for_up
-from trustpub.devstack.servers import NatsServer, PostgresServer, free_port
+from trustpub.devstack.servers import NatsServer, PostgresServer, free_port, port_if_free
 from trustpub.devstack.stack import Stack
 
 DEMO = {
@@ -45,12 +44,7 @@ def say(msg: str) -> None:
 
 
 def port_or_free(preferred: int) -> int:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", preferred))
-        except OSError:
-            return free_port()
-    return preferred
+    return port_if_free(preferred) or free_port()
 
 
 async def ensure_database(admin_url: str, name: str) -> str:
@@ -203,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "TRUSTPUB_LOG_FORMAT": os.environ.get("TRUSTPUB_LOG_FORMAT", "console"),
             "TRUSTPUB_HTTP_PORT": str(port_or_free(args.http_port)),
         }
-        stack = Stack(env)
+        stack = Stack(env, default_ports=True)
         cleanup.callback(stack.stop_all)
         stack.start_all()
         say(f"services ready: {stack.describe()}")
