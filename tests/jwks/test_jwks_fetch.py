@@ -145,7 +145,9 @@ async def test_the_key_set_max_age_is_reported():
     key = SigningKey.generate("k1")
 
     async def with_max_age(_: web.Request) -> web.StreamResponse:
-        return web.json_response({"keys": [key.public_jwk()]}, headers={"Cache-Control": "public, max-age=1200"})
+        return web.json_response(
+            {"keys": [key.public_jwk()]}, headers={"Cache-Control": "public, max-age=1200"}
+        )
 
     async with serve(with_max_age) as url:
         valid = await fetch(url)

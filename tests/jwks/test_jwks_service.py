@@ -9,6 +9,7 @@ import uuid
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 from tests.jwks.jwks_support import JwksTest, ask, jwks_service, kids, read_stored, serve_briefly, wait_for
 
@@ -264,3 +265,42 @@ async def test_a_second_replica_shares_the_stored_set(jw: JwksTest):
                 reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="zz"))
                 assert reply.keys == first.keys
             assert dev.hits == hits
+
+
+async def test_cache_control_max_age_may_shorten_the_refresh_period(jw: JwksTest, tmp_path):
+    """security.md §4.3: max-age honoured within [5 min, 60 min], but never past the
+    operator's interval (the bound on how long a withdrawn key keeps verifying)."""
+    key = SigningKey.generate("cc-1")
+    cache_control = {"value": "public, max-age=60"}
+
+    async def jwks_doc(_: web.Request) -> web.Response:
+        return web.json_response(
+            {"keys": [key.public_jwk()]}, headers={"Cache-Control": cache_control["value"]}
+        )
+
+    app = web.Application()
+    app.router.add_get("/jwks", jwks_doc)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    path = tmp_path / "cache-control.toml"
+    path.write_text(
+        f'[[issuer]]\nissuer = "{jw.dev.issuer}"\nprovider = "github"\n'
+        f'jwks_url = "http://127.0.0.1:{port}/jwks"\nallow_loopback_http = true\n'
+    )
+    try:
+        with capture_logs() as logs:
+            async with jw.service(jw.env(path)), jw.nats() as nc:
+                await jw.stored()
+                for value in ("max-age=600", "max-age=86400", "no-store", ""):
+                    cache_control["value"] = value
+                    jw.clock.advance(COOLDOWN + 1)
+                    await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=jw.dev.issuer))
+        periods = [e["next_refresh_s"] for e in logs if e["event"] == "jwks_refreshed"]
+        # 60 s -> the 5 min floor; 600 s as given; a day -> the 15 min interval (not the
+        # 60 min ceiling); no-store -> the floor; no header -> the interval.
+        assert periods == [300.0, 600.0, 900.0, 300.0, 900.0]
+    finally:
+        await runner.cleanup()

@@ -142,8 +142,6 @@ def test_strict_json_accepts_a_real_document(good):
     assert parse_json(b"[" * 16 + b"]" * 16, "x") is not None
 
 
-
-
 @pytest.mark.parametrize(
     ("uri", "loopback", "ok"),
     [

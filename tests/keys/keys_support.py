@@ -113,6 +113,9 @@ class World:
     verifier_clock: Clock = field(default_factory=Clock)
     attacker: SigningKey = field(default_factory=lambda: SigningKey.generate("attacker"))
 
+    def __post_init__(self) -> None:
+        self.verifier_clock.t = self.jwks_clock.t  # the same time until a test moves one
+
     @property
     def subjects(self) -> Subjects:
         return Subjects(self.common["TRUSTPUB_SUBJECT_ROOT"])
@@ -180,7 +183,9 @@ class World:
         """Wait until the jwks service's start fetch of each issuer that is up has landed."""
         up = [d for d in (self.dev, self.other) if d.mode == "ok" and self.servers[d.issuer].running]
         for dev in up:
-            await until(lambda d=dev: sample(jwks, "trustpub_jwks_keys", issuer=d.issuer) is not None, timeout)
+            await until(
+                lambda d=dev: sample(jwks, "trustpub_jwks_keys", issuer=d.issuer) is not None, timeout
+            )
 
     # -- asking -----------------------------------------------------------------------
 

@@ -47,7 +47,11 @@ CASES: list[tuple[str, Any, str]] = [
     ("rsa-e-3", lambda _d: document(rsa_key("e3", exponent=3)), "RSA exponent 3"),
     ("oct", lambda _d: document({"kty": "oct", "kid": "hmac", "k": "c2VjcmV0c2VjcmV0"}), "symmetric (oct)"),
     ("duplicate-kids", lambda d: document(dev_key(d), dev_key(d)), "two keys with kid 'dev-1'"),
-    ("10-mb", lambda d: b'{"keys": [' + json.dumps(dev_key(d)).encode() + b"]" + b" " * 10_000_000 + b"}", "at most 262144"),
+    (
+        "10-mb",
+        lambda d: b'{"keys": [' + json.dumps(dev_key(d)).encode() + b"]" + b" " * 10_000_000 + b"}",
+        "at most 262144",
+    ),
     ("invalid-utf-8", b'{"keys": [{"kid": "\xff\xfe"}]}', "is not UTF-8"),
     ("100k-deep", b"[" * 100_000 + b"]" * 100_000, "nests"),
 ]
@@ -71,7 +75,8 @@ async def test_f8_garbage_keeps_the_last_good_set(body, reason, world: World):
         assert verdict.code == "unavailable"
         assert refreshes(jwks, dev.issuer, "refused") == 1
         stored = await world.stored(nc, dev.issuer)
-        assert stored is not None and good is not None
+        assert stored is not None
+        assert good is not None
         assert (stored.keys, stored.fetched_at) == (good.keys, good.fetched_at)
         assert reason in stored.last_error
         # Known kids keep verifying.

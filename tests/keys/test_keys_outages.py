@@ -39,7 +39,8 @@ async def test_f6_issuer_down_with_a_warm_cache(world: World):
         assert dev.hits["discovery"] == hits + 1
         assert refreshes(jwks, dev.issuer, "error") == 1
         stored = await world.stored(nc, dev.issuer)
-        assert stored is not None and good is not None
+        assert stored is not None
+        assert good is not None
         assert (stored.keys, stored.fetched_at) == (good.keys, good.fetched_at)
         assert stored.checked_at == world.jwks_clock()
         assert stored.last_error.endswith("answered HTTP 500")
@@ -105,7 +106,8 @@ async def test_f7_slow_issuer_is_cut_and_known_kids_are_not_delayed(world: World
         assert 0.45 <= elapsed < 1.5
         assert refreshes(jwks, dev.issuer, "error") == 1
         fetch_time = sample(jwks, "trustpub_jwks_fetch_duration_seconds_sum", issuer=dev.issuer)
-        assert fetch_time is not None and fetch_time >= 0.5
+        assert fetch_time is not None
+        assert fetch_time >= 0.5
         # Nothing is left running: no fetch task outlives its budget.
         assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("jwks-fetch")]
 
@@ -139,7 +141,10 @@ async def test_f10_cold_start_while_down_without_a_stored_set(world: World):
         await world.settled(jwks)
         async with world.verifier() as verifier:
             verdict = await world.verify(verifier, world.token())
-            assert (verdict.code, verdict.description) == ("unavailable", f"keys of {dev.issuer} are unavailable")
+            assert (verdict.code, verdict.description) == (
+                "unavailable",
+                f"keys of {dev.issuer} are unavailable",
+            )
             # That issuer only.
             assert (await world.verify(verifier, world.token(other))).verified
 

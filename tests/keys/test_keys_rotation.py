@@ -20,7 +20,9 @@ async def read_events(world: World) -> list[KeySetRotated]:
     async with world.nats() as nc:
         js = nc.jetstream()
         sub = await js.subscribe(
-            world.subjects.event("jwks", "rotated"), stream=world.subjects.events_stream, ordered_consumer=True
+            world.subjects.event("jwks", "rotated"),
+            stream=world.subjects.events_stream,
+            ordered_consumer=True,
         )
         info = await js.stream_info(world.subjects.events_stream)
         for _ in range(info.state.messages):
@@ -108,5 +110,6 @@ async def test_withdrawn_key_stops_verifying_within_one_refresh_period(world: Wo
 
 
 async def _eventually(check, step: float = 0.02) -> None:
-    while not await check():
+    """Poll ``check`` (a request over NATS: there is no event to wait on); callers bound it."""
+    while not await check():  # noqa: ASYNC110
         await asyncio.sleep(step)

@@ -773,10 +773,14 @@ async def test_key_set_replaced_wholesale_and_bad_keys_skipped(keys):
     await rejected(verifier, sign(keys, gh()), InvalidToken)
     assert await verifier.verify(compact(rotated, {"alg": "RS256", "kid": "gh-2"}, gh()))
     # An older set arriving late is ignored.
-    assert not cache.apply(KeySet(issuer=GITHUB, keys=[keys[GITHUB].public_jwk()], fetched_at=time.time() - 200))
+    assert not cache.apply(
+        KeySet(issuer=GITHUB, keys=[keys[GITHUB].public_jwk()], fetched_at=time.time() - 200)
+    )
     assert cache.kids(GITHUB) == {"gh-2"}
     # A set for an issuer that is not configured is ignored.
-    assert not cache.apply(KeySet(issuer="https://evil.test", keys=[rotated.public_jwk()], fetched_at=time.time()))
+    assert not cache.apply(
+        KeySet(issuer="https://evil.test", keys=[rotated.public_jwk()], fetched_at=time.time())
+    )
 
 
 async def test_refresh_is_single_flight_and_fills_the_cache(keys):
@@ -885,9 +889,7 @@ async def test_a_stale_key_set_is_refreshed_or_refused(keys):
     clock.t += 1
     assert not cache.usable(GITHUB)
     description = await rejected(verifier, sign(keys, gh()), Unavailable)
-    assert description == (
-        f"keys of {GITHUB} are stale: last fetched 101 s ago, more than the 100 s allowed"
-    )
+    assert description == (f"keys of {GITHUB} are stale: last fetched 101 s ago, more than the 100 s allowed")
     assert calls == [(GITHUB, "")]
     assert _metric(registry, "trustpub_verifier_stale_keys_total", {"issuer": GITHUB}) == 1
     # An unknown kid in a stale set: unavailable too (nobody can say it is not published).

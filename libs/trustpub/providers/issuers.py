@@ -97,7 +97,9 @@ ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "ES256", "ES
 
 # A DNS name of at least two labels: an extra keys host is a public name the operator
 # vouches for, never an IP address or a single-label (intranet) name.
-_HOSTNAME = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?"
+)
 
 
 def _is_loopback(host: str) -> bool:

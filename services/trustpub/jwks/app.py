@@ -4,7 +4,8 @@ Endpoints: ``<root>.jwks.refresh`` (:class:`RefreshRequest` -> :class:`KeySet`) 
 ``<root>.jwks.get`` (:class:`KeySetRequest` -> :class:`KeySet`). Key sets live in the
 JetStream key-value bucket ``<root>_jwks`` (key: :func:`trustpub.messages.keys.kv_key`),
 which the verifiers watch; a change of an issuer's kids is published as
-``<root>.events.jwks.rotated``.
+``<root>.events.jwks.rotated``. ``/readyz`` has one check per enabled issuer ("keys <issuer>"):
+a usable set, within ``TRUSTPUB_KEY_STALENESS``, is in the bucket.
 """
 
 from __future__ import annotations

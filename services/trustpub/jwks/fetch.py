@@ -171,7 +171,9 @@ def check_jwks_uri(uri: object, iss: Issuer) -> None:
     if parts.scheme == "https" and (host == own or host in iss.jwks_hosts):
         return
     allowed = ", ".join(repr(h) for h in (own, *iss.jwks_hosts))
-    raise FetchError(f"jwks_uri {_show(uri)} is not https on the issuer's hosts ({allowed})", result="refused")
+    raise FetchError(
+        f"jwks_uri {_show(uri)} is not https on the issuer's hosts ({allowed})", result="refused"
+    )
 
 
 def parse_json(body: bytes, what: str) -> Any:  # noqa: ANN401  (parsed JSON)

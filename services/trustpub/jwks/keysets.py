@@ -75,7 +75,7 @@ MAX_AGE_CEILING_S = 3600.0
 class KeySetStore(Protocol):
     async def get(self, issuer: str) -> Stored | None: ...
     async def put(self, keyset: KeySet) -> int: ...
-    async def update(self, keyset: KeySet, revision: int) -> bool: ...
+    async def update(self, keyset: KeySet, revision: int) -> int | None: ...
 
 
 class KeyFetcher(Protocol):
@@ -152,9 +152,10 @@ class KeySets:
         """The issuer's set after a refresh, or its current set when no refresh is due.
 
         No fetch happens when the stored set already has ``kid`` (another replica fetched
-        it) and is within the staleness bound, or within the cooldown after the last attempt; concurrent callers share one
-        fetch, and while another replica fetches, its result is the answer. A set whose
-        ``last_error`` is set is the last good one, kept because the latest fetch failed.
+        it) and is within the staleness bound, or within the cooldown after the last
+        attempt; concurrent callers share one fetch, and while another replica fetches, its
+        result is the answer. A set whose ``last_error`` is set is the last good one, kept
+        because the latest fetch failed.
 
         Raises:
             InvalidPayload: the issuer is not configured (nothing is fetched).

@@ -290,7 +290,10 @@ class KeyCache:
             # The issuer could not be asked whether it publishes this kid (security.md §4.3:
             # an unknown kid during a failed refresh is a 503, not the token's fault).
             log.info("key_unknown_during_outage", issuer=name, kid=kid, reason=held.last_error)
-            msg = f'key id "{kid}" is not among the keys held for {name}, and the last refresh of its keys failed'
+            msg = (
+                f'key id "{kid}" is not among the keys held for {name}, '
+                "and the last refresh of its keys failed"
+            )
             raise Unavailable(msg)
         raise InvalidToken(f'key id "{kid}" is not among the published keys of {name}')
 
@@ -302,7 +305,10 @@ class KeyCache:
         if age <= self._max_age:
             return
         self._metrics.stale_total.labels(issuer).inc()
-        msg = f"keys of {issuer} are stale: last fetched {age:.0f} s ago, more than the {self._max_age:.0f} s allowed"
+        msg = (
+            f"keys of {issuer} are stale: last fetched {age:.0f} s ago, "
+            f"more than the {self._max_age:.0f} s allowed"
+        )
         log.warning("keys_stale", issuer=issuer, age=round(age), max_age=self._max_age)
         raise Unavailable(msg)
 
