@@ -312,10 +312,13 @@ def build() -> dash.Dashboard:
         .with_panel(
             series(
                 "Key set age",
-                "Seconds since each issuer's key set was fetched successfully (oldest over jwks "
-                "replicas). Refreshed every 15 minutes; alert TrustpubKeysStale above one hour.",
+                "Seconds since each issuer's key set was fetched successfully: in the jwks service "
+                "and in the verifiers' copies (oldest over replicas). Refreshed every 15 minutes; "
+                "alerts TrustpubKeysStale above one hour, TrustpubKeysNearStaleness above 20 hours "
+                "(at 24 hours the issuer's tokens get 503).",
                 "s",
-                query("max by (issuer) (trustpub_jwks_keyset_age_seconds)", "{{issuer}}"),
+                query("max by (issuer) (trustpub_jwks_keyset_age_seconds)", "jwks {{issuer}}", "A"),
+                query("max by (issuer) (trustpub_verifier_keyset_age_seconds)", "verifiers {{issuer}}", "B"),
             )
         )
         .with_panel(

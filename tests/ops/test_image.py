@@ -33,7 +33,9 @@ def stages() -> dict[str, list[tuple[str, tuple[str, ...], tuple[str, ...]]]]:
     return out
 
 
-def instructions(stage: list[tuple[str, tuple[str, ...], tuple[str, ...]]], name: str) -> list[tuple[str, ...]]:
+def instructions(
+    stage: list[tuple[str, tuple[str, ...], tuple[str, ...]]], name: str
+) -> list[tuple[str, ...]]:
     return [value for cmd, _, value in stage if cmd == name]
 
 
@@ -58,7 +60,7 @@ def test_runs_the_service_named_by_the_build_argument_as_non_root(target):
     # Exec form through `sh -c exec`: the service replaces the shell and gets SIGTERM itself.
     (entrypoint,) = instructions(stage, "ENTRYPOINT")
     assert entrypoint[:2] == ("/bin/sh", "-c")
-    assert entrypoint[2].startswith("exec python -m \"trustpub.${TRUSTPUB_SERVICE}\"")
+    assert entrypoint[2].startswith('exec python -m "trustpub.${TRUSTPUB_SERVICE}"')
     # Refuses to build without SERVICE rather than making an image that cannot start.
     assert any('test -n "${SERVICE}"' in run[0] for run in instructions(stage, "RUN"))
 
@@ -76,8 +78,11 @@ def test_dependencies_come_from_the_constraints_file_only():
                 assert "--constraint constraints.txt" in run
     # The production image gets the built venv and nothing of the source tree.
     assert instructions(found["runtime"], "COPY") == [("/opt/trustpub", "/opt/trustpub")]
-    copied = {v for value in instructions(found["build"], "COPY") + instructions(found["deps"], "COPY")
-              for v in value[:-1]}
+    copied = {
+        v
+        for value in instructions(found["build"], "COPY") + instructions(found["deps"], "COPY")
+        for v in value[:-1]
+    }
     assert copied == set(CONTEXT)
 
 
@@ -103,7 +108,10 @@ def test_wheel_from_the_docker_context_holds_every_package_and_the_migrations(tm
     wheels = tmp_path / "wheels"
     done = subprocess.run(  # noqa: S603  (this interpreter's pip)
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(context)],
-        capture_output=True, text=True, timeout=240, check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     (wheel,) = wheels.glob("trustpub-*.whl")
@@ -112,8 +120,11 @@ def test_wheel_from_the_docker_context_holds_every_package_and_the_migrations(tm
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     for package in config["packages"]:
         source = REPO / config["package-dir"][package]
-        expected = {f"{package.replace('.', '/')}/{p.relative_to(source).as_posix()}"
-                    for p in source.rglob("*.py") if "__pycache__" not in p.parts}
+        expected = {
+            f"{package.replace('.', '/')}/{p.relative_to(source).as_posix()}"
+            for p in source.rglob("*.py")
+            if "__pycache__" not in p.parts
+        }
         assert expected, package
         assert expected <= names, f"{package}: missing {sorted(expected - names)}"
     sql = {p.name for p in (REPO / "services/trustpub/registry/sql").glob("*.sql")}
@@ -127,8 +138,11 @@ def test_wheel_from_the_docker_context_holds_every_package_and_the_migrations(tm
 
 def test_context_ignores_local_state():
     """The build context leaves out the venv, local servers' data and caches."""
-    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".venv", ".run", ".git"} <= ignored
     for name in CONTEXT:
         assert name not in ignored

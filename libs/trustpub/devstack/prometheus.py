@@ -9,6 +9,7 @@ when processes come and go, and the rules are trustpub's own (``deploy/prometheu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -109,8 +110,10 @@ class PrometheusServer:
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--storage.tsdb.retention.time=2d",
         ]
-        out = log_file.open("ab") if log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)  # noqa: S603
+        with contextlib.ExitStack() as files:
+            # The child keeps its own copy of the descriptor; ours closes when it has started.
+            out = files.enter_context(log_file.open("ab")) if log_file else subprocess.DEVNULL
+            self.proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)  # noqa: S603
         wait_for_port(self.port, timeout, self.proc)
         deadline = time.monotonic() + timeout
         while not self._ready():

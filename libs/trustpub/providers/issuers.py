@@ -64,7 +64,8 @@ class Issuer:
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
-            msg = f"issuer {self.issuer!r}: provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}"
+            known = ", ".join(PROVIDERS)
+            msg = f"issuer {self.issuer!r}: provider must be one of {known}, got {self.provider!r}"
             raise ConfigError(msg)
         if not self.algorithms or any(a not in ALLOWED_ALGORITHMS for a in self.algorithms):
             msg = f"issuer {self.issuer!r}: algorithms must be among {sorted(ALLOWED_ALGORITHMS)}"
@@ -127,7 +128,10 @@ def _check_url(url: str, iss: Issuer, *, what: str, same_host: bool) -> None:
         return
     if parts.scheme == "http" and iss.allow_loopback_http and _is_loopback(host):
         return
-    msg = f"issuer {iss.issuer!r}: {what} {url!r} must use https (http only on loopback with allow_loopback_http)"
+    msg = (
+        f"issuer {iss.issuer!r}: {what} {url!r} must use https "
+        "(http only on loopback with allow_loopback_http)"
+    )
     raise ConfigError(msg)
 
 

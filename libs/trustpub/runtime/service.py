@@ -135,15 +135,30 @@ class Runtime:
         if self._background:
             _, pending = await asyncio.wait(self._background, timeout=5)
             log.debug("drain_background_stopped", still_running=len(pending))
+        # Stop deliveries to our endpoints but handle what was already delivered, then let
+        # the handler tasks in flight finish while the connection can still carry their
+        # replies; only then drain the rest (discovery, watchers) and close.
+        await self._drain_endpoints()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
         if self.nc.is_connected:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
         log.debug("drain_nats_drained", in_flight=len(self._tasks))
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
         if not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.close()
+
+    async def _drain_endpoints(self) -> None:
+        if self._service is None or not self.nc.is_connected:
+            return
+        # nats.micro has no public "stop taking requests, finish the delivered ones" (its
+        # stop() drops them), so drain each endpoint's subscription directly.
+        for endpoint in getattr(self._service, "_endpoints", []):
+            sub = getattr(endpoint, "_subscription", None)
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.drain()
 
     def set_ready(self, ready: bool) -> None:  # noqa: FBT001
         self.ready = ready

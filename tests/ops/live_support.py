@@ -1,0 +1,111 @@
+"""A whole trustpub stack as processes (as ``make up`` runs it) for the operations tests:
+real NATS and PostgreSQL from the session fixtures, the five services, and a local issuer
+playing GitHub Actions, with one publisher registered (ids pinned on first use)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+from tests.registry.registry_support import register, unique
+
+from trustpub.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
+from trustpub.devstack.stack import Stack
+from trustpub.registry import db
+
+AUDIENCE = "trustpub-ops-test"
+
+
+@dataclass
+class Live:
+    stack: Stack
+    issuer: DevIssuer
+    owner: str
+
+    def token(self, **claims: Any) -> str:
+        """A fresh GitHub-shaped token (its own jti) that the registered publisher matches."""
+        return self.issuer.token(
+            github_claims(
+                AUDIENCE, issuer=self.issuer.issuer, owner=self.owner, jti=str(uuid.uuid4()), **claims
+            )
+        )
+
+    @property
+    def mint_url(self) -> str:
+        return f"{self.stack.base_url}/_/oidc/mint-token"
+
+
+@contextlib.asynccontextmanager
+async def live_stack(
+    tmp: Path, nats_url: str, database_url: str, env: dict[str, str] | None = None
+) -> AsyncIterator[Live]:
+    owner = unique("ops")
+    conn = await asyncio.wait_for(db.connect(database_url), 10)
+    try:
+        # No numeric ids: the first exchange pins them (trustpub_publishers_pinned_total).
+        await register(conn, projects=[unique("ops-pkg")], owner=owner, owner_id=None, repository_id=None)
+    finally:
+        await conn.close()
+    issuer = DevIssuer()
+    with issuer.serve_in_thread():
+        issuers_file = tmp / "issuers.toml"
+        issuers_file.write_text(issuer.issuers_toml() + offline_builtins_toml(issuer))
+        stack = Stack(
+            {
+                "TRUSTPUB_NATS_URL": nats_url,
+                "TRUSTPUB_SUBJECT_ROOT": f"ops{uuid.uuid4().hex[:10]}",
+                "TRUSTPUB_DATABASE_URL": database_url,
+                "TRUSTPUB_ISSUERS_FILE": str(issuers_file),
+                "TRUSTPUB_AUDIENCE": AUDIENCE,
+                "TRUSTPUB_MINTER_KEY_FILE": str(tmp / "minter.jwk"),
+                "TRUSTPUB_LOG_LEVEL": "warning",
+                "TRUSTPUB_DRAIN_GRACE": "0.5",
+                **(env or {}),
+            },
+            log_dir=tmp / "logs",
+        )
+        try:
+            await asyncio.to_thread(stack.start_all, 60)
+            yield Live(stack, issuer, owner)
+        finally:
+            await asyncio.to_thread(stack.stop_all)
+
+
+@dataclass
+class Result:
+    started: float  # time.monotonic()
+    status: int
+    code: str
+    elapsed: float
+
+
+async def exchange(session: aiohttp.ClientSession, url: str, token: str) -> Result:
+    started = time.monotonic()
+    async with session.post(url, json={"token": token}, timeout=aiohttp.ClientTimeout(total=20)) as resp:
+        body = await resp.json(content_type=None)
+    code = "" if resp.status == 200 else body["errors"][0]["code"]
+    return Result(started, resp.status, code, time.monotonic() - started)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` in a /metrics page whose labels include ``labels``."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def finite(result: list[dict[str, Any]]) -> bool:
+    """Prometheus returned at least one sample that is a number (not NaN)."""
+    return any(not math.isnan(float(r["value"][1])) for r in result)
