@@ -7,6 +7,7 @@ tests isolate themselves by registering publishers for repositories of their own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +19,15 @@ import asyncpg
 import pytest
 from tests.conftest import AUDIENCE
 
-from trustpub.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
+from trustpub.devstack.issuer import (
+    ACTIVESTATE_ISSUER,
+    GITLAB_ISSUER,
+    GOOGLE_ISSUER,
+    DevIssuer,
+    SigningKey,
+    github_claims,
+    offline_builtins_toml,
+)
 from trustpub.devstack.stack import Stack
 from trustpub.registry import cli
 
@@ -30,15 +39,79 @@ def e2e_issuer() -> Iterator[DevIssuer]:
         yield issuer
 
 
+# Operator-registered issuers played locally: a GitHub Enterprise Server and a self-managed
+# GitLab instance (each with its own keys), next to the built-in GitLab, Google, ActiveState.
+GHES_ISSUER = "https://ghes.example.test/_services/token"
+SELF_MANAGED_GITLAB_ISSUER = "https://gitlab.example.test"
+
+
+@pytest.fixture(scope="session")
+def provider_issuers() -> Iterator[dict[str, tuple[DevIssuer, str]]]:
+    """Every other issuer of the e2e stack, by name: (the local issuer, its provider)."""
+    wanted = {
+        "gitlab": (GITLAB_ISSUER, "gitlab"),
+        "google": (GOOGLE_ISSUER, "google"),
+        "activestate": (ACTIVESTATE_ISSUER, "activestate"),
+        "ghes": (GHES_ISSUER, "github"),
+        "selfmanaged_gitlab": (SELF_MANAGED_GITLAB_ISSUER, "gitlab"),
+    }
+    with contextlib.ExitStack() as served:
+        yield {
+            name: (
+                served.enter_context(
+                    DevIssuer(issuer=iss, keys=[SigningKey.generate(f"{name}-1")]).serve_in_thread()
+                ),
+                provider,
+            )
+            for name, (iss, provider) in wanted.items()
+        }
+
+
+@pytest.fixture(scope="session")
+def gitlab_issuer(provider_issuers: dict[str, tuple[DevIssuer, str]]) -> DevIssuer:
+    return provider_issuers["gitlab"][0]
+
+
+@pytest.fixture(scope="session")
+def google_issuer(provider_issuers: dict[str, tuple[DevIssuer, str]]) -> DevIssuer:
+    return provider_issuers["google"][0]
+
+
+@pytest.fixture(scope="session")
+def activestate_issuer(provider_issuers: dict[str, tuple[DevIssuer, str]]) -> DevIssuer:
+    return provider_issuers["activestate"][0]
+
+
+@pytest.fixture(scope="session")
+def ghes_issuer(provider_issuers: dict[str, tuple[DevIssuer, str]]) -> DevIssuer:
+    return provider_issuers["ghes"][0]
+
+
+@pytest.fixture(scope="session")
+def selfmanaged_gitlab_issuer(provider_issuers: dict[str, tuple[DevIssuer, str]]) -> DevIssuer:
+    return provider_issuers["selfmanaged_gitlab"][0]
+
+
 @pytest.fixture(scope="session")
 def stack_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("stack")
 
 
 @pytest.fixture(scope="session")
-def stack_env(nats_url: str, database_url: str, e2e_issuer: DevIssuer, stack_root: Path) -> dict[str, str]:
+def stack_env(
+    nats_url: str,
+    database_url: str,
+    e2e_issuer: DevIssuer,
+    stack_root: Path,
+    provider_issuers: dict[str, tuple[DevIssuer, str]],
+) -> dict[str, str]:
     root = stack_root
-    (root / "issuers.toml").write_text(e2e_issuer.issuers_toml() + offline_builtins_toml(e2e_issuer))
+    others = provider_issuers.values()
+    (root / "issuers.toml").write_text(
+        e2e_issuer.issuers_toml()
+        + "".join("\n" + dev.issuers_toml(provider) for dev, provider in others)
+        + offline_builtins_toml(e2e_issuer, *(dev for dev, _ in others))
+    )
     return {
         "TRUSTPUB_NATS_URL": nats_url,
         "TRUSTPUB_SUBJECT_ROOT": f"e2e{uuid.uuid4().hex[:10]}",

@@ -9,9 +9,11 @@ import uuid
 from typing import Any
 
 from trustpub.devstack.issuer import GITHUB_ISSUER, github_claims
-from trustpub.messages.v1 import MatchRequest, VerifiedToken
+from trustpub.messages.v1 import ExplainReply, ExplainRequest, MatchRequest, MintGrant, VerifiedToken
 from trustpub.providers import github
 from trustpub.registry import db
+from trustpub.registry.config import Settings
+from trustpub.runtime import Runtime, load
 
 AUDIENCE = "trustpub-test"
 
@@ -95,3 +97,68 @@ async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.
             msg = f"condition not met within {timeout} s"
             raise TimeoutError(msg)
         await asyncio.sleep(interval)
+
+
+def new_publisher(
+    module: Any, spec: dict[str, Any], *, issuer: str, registrant: str = "test"
+) -> db.NewPublisher:
+    """The registration of an already validated spec of any provider module."""
+    return db.NewPublisher(
+        provider=module.NAME,
+        issuer=issuer,
+        lookup_key=module.spec_lookup_key(spec),
+        unique_key=module.unique_key(issuer, spec),
+        spec=spec,
+        merge=module.merge_spec,
+        registrant=registrant,
+    )
+
+
+async def register_pending(
+    conn: Any,
+    *,
+    project: str,
+    owner: str,
+    registrant: str,
+    issuer: str = GITHUB_ISSUER,
+    max_per_registrant: int = 3,
+    **spec_fields: Any,
+) -> db.PendingPublisher:
+    """A pending GitHub publisher for ``project`` (which must not exist); spec defaults
+    match github_claims."""
+    fields: dict[str, Any] = {
+        "owner": owner,
+        "owner_id": "1001",
+        "repository": "demo",
+        "repository_id": "2002",
+        "workflow": "release.yml",
+        "environment": "release",
+    }
+    fields.update(spec_fields)
+    new = new_publisher(github, github.validate_spec(**fields), issuer=issuer, registrant=registrant)
+    return await db.add_pending_publisher(
+        conn, new, project, ttl_days=30, max_per_registrant=max_per_registrant
+    )
+
+
+def make_registry(common: dict[str, str], database_url: str, **env: str) -> Runtime:
+    settings = load(Settings, {**common, "TRUSTPUB_DATABASE_URL": database_url, **env})
+    return Runtime("registry", settings)
+
+
+async def match(rt: Runtime, req: MatchRequest) -> MintGrant:
+    return await rt.request(rt.subjects.publisher_match, req, MintGrant, timeout=5)
+
+
+async def explain(rt: Runtime, req: MatchRequest) -> ExplainReply:
+    """Ask the registry to explain the token of ``req`` (a MatchRequest built by match_request)."""
+    return await rt.request(
+        rt.subjects.publisher_explain,
+        ExplainRequest(exchange_id=req.exchange_id, token=req.token),
+        ExplainReply,
+        timeout=5,
+    )
+
+
+def sample(rt: Runtime, name: str, **labels: str) -> float:
+    return rt.registry.get_sample_value(name, labels) or 0.0

@@ -161,6 +161,161 @@ def github_claims(  # noqa: PLR0913  (one keyword per claim a test varies)
     return {k: v for k, v in claims.items() if v is not None}
 
 
+GITLAB_ISSUER = "https://gitlab.com"
+GOOGLE_ISSUER = "https://accounts.google.com"
+ACTIVESTATE_ISSUER = "https://platform.activestate.com/api/v1/oauth/oidc"
+
+
+def gitlab_claims(  # noqa: PLR0913  (one keyword per claim a test varies)
+    audience: str,
+    *,
+    issuer: str = GITLAB_ISSUER,
+    namespace: str = "my-group",
+    project: str = "my-project",
+    namespace_id: str = "72",
+    project_id: str = "20",
+    ci_config_path: str = ".gitlab-ci.yml",
+    ref: str = "main",
+    ref_type: str = "branch",
+    environment: str | None = "production",
+    now: int | None = None,
+    **overrides: Any,  # noqa: ANN401
+) -> dict[str, Any]:
+    """Claims shaped like a GitLab CI/CD ID token (``id_tokens:`` in .gitlab-ci.yml).
+
+    Shape per GitLab's documentation, "OpenID Connect (OIDC) Authentication Using ID Tokens",
+    section "ID token payload" / "Token payload" (docs.gitlab.com/ci/secrets/id_token_authentication/):
+    string ids, ``ref_path`` the full ref, ``ci_config_ref_uri`` as
+    ``<host>/<project_path>//<file>@<ref_path>``, ``sub`` as
+    ``project_path:<path>:ref_type:<type>:ref:<ref>``, ``runner_id`` a number. The host in
+    ``ci_config_ref_uri`` is the issuer's (self-managed instances use theirs).
+    """
+    now = int(time.time()) if now is None else now
+    path = f"{namespace}/{project}"
+    ref_path = f"refs/heads/{ref}" if ref_type == "branch" else f"refs/tags/{ref}"
+    sha = "714a629c0b401fdce83e847fc9589983fc6f46bc"
+    host = issuer.removeprefix("https://").rstrip("/")
+    claims: dict[str, Any] = {
+        "namespace_id": namespace_id,
+        "namespace_path": namespace,
+        "project_id": project_id,
+        "project_path": path,
+        "user_id": "1",
+        "user_login": "sample-user",
+        "user_email": "sample-user@example.com",
+        "user_access_level": "developer",
+        "pipeline_id": "574",
+        "pipeline_source": "push",
+        "job_id": "302",
+        "ref": ref,
+        "ref_type": ref_type,
+        "ref_path": ref_path,
+        "ref_protected": "true",
+        "runner_id": 1,
+        "runner_environment": "gitlab-hosted",
+        "sha": sha,
+        "project_visibility": "public",
+        "ci_config_ref_uri": f"{host}/{path}//{ci_config_path}@{ref_path}",
+        "ci_config_sha": sha,
+        "jti": str(uuid.uuid4()),
+        "iss": issuer,
+        "iat": now,
+        "nbf": now - 5,
+        # GitLab's default ID token lifetime is the job's; five minutes keeps well inside
+        # every configured issuer's maximum.
+        "exp": now + 300,
+        "sub": f"project_path:{path}:ref_type:{ref_type}:ref:{ref}",
+        "aud": audience,
+    }
+    if environment:
+        claims.update(
+            environment=environment,
+            environment_protected="true",
+            deployment_tier="production",
+            environment_action="start",
+        )
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def google_claims(
+    audience: str,
+    *,
+    issuer: str = GOOGLE_ISSUER,
+    email: str = "publisher@my-project.iam.gserviceaccount.com",
+    sub: str = "117898162393834569872",
+    now: int | None = None,
+    **overrides: Any,  # noqa: ANN401
+) -> dict[str, Any]:
+    """Claims shaped like a Google service-account ID token (no ``jti``).
+
+    Shape per Google Cloud's documentation, "Verify the identity of VMs", section "Token
+    payload" (cloud.google.com/compute/docs/instances/verifying-instance-identity) and
+    "Create an ID token" for service accounts (cloud.google.com/docs/authentication/get-id-token):
+    ``email_verified`` the JSON boolean, ``sub`` a decimal string, ``azp`` the client id,
+    one hour of lifetime, and no ``jti``.
+    """
+    now = int(time.time()) if now is None else now
+    claims: dict[str, Any] = {
+        "aud": audience,
+        "azp": sub,
+        "email": email,
+        "email_verified": True,
+        "exp": now + 3600,
+        "iat": now,
+        "iss": issuer,
+        "sub": sub,
+    }
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def activestate_claims(  # noqa: PLR0913  (one keyword per claim a test varies)
+    audience: str,
+    *,
+    issuer: str = ACTIVESTATE_ISSUER,
+    organization: str = "fakeorg",
+    project: str = "fakeproject",
+    actor: str = "fakeuser",
+    actor_id: str = "00000000-0000-1000-8000-000000000002",
+    now: int | None = None,
+    **overrides: Any,  # noqa: ANN401
+) -> dict[str, Any]:
+    """Claims shaped like an ActiveState Platform ID token for its PyPI publisher.
+
+    ActiveState's public documentation does not print a full token; the shape is the one
+    PyPI consumes, from Warehouse's ActiveState model and its tests
+    (pypi/warehouse, warehouse/oidc/models/activestate.py and
+    tests/unit/oidc/models/test_activestate.py): ``sub`` as
+    ``org:<organization>:project:<project>``, ``builder`` ``pypi-publisher``, UUIDs for ids.
+    Whether ActiveState sends a ``jti`` is not documented; the helper includes one, and
+    trustpub's verifier accepts tokens with or without (issuers.Issuer.requires_jti).
+    """
+    now = int(time.time()) if now is None else now
+    claims: dict[str, Any] = {
+        "sub": f"org:{organization}:project:{project}",
+        "actor": actor,
+        "actor_id": actor_id,
+        "artifact_id": "3f2a1c9e-4b5d-4e6f-8a7b-9c0d1e2f3a4b",
+        "builder": "pypi-publisher",
+        "ingredient": "my-package",
+        "organization": organization,
+        "organization_id": "7d1c2b3a-0000-4000-8000-00000000aaaa",
+        "project": project,
+        "project_id": "9e8d7c6b-0000-4000-8000-00000000bbbb",
+        "project_path": f"{organization}/{project}",
+        "project_visibility": "public",
+        "jti": str(uuid.uuid4()),
+        "iss": issuer,
+        "aud": audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 300,
+    }
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
 @dataclass
 class DevIssuer:
     """The issuer's state: keys, behaviour, and counters the tests read."""

@@ -35,14 +35,20 @@ class TrustpubError(Exception):
     def __init__(self, description: str) -> None:
         super().__init__(description)
         self.description = description
+        # Facts about the refused request for the audit record, never shown to the client:
+        # e.g. {"issuer": ..., "provider": ...} once the verifier knows whose token it was.
+        self.context: dict[str, str] = {}
 
     @classmethod
-    def from_code(cls, code: str, description: str) -> TrustpubError:
+    def from_code(cls, code: str, description: str, context: dict[str, str] | None = None) -> TrustpubError:
         """Rebuild the error a remote service replied with; an unknown code is internal."""
+        error: TrustpubError = InternalError(description)
         for sub in _ALL:
             if sub.code == code:
-                return sub(description)
-        return InternalError(description)
+                error = sub(description)
+                break
+        error.context.update(context or {})
+        return error
 
 
 class InvalidPayload(TrustpubError):

@@ -54,6 +54,11 @@ class Subjects:
         return f"{self.root}.publisher.match"
 
     @property
+    def publisher_explain(self) -> str:
+        """Dry run of ``publisher_match``: every rule of every candidate, nothing written."""
+        return f"{self.root}.publisher.explain"
+
+    @property
     def mint_revoke(self) -> str:
         return f"{self.root}.mint.revoke"
 

@@ -22,6 +22,8 @@ class ErrorReply(_Msg, frozen=True, tag="trustpub.v1.error"):
 
     code: str
     description: str
+    # For the audit record of a refusal (e.g. the issuer and provider of a refused token).
+    context: dict[str, str] = {}
 
 
 # --- verifier ---------------------------------------------------------------------------
@@ -64,6 +66,62 @@ class MintGrant(_Msg, frozen=True, tag="trustpub.publisher.v1.match_reply"):
     issued_at: int
     expires_at: int
     provenance: dict[str, str] = {}
+
+
+class ExplainRequest(_Msg, frozen=True, tag="trustpub.publisher.v1.explain_request"):
+    """Judge verified claims against every candidate publisher; claim and write nothing."""
+
+    exchange_id: str
+    token: VerifiedToken
+
+
+class ExplainRule(_Msg, frozen=True, tag="trustpub.publisher.v1.explain_rule"):
+    """One rule of one candidate: what was expected, what the token carried, and why."""
+
+    rule: str
+    ok: bool
+    expected: str
+    actual: str
+    description: str
+
+
+class ExplainCandidate(_Msg, frozen=True, tag="trustpub.publisher.v1.explain_candidate"):
+    """A publisher (or pending publisher) registered for the token's own identity."""
+
+    publisher_id: str
+    pending: bool
+    # The projects a token minted through it covers; for a pending one, the project it
+    # would create (``pending_project``) and when it expires (unix seconds).
+    projects: list[str]
+    passed: bool
+    chosen: bool
+    specificity: int
+    rules: list[ExplainRule]
+    pending_project: str = ""
+    expires_at: int = 0
+    # Ids this exchange would pin (field -> claim value).
+    pins: dict[str, str] = {}
+    # Seconds the minted token would live.
+    token_lifetime: int = 0
+
+
+class ExplainReply(_Msg, frozen=True, tag="trustpub.publisher.v1.explain_reply"):
+    """What ``publisher.match`` would decide for the token, and why, rule by rule.
+
+    ``outcome`` is "would-mint", "would-create-project" or "refused"; when refused, ``code``
+    and ``description`` are what the exchange would answer.
+    """
+
+    issuer: str
+    provider: str
+    identity: str
+    outcome: str
+    description: str
+    candidates: list[ExplainCandidate]
+    code: str = ""
+    # The token's id was exchanged before (explain never claims it).
+    token_used: bool = False
+    publisher_id: str = ""
 
 
 class RevokeRequest(_Msg, frozen=True, tag="trustpub.mint.v1.revoke_request"):
@@ -175,7 +233,17 @@ class KeySetRotated(_Msg, frozen=True, tag="trustpub.events.v1.jwks_rotated"):
     replaced_kids: list[str] = []
 
 
-Reply = VerifiedToken | MintGrant | MintStatus | MintedToken | KeysReply | InspectReply | KeySet | ErrorReply
+Reply = (
+    VerifiedToken
+    | MintGrant
+    | MintStatus
+    | MintedToken
+    | KeysReply
+    | InspectReply
+    | KeySet
+    | ExplainReply
+    | ErrorReply
+)
 
 encoder = msgspec.json.Encoder()
 

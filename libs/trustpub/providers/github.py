@@ -8,6 +8,8 @@ A publisher's ``spec`` (stored as JSON) holds::
     environment                GitHub environment, "" = any (stored lower-cased)
     allowed_reusable_workflows ["owner/repo/.github/workflows/file.yml" or ".../file.yml@ref"]
     allowed_events             may contain "pull_request_target", "workflow_run"
+    allowed_refs               optional: refs (or refs/tags/v* patterns) the ``ref`` must be
+    token_lifetime             optional: seconds the minted token lives (300..3600)
 
 Differences from Warehouse (warehouse/oidc/models/github.py), deliberate:
 - the registered workflow is matched against the caller's ``workflow_ref``; a different
@@ -299,6 +301,8 @@ RULES: dict[str, Check] = {
     "environment": _check_environment,
     "event_name": _check_event_name,
     "ref": _check_ref_or_sha,
+    # Beyond PyPI: an optional list of refs (exact, or patterns) the token's ref must match.
+    "allowed_refs": rules.allowed_refs_rule("ref"),
 }
 
 
@@ -452,6 +456,8 @@ def validate_spec(  # noqa: PLR0913  (one argument per registered field)
     environment: str = "",
     allowed_reusable_workflows: Iterable[str] = (),
     allowed_events: Iterable[str] = (),
+    allowed_refs: Iterable[str] = (),
+    token_lifetime: int | None = None,
 ) -> dict[str, Any]:
     """Check registration input (PyPI's form rules) and return the spec to store.
 
@@ -492,6 +498,7 @@ def validate_spec(  # noqa: PLR0913  (one argument per registered field)
         "environment": _environment(environment),
         "allowed_reusable_workflows": _reusable_workflows(allowed_reusable_workflows),
         "allowed_events": _events(allowed_events),
+        **rules.constraints(allowed_refs, token_lifetime),
     }
 
 
@@ -545,4 +552,5 @@ def merge_spec(existing: Spec, requested: Spec) -> dict[str, Any]:
                 f"{json.dumps(existing.get(field) or [])}; register it with the same options, "
                 "or remove it first"
             )
+    rules.merge_constraints(existing, requested)
     return fill

@@ -85,8 +85,13 @@ class Issuer:
 
     @property
     def requires_jti(self) -> bool:
-        """Google ID tokens carry no ``jti``; they are single-use by their hash instead."""
-        return self.provider != "google"
+        """Whether every token must carry a ``jti``: GitHub's and GitLab's documented tokens do.
+
+        Google ID tokens carry none, and ActiveState does not document one (PyPI checks no
+        jti for either); their tokens are single-use by the hash of their signing input
+        when they lack one.
+        """
+        return self.provider in {"github", "gitlab"}
 
     @property
     def discovery(self) -> str:

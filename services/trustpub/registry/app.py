@@ -17,9 +17,9 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from trustpub.messages import Unavailable
-from trustpub.messages.v1 import ExchangeEvent, MatchRequest, MintStatusRequest, RevokeRequest
+from trustpub.messages.v1 import ExchangeEvent, ExplainRequest, MatchRequest, MintStatusRequest, RevokeRequest
 from trustpub.registry.config import Settings
-from trustpub.registry.db import Database, purge_used_tokens
+from trustpub.registry.db import Database, purge_expired_pending, purge_used_tokens
 from trustpub.registry.match import Matcher
 from trustpub.registry.metrics import RegistryMetrics
 from trustpub.runtime import Runtime
@@ -62,24 +62,41 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     rt.endpoint(rt.subjects.publisher_match, MatchRequest, matcher.match, concurrency=settings.pool_size)
     rt.endpoint(rt.subjects.mint_revoke, RevokeRequest, matcher.revoke, concurrency=settings.pool_size)
     rt.endpoint(rt.subjects.mint_status, MintStatusRequest, matcher.status, concurrency=settings.pool_size)
+    rt.endpoint(
+        rt.subjects.publisher_explain, ExplainRequest, matcher.explain, concurrency=settings.pool_size
+    )
 
-    rt.background(purge_loop(db, settings.purge_interval), "purge used tokens")
+    rt.background(
+        purge_loop(db, settings.purge_interval, metrics), "purge used tokens, expired pending publishers"
+    )
     rt.background(AuditConsumer(rt, db, metrics).run(), "audit consumer")
 
 
-async def purge_loop(db: Database, interval: float) -> None:
-    """Every ``interval`` seconds, delete used token ids whose retention has passed."""
+async def purge_loop(db: Database, interval: float, metrics: RegistryMetrics | None = None) -> None:
+    """Every ``interval`` seconds, delete used token ids whose retention has passed, and
+    pending publishers past their expiry (each audited as ``pending.expired``)."""
     while True:
         await asyncio.sleep(interval)
         try:
             async with db.connection() as conn:
                 removed = await purge_used_tokens(conn)
+                expired = await purge_expired_pending(conn)
         except Unavailable:
             log.warning("used_tokens_purge_skipped", reason="database unavailable")
         except Exception:  # a background loop must survive a bad round
             log.exception("used_tokens_purge_failed")
         else:
             log.info("used_tokens_purged", rows=removed)
+            if expired:
+                if metrics is not None:
+                    metrics.audited("pending.expired", len(expired))
+                for p in expired:
+                    log.info(
+                        "pending_publisher_expired",
+                        publisher_id=p.id,
+                        provider=p.provider,
+                        project=p.project_name,
+                    )
 
 
 def _event_uuid(event: ExchangeEvent, raw: bytes) -> uuid.UUID:

@@ -3,7 +3,12 @@
     trustpub migrate
     trustpub project add NAME | project list
     trustpub publisher add github --project P --owner O --repository R --workflow release.yml ...
-    trustpub publisher list [--project P] | publisher remove ID
+    trustpub publisher add gitlab --project P --project-path GROUP/PROJ --ci-config-path .gitlab-ci.yml
+    trustpub publisher add google --project P --email SA@PROJ.iam.gserviceaccount.com [--sub ID]
+    trustpub publisher add activestate --project P --organization O --activestate-project AP --actor-id UUID
+    trustpub publisher add <provider> --pending-project NEW --registrant WHO ...   (a pending publisher)
+    trustpub publisher list [--project P | --pending] | publisher remove ID
+    trustpub audit list [--refused] [--code C] [--since ISO] [--limit N] [--json]
 
 The database is ``--database-url``, else ``TRUSTPUB_DATABASE_URL``, else the registry's
 default. Exit status: 0 done, 2 bad input (one line on stderr), 1 database unavailable.
@@ -18,17 +23,18 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from trustpub.providers import github
-from trustpub.providers.issuers import GITHUB
-from trustpub.providers.rules import RegistrationError
-from trustpub.registry import db, migrations
+from trustpub.providers import activestate, github, gitlab, google
+from trustpub.providers.issuers import ACTIVESTATE, BUILTIN, GITHUB, GITLAB, GOOGLE, IssuerRegistry
+from trustpub.providers.rules import TOKEN_LIFETIME_MAX, TOKEN_LIFETIME_MIN, RegistrationError
+from trustpub.registry import audit_cli, db, migrations
 from trustpub.registry.config import Settings
-from trustpub.runtime.config import env_name
+from trustpub.runtime.config import ConfigError, env_name, load
 
 EXIT_OK = 0
 EXIT_UNAVAILABLE = 1
@@ -68,6 +74,44 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _registration_args(parser: argparse.ArgumentParser, issuer: str, *, refs: bool) -> None:
+    """The arguments every provider's ``publisher add`` takes."""
+    parser.add_argument(
+        "--project",
+        action="append",
+        default=[],
+        dest="projects",
+        metavar="PROJECT",
+        help="project it may publish (repeat for several)",
+    )
+    parser.add_argument(
+        "--pending-project",
+        metavar="NAME",
+        help="register a pending publisher: its first exchange creates project NAME",
+    )
+    parser.add_argument("--issuer", default=issuer, help=f"token issuer (default: {issuer})")
+    parser.add_argument(
+        "--registrant",
+        default=None,
+        help="who registers it (for the audit; required for a pending publisher)",
+    )
+    parser.add_argument(
+        "--token-lifetime",
+        type=int,
+        metavar="SECONDS",
+        help=f"lifetime of its tokens, {TOKEN_LIFETIME_MIN}-{TOKEN_LIFETIME_MAX} s (default: the service's)",
+    )
+    if refs:
+        parser.add_argument(
+            "--allow-ref",
+            action="append",
+            default=[],
+            dest="refs",
+            metavar="REF",
+            help="only tokens for this ref (refs/tags/v1.0, or a pattern: refs/tags/v*); repeat for several",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument(
@@ -85,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     commands = parser.add_subparsers(
-        dest="command", metavar="{migrate,project,publisher}", required=True, parser_class=_Parser
+        dest="command", metavar="{migrate,project,publisher,audit}", required=True, parser_class=_Parser
     )
 
     commands.add_parser("migrate", parents=[common], help="apply database migrations")
@@ -102,17 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", metavar="{add,list,remove}", required=True, parser_class=_Parser
     )
     padd = publisher.add_parser("add", help="register a trusted publisher").add_subparsers(
-        dest="provider", metavar="{github}", required=True, parser_class=_Parser
+        dest="provider", metavar="{github,gitlab,google,activestate}", required=True, parser_class=_Parser
     )
-    gh = padd.add_parser("github", parents=[common], help="a GitHub Actions workflow")
-    gh.add_argument(
-        "--project",
-        action="append",
-        required=True,
-        dest="projects",
-        metavar="PROJECT",
-        help="project it may publish (repeat for several)",
-    )
+    gh = padd.add_parser("github", parents=[common], help="a GitHub Actions workflow (github.com or GHES)")
+    _registration_args(gh, GITHUB, refs=True)
     gh.add_argument("--owner", required=True, help="repository owner (user or organization)")
     gh.add_argument("--owner-id", help="owner's numeric id (default: pinned on first use)")
     gh.add_argument("--repository", required=True, help="repository name, without the owner")
@@ -135,13 +172,39 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EVENT",
         help="pull_request_target or workflow_run, refused unless allowed",
     )
-    gh.add_argument("--issuer", default=GITHUB, help=f"token issuer (default: {GITHUB})")
-    gh.add_argument("--registrant", default=_default_actor(), help="who registers it (for the audit)")
+
+    gl = padd.add_parser(
+        "gitlab", parents=[common], help="a GitLab CI/CD pipeline (gitlab.com or self-managed)"
+    )
+    _registration_args(gl, GITLAB, refs=True)
+    gl.add_argument("--project-path", required=True, help="GitLab project path: NAMESPACE/PROJECT")
+    gl.add_argument("--namespace-id", help="namespace's numeric id (default: pinned on first use)")
+    gl.add_argument("--project-id", help="GitLab project's numeric id (default: pinned on first use)")
+    gl.add_argument("--ci-config-path", required=True, help="top-level pipeline file, e.g. .gitlab-ci.yml")
+    gl.add_argument(
+        "--environment", default="", help="GitLab environment required, case-sensitive (default: any)"
+    )
+
+    go = padd.add_parser("google", parents=[common], help="a Google Cloud service account")
+    _registration_args(go, GOOGLE, refs=False)
+    go.add_argument("--email", required=True, help="the service account's e-mail")
+    go.add_argument("--sub", default="", help="the account's subject id (default: any; recommended)")
+
+    ast = padd.add_parser("activestate", parents=[common], help="an ActiveState Platform project")
+    _registration_args(ast, ACTIVESTATE, refs=False)
+    ast.add_argument("--organization", required=True, help="ActiveState organization (URL name)")
+    ast.add_argument("--activestate-project", required=True, help="ActiveState project name")
+    ast.add_argument("--actor-id", required=True, help="id (UUID) of the ActiveState user who publishes")
+    ast.add_argument("--actor", default="", help="that user's name (shown only)")
 
     plist = publisher.add_parser("list", parents=[common], help="list publishers")
     plist.add_argument("--project", help="only the publishers of this project")
-    premove = publisher.add_parser("remove", parents=[common], help="unlink and delete a publisher")
+    plist.add_argument("--pending", action="store_true", help="the pending publishers instead")
+    premove = publisher.add_parser(
+        "remove", parents=[common], help="unlink and delete a publisher (or a pending one)"
+    )
     premove.add_argument("id")
+    audit_cli.add_commands(commands, common, _Parser)
     return parser
 
 
@@ -153,13 +216,11 @@ def _out(line: str = "") -> None:
     print(line)  # noqa: T201  (CLI output)
 
 
-def _publisher_summary(p: db.Publisher) -> list[str]:
-    spec = p.spec
-    lines = [f"  provider     {p.provider}", f"  issuer       {p.issuer}"]
-    if p.provider == github.NAME:
+def _identity_lines(provider: str, spec: dict[str, Any]) -> list[str]:
+    if provider == github.NAME:
         owner_id = spec.get("owner_id") or "pinned on first use"
         repo_id = spec.get("repository_id") or "pinned on first use"
-        lines += [
+        lines = [
             f"  repository   {spec['owner']}/{spec['repository']}",
             f"  ids          owner {owner_id}, repository {repo_id}",
             f"  workflow     {spec['workflow']}",
@@ -169,20 +230,69 @@ def _publisher_summary(p: db.Publisher) -> list[str]:
             lines.append(f"  reusable     {', '.join(spec['allowed_reusable_workflows'])}")
         if spec.get("allowed_events"):
             lines.append(f"  events       {', '.join(spec['allowed_events'])} (allowed)")
+    elif provider == gitlab.NAME:
+        ns_id = spec.get("namespace_id") or "pinned on first use"
+        proj_id = spec.get("project_id") or "pinned on first use"
+        lines = [
+            f"  project path {spec['namespace']}/{spec['project']}",
+            f"  ids          namespace {ns_id}, project {proj_id}",
+            f"  pipeline     {spec['ci_config_path']}",
+            f"  environment  {spec.get('environment') or '(any)'}",
+        ]
+    elif provider == google.NAME:
+        lines = [f"  email        {spec['email']}", f"  sub          {spec.get('sub') or '(any)'}"]
+    elif provider == activestate.NAME:
+        actor = f" ({spec['actor']})" if spec.get("actor") else ""
+        lines = [
+            f"  project      {spec['organization']}/{spec['project']}",
+            f"  actor id     {spec['actor_id']}{actor}",
+        ]
     else:
-        lines.append(f"  spec         {json.dumps(spec, sort_keys=True)}")
-    lines += [f"  projects     {', '.join(p.projects) or '(none)'}", f"  registrant   {p.registrant}"]
+        lines = [f"  spec         {json.dumps(spec, sort_keys=True)}"]
+    if spec.get("allowed_refs"):
+        lines.append(f"  refs         {', '.join(spec['allowed_refs'])} (only)")
+    if spec.get("token_lifetime"):
+        lines.append(f"  lifetime     {spec['token_lifetime']} s")
     return lines
 
 
-def _publisher_line(p: db.Publisher) -> str:
-    spec = p.spec
-    if p.provider == github.NAME:
-        what = (
+def _publisher_summary(p: db.Publisher | db.PendingPublisher) -> list[str]:
+    lines = [
+        f"  provider     {p.provider}",
+        f"  issuer       {p.issuer}",
+        *_identity_lines(p.provider, p.spec),
+    ]
+    if isinstance(p, db.PendingPublisher):
+        lines += [
+            f"  creates      {p.project_name} (pending: on its first exchange)",
+            f"  expires      {p.expires_at.isoformat(timespec='seconds')}",
+        ]
+    else:
+        lines.append(f"  projects     {', '.join(p.projects) or '(none)'}")
+    lines.append(f"  registrant   {p.registrant}")
+    return lines
+
+
+def _identity_short(provider: str, spec: dict[str, Any]) -> str:
+    if provider == github.NAME:
+        return (
             f"{spec['owner']}/{spec['repository']}  {spec['workflow']}  env={spec.get('environment') or '*'}"
         )
-    else:
-        what = json.dumps(spec, sort_keys=True)
+    if provider == gitlab.NAME:
+        env = spec.get("environment") or "*"
+        return f"{spec['namespace']}/{spec['project']}  {spec['ci_config_path']}  env={env}"
+    if provider == google.NAME:
+        return f"{spec['email']}  sub={spec.get('sub') or '*'}"
+    if provider == activestate.NAME:
+        return f"{spec['organization']}/{spec['project']}  actor={spec['actor_id']}"
+    return json.dumps(spec, sort_keys=True)
+
+
+def _publisher_line(p: db.Publisher | db.PendingPublisher) -> str:
+    what = _identity_short(p.provider, p.spec)
+    if isinstance(p, db.PendingPublisher):
+        expires = p.expires_at.isoformat(timespec="seconds")
+        return f"{p.id}  {p.provider}  {what}  pending={p.project_name}  expires={expires}"
     return f"{p.id}  {p.provider}  {what}  projects={','.join(p.projects)}"
 
 
@@ -206,49 +316,168 @@ async def _project_list(conn: Any, _: argparse.Namespace, as_json: bool) -> None
         _out(f"{p.id}  {p.name}")
 
 
-async def _publisher_add(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
-    spec = github.validate_spec(
-        owner=args.owner,
-        owner_id=args.owner_id,
-        repository=args.repository,
-        repository_id=args.repository_id,
-        workflow=args.workflow,
-        environment=args.environment,
-        allowed_reusable_workflows=args.reusable,
-        allowed_events=args.events,
-    )
-    issuer = args.issuer.strip()
+def _check_issuer(issuer: str, provider: str) -> str:
+    """The issuer a publisher names, refused when it could never give this provider's tokens.
+
+    Known issuers are the built-in four and, when ``TRUSTPUB_ISSUERS_FILE`` is set, the
+    operator's file: a publisher for a known issuer of another provider could never match.
+    An issuer the file does not list is refused too when the file is given.
+    """
+    issuer = issuer.strip()
     if not issuer.startswith("https://"):
         raise RegistrationError(f"issuer {issuer!r} must be an https:// URL")
-    new = db.NewPublisher(
-        provider=github.NAME,
+    path = os.environ.get(env_name("issuers_file"))
+    try:
+        known = IssuerRegistry.load(Path(path)) if path else IssuerRegistry(BUILTIN)
+    except ConfigError as exc:
+        raise RegistrationError(f"cannot check the issuer: {exc}") from None
+    found = known.get(issuer)
+    if found is not None and found.provider != provider:
+        raise RegistrationError(
+            f"issuer {issuer!r} gives {found.provider} tokens, not {provider} ones; "
+            f"a {provider} publisher for it could never match"
+        )
+    if found is None and path:
+        raise RegistrationError(
+            f"issuer {issuer!r} is not configured in {path}; add it there (provider = {provider!r}) first"
+        )
+    return issuer
+
+
+def _new_publisher(args: argparse.Namespace) -> db.NewPublisher:
+    """Validate the provider's arguments and build the registration."""
+    lifetime = args.token_lifetime
+    module: Any
+    if args.provider == github.NAME:
+        module = github
+        spec = github.validate_spec(
+            owner=args.owner,
+            owner_id=args.owner_id,
+            repository=args.repository,
+            repository_id=args.repository_id,
+            workflow=args.workflow,
+            environment=args.environment,
+            allowed_reusable_workflows=args.reusable,
+            allowed_events=args.events,
+            allowed_refs=args.refs,
+            token_lifetime=lifetime,
+        )
+    elif args.provider == gitlab.NAME:
+        module = gitlab
+        namespace, project = gitlab.split_project_path(args.project_path)
+        spec = gitlab.validate_spec(
+            namespace=namespace,
+            project=project,
+            ci_config_path=args.ci_config_path,
+            environment=args.environment,
+            namespace_id=args.namespace_id,
+            project_id=args.project_id,
+            allowed_refs=args.refs,
+            token_lifetime=lifetime,
+        )
+    elif args.provider == google.NAME:
+        module = google
+        spec = google.validate_spec(email=args.email, sub=args.sub, token_lifetime=lifetime)
+    else:
+        module = activestate
+        spec = activestate.validate_spec(
+            organization=args.organization,
+            project=args.activestate_project,
+            actor_id=args.actor_id,
+            actor=args.actor,
+            token_lifetime=lifetime,
+        )
+    issuer = _check_issuer(args.issuer, module.NAME)
+    return db.NewPublisher(
+        provider=module.NAME,
         issuer=issuer,
-        lookup_key=github.spec_lookup_key(spec),
-        unique_key=github.unique_key(issuer, spec),
+        lookup_key=module.spec_lookup_key(spec),
+        unique_key=module.unique_key(issuer, spec),
         spec=spec,
-        merge=github.merge_spec,
-        registrant=args.registrant,
+        merge=module.merge_spec,
+        registrant=args.registrant if args.registrant is not None else _default_actor(),
     )
+
+
+def _warnings(new: db.NewPublisher) -> list[str]:
+    return google.warnings(new.spec) if new.provider == google.NAME else []
+
+
+async def _publisher_add(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
+    if args.pending_project is not None and args.projects:
+        raise RegistrationError("give either --project (existing projects) or --pending-project (a new one)")
+    if args.pending_project is None and not args.projects:
+        raise RegistrationError(
+            "name at least one project (--project NAME), or --pending-project NAME for a project "
+            "that does not exist yet"
+        )
+    if args.pending_project is not None and not (args.registrant or "").strip():
+        raise RegistrationError(
+            "a pending publisher needs --registrant WHO: it counts against their limit of pending publishers"
+        )
+    new = _new_publisher(args)
+    warnings = _warnings(new)
+    if args.pending_project is not None:
+        try:
+            settings = load(Settings)
+        except ConfigError as exc:
+            raise RegistrationError(str(exc)) from None
+        pending = await db.add_pending_publisher(
+            conn,
+            new,
+            args.pending_project,
+            ttl_days=settings.pending_ttl_days,
+            max_per_registrant=settings.max_pending_per_registrant,
+        )
+        if as_json:
+            _print_json(
+                {"created": True, "pending": True, "publisher": pending.to_json(), "warnings": warnings}
+            )
+            return
+        _out(f"created pending publisher {pending.id}")
+        _out("\n".join(_publisher_summary(pending)))
+        for w in warnings:
+            _out(f"warning: {w}")
+        return
     publisher, created = await db.add_publisher(conn, new, args.projects)
     if as_json:
-        _print_json({"created": created, "publisher": publisher.to_json()})
+        _print_json({"created": created, "publisher": publisher.to_json(), "warnings": warnings})
         return
     verb = "created publisher" if created else "linked existing publisher"
     _out(f"{verb} {publisher.id}")
     _out("\n".join(_publisher_summary(publisher)))
+    for w in warnings:
+        _out(f"warning: {w}")
 
 
 async def _publisher_list(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
-    publishers = await db.list_publishers(conn, project=args.project)
+    listed: Sequence[db.Publisher | db.PendingPublisher]
+    if args.pending:
+        if args.project:
+            raise RegistrationError("--pending lists every pending publisher; leave out --project")
+        listed = await db.list_pending_publishers(conn)
+    else:
+        listed = await db.list_publishers(conn, project=args.project)
     if as_json:
-        _print_json([p.to_json() for p in publishers])
+        _print_json([p.to_json() for p in listed])
         return
-    for p in publishers:
+    for p in listed:
         _out(_publisher_line(p))
 
 
 async def _publisher_remove(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
-    removed = await db.remove_publisher(conn, args.id, actor=_default_actor())
+    try:
+        removed: db.Publisher | db.PendingPublisher = await db.remove_publisher(
+            conn, args.id, actor=_default_actor()
+        )
+    except db.NotFound:
+        removed = await db.remove_pending_publisher(conn, args.id, actor=_default_actor())
+        if as_json:
+            _print_json({"removed": removed.to_json()})
+            return
+        _out(f"removed pending publisher {removed.id}")
+        _out("\n".join(_publisher_summary(removed)))
+        return
     if as_json:
         _print_json({"removed": removed.to_json(), "note": _REMOVAL_NOTE})
         return
@@ -258,6 +487,7 @@ async def _publisher_remove(conn: Any, args: argparse.Namespace, as_json: bool) 
 
 
 _HANDLERS: dict[tuple[str, str], Handler] = {
+    ("audit", "list"): audit_cli.list_command,
     ("project", "add"): _project_add,
     ("project", "list"): _project_list,
     ("publisher", "add"): _publisher_add,

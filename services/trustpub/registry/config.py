@@ -26,6 +26,11 @@ class Settings(CommonSettings):
     # Connect, statement and query timeout in seconds: an outage answers "unavailable"
     # well within the gateway's request deadline.
     database_timeout: float = 2.0
+    # Pending publishers (registered by ``trustpub publisher add ... --pending-project``):
+    # days until one expires unused, and how many unexpired ones one registrant may hold at
+    # once (PyPI's values: 30 days, 3 per user).
+    pending_ttl_days: int = 30
+    max_pending_per_registrant: int = 3
 
     def __post_init__(self) -> None:
         if self.pool_size < 1:
@@ -36,6 +41,15 @@ class Settings(CommonSettings):
             raise ValueError(msg)
         if self.leeway < 0:
             msg = f"TRUSTPUB_LEEWAY must not be negative, got {self.leeway}"
+            raise ValueError(msg)
+        if not 1 <= self.pending_ttl_days <= 365:
+            msg = f"TRUSTPUB_PENDING_TTL_DAYS must be 1 to 365, got {self.pending_ttl_days}"
+            raise ValueError(msg)
+        if self.max_pending_per_registrant < 0:
+            msg = (
+                "TRUSTPUB_MAX_PENDING_PER_REGISTRANT must not be negative, "
+                f"got {self.max_pending_per_registrant}"
+            )
             raise ValueError(msg)
         if self.purge_interval <= 0 or self.database_timeout <= 0:
             msg = "TRUSTPUB_PURGE_INTERVAL and TRUSTPUB_DATABASE_TIMEOUT must be positive"

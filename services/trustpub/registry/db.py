@@ -355,12 +355,7 @@ async def add_project(conn: asyncpg.Connection, name: str, *, created_by: str = 
         RegistrationError: the name is not a valid project name, or the project (by its
             normalized name) exists already.
     """
-    name = name.strip()
-    if not _PROJECT_NAME.fullmatch(name):
-        raise RegistrationError(
-            f"project name {quote(name)} is not valid: use ASCII letters, digits, '.', '_' and '-', "
-            "starting and ending with a letter or digit"
-        )
+    name = check_project_name(name)
     async with conn.transaction():
         row = await conn.fetchrow(
             "INSERT INTO projects (name, normalized_name, created_by) VALUES ($1, $2, $3) "
@@ -562,6 +557,206 @@ async def remove_publisher(conn: asyncpg.Connection, publisher_id: str, *, actor
     return publisher
 
 
+# --- pending publishers -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPublisher:
+    """A publisher registered for a project that does not exist yet."""
+
+    id: str
+    provider: str
+    issuer: str
+    spec: dict[str, Any]
+    environment: str
+    project_name: str
+    registrant: str
+    created_at: datetime
+    expires_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "issuer": self.issuer,
+            "spec": self.spec,
+            "environment": self.environment,
+            "pending_project": self.project_name,
+            "registrant": self.registrant,
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+        }
+
+
+def _pending(row: Mapping[str, Any]) -> PendingPublisher:
+    return PendingPublisher(
+        id=str(row["id"]),
+        provider=row["provider"],
+        issuer=row["issuer"],
+        spec=dict(row["spec"]),
+        environment=row["environment"],
+        project_name=row["project_name"],
+        registrant=row["registrant"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+    )
+
+
+def check_project_name(name: str) -> str:
+    """The name, stripped, if it is a valid project name.
+
+    Raises:
+        RegistrationError: it is not.
+    """
+    name = name.strip()
+    if not _PROJECT_NAME.fullmatch(name):
+        raise RegistrationError(
+            f"project name {quote(name)} is not valid: use ASCII letters, digits, '.', '_' and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+async def add_pending_publisher(
+    conn: asyncpg.Connection,
+    new: NewPublisher,
+    project_name: str,
+    *,
+    ttl_days: int,
+    max_per_registrant: int,
+) -> PendingPublisher:
+    """Register a pending publisher for a project that does not exist yet (audited as
+    ``pending.created``). It expires ``ttl_days`` after now.
+
+    Raises:
+        RegistrationError: no registrant, an invalid name, the project exists already, the
+            registrant holds ``max_per_registrant`` unexpired pending publishers, or the
+            identity is pending already.
+    """
+    registrant = new.registrant.strip()
+    if not registrant:
+        raise RegistrationError("a pending publisher needs its registrant (--registrant WHO)")
+    name = check_project_name(project_name)
+    normalized = normalize_name(name)
+    async with conn.transaction():
+        # Serialises registrations by one registrant, so that two at once cannot both pass
+        # the limit check below.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", registrant)
+        existing = await conn.fetchval("SELECT name FROM projects WHERE normalized_name = $1", normalized)
+        if existing is not None:
+            raise RegistrationError(
+                f"project {quote(existing)} exists already; register a normal publisher for it "
+                f"(--project {existing}) instead of a pending one"
+            )
+        held = await conn.fetchval(
+            "SELECT count(*) FROM pending_publishers WHERE registrant = $1 AND expires_at > now()", registrant
+        )
+        if held >= max_per_registrant:
+            raise RegistrationError(
+                f"registrant {quote(registrant)} holds {held} pending publishers already, the limit "
+                f"(TRUSTPUB_MAX_PENDING_PER_REGISTRANT={max_per_registrant}); remove one, or wait until "
+                "one is used or expires"
+            )
+        row = await conn.fetchrow(
+            "INSERT INTO pending_publishers (provider, issuer, lookup_key, unique_key, spec, environment, "
+            "project_name, normalized_name, registrant, expires_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(days => $10)) "
+            "ON CONFLICT (unique_key) DO NOTHING RETURNING *",
+            new.provider,
+            new.issuer,
+            new.lookup_key,
+            new.unique_key,
+            new.spec,
+            str(new.spec.get("environment") or ""),
+            name,
+            normalized,
+            registrant,
+            ttl_days,
+        )
+        if row is None:
+            other = await conn.fetchval(
+                "SELECT project_name FROM pending_publishers WHERE unique_key = $1", new.unique_key
+            )
+            raise RegistrationError(
+                f"this publisher is pending already for project {quote(other)}; one identity can be "
+                "pending for one project at a time (remove that one first)"
+            )
+        pending = _pending(row)
+        await insert_audit(
+            conn,
+            "pending.created",
+            publisher_id=row["id"],
+            outcome="ok",
+            detail={
+                "provider": new.provider,
+                "issuer": new.issuer,
+                "spec": pending.spec,
+                "project": name,
+                "expires_at": pending.expires_at.isoformat(),
+                "by": registrant,
+            },
+        )
+    return pending
+
+
+async def list_pending_publishers(conn: asyncpg.Connection) -> list[PendingPublisher]:
+    """Every pending publisher (expired ones too, until the purge), oldest first."""
+    rows = await conn.fetch("SELECT * FROM pending_publishers ORDER BY created_at, id")
+    return [_pending(r) for r in rows]
+
+
+async def remove_pending_publisher(
+    conn: asyncpg.Connection, publisher_id: str, *, actor: str = ""
+) -> PendingPublisher:
+    """Delete a pending publisher (audited as ``pending.removed``).
+
+    Raises:
+        RegistrationError: the id is not a UUID.
+        NotFound: no such pending publisher.
+    """
+    pid = parse_id(publisher_id)
+    async with conn.transaction():
+        row = await conn.fetchrow("DELETE FROM pending_publishers WHERE id = $1 RETURNING *", pid)
+        if row is None:
+            raise NotFound(f"no publisher with id {pid}")
+        pending = _pending(row)
+        await insert_audit(
+            conn,
+            "pending.removed",
+            publisher_id=pid,
+            outcome="ok",
+            detail={"project": pending.project_name, "spec": pending.spec, "by": actor},
+        )
+    return pending
+
+
+async def purge_expired_pending(conn: asyncpg.Connection) -> list[PendingPublisher]:
+    """Delete pending publishers past their expiry, each audited as ``pending.expired``.
+
+    They are never matched once expired (the exchange compares ``expires_at`` itself); this
+    only removes the rows.
+    """
+    async with conn.transaction():
+        rows = await conn.fetch("DELETE FROM pending_publishers WHERE expires_at <= now() RETURNING *")
+        removed = [_pending(r) for r in rows]
+        for p in removed:
+            await insert_audit(
+                conn,
+                "pending.expired",
+                publisher_id=p.id,
+                outcome="removed",
+                detail={
+                    "provider": p.provider,
+                    "issuer": p.issuer,
+                    "project": p.project_name,
+                    "registrant": p.registrant,
+                    "expires_at": p.expires_at.isoformat(),
+                    "by": "system:ttl-expired",
+                },
+            )
+    return removed
+
+
 # --- replay store -------------------------------------------------------------------------
 
 
@@ -569,3 +764,86 @@ async def purge_used_tokens(conn: asyncpg.Connection) -> int:
     """Delete used token ids whose retention has passed; never one still retained."""
     status: str = await conn.execute("DELETE FROM used_tokens WHERE expires_at < now()")
     return int(status.rsplit(" ", 1)[-1])
+
+
+# --- audit listing ------------------------------------------------------------------------
+
+# Rows listed at most in one call: the trail can be millions of rows.
+MAX_AUDIT_LIST = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One row of the audit trail. ``detail`` never holds a token: at most a prefix of its hash."""
+
+    id: int
+    at: datetime
+    kind: str
+    outcome: str
+    code: str
+    exchange_id: str
+    publisher_id: str
+    mint_id: str
+    detail: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "kind": self.kind,
+            "outcome": self.outcome,
+            "code": self.code,
+            "exchange_id": self.exchange_id,
+            "publisher_id": self.publisher_id or None,
+            "mint_id": self.mint_id or None,
+            "issuer": self.detail.get("issuer", ""),
+            "provider": self.detail.get("provider", ""),
+            "reason": self.detail.get("description", ""),
+            "token_hash_prefix": self.detail.get("token_hash_prefix", ""),
+            "detail": self.detail,
+        }
+
+
+_LIST_AUDIT = """
+SELECT id, at, kind, outcome, code, exchange_id, publisher_id, mint_id, detail
+FROM audit_events
+WHERE ($1::text IS NULL OR kind = $1)
+  AND ($2::text IS NULL OR code = $2)
+  AND ($3::timestamptz IS NULL OR at >= $3)
+  AND ($4::text IS NULL OR exchange_id = $4)
+ORDER BY at DESC, id DESC
+LIMIT $5
+"""
+
+
+async def list_audit_events(  # noqa: PLR0913  (one argument per filter)
+    conn: asyncpg.Connection,
+    *,
+    kind: str | None = None,
+    code: str | None = None,
+    since: datetime | None = None,
+    exchange_id: str | None = None,
+    limit: int = 50,
+) -> list[AuditEvent]:
+    """The newest audit rows first, filtered by kind, code, time and exchange id.
+
+    Raises:
+        RegistrationError: ``limit`` is not between 1 and :data:`MAX_AUDIT_LIST`.
+    """
+    if not 1 <= limit <= MAX_AUDIT_LIST:
+        raise RegistrationError(f"limit must be between 1 and {MAX_AUDIT_LIST}, got {limit}")
+    rows = await conn.fetch(_LIST_AUDIT, kind, code, since, exchange_id, limit)
+    return [
+        AuditEvent(
+            id=int(r["id"]),
+            at=r["at"],
+            kind=r["kind"],
+            outcome=r["outcome"],
+            code=r["code"],
+            exchange_id=r["exchange_id"],
+            publisher_id=str(r["publisher_id"] or ""),
+            mint_id=str(r["mint_id"] or ""),
+            detail=dict(r["detail"] or {}),
+        )
+        for r in rows
+    ]

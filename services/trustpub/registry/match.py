@@ -2,11 +2,12 @@
 
 One exchange is, in PostgreSQL:
 
-1. find the candidate publishers by (issuer, provider, lookup key) and run the provider's
-   rules; a publisher matches only tokens from the issuer it names;
+1. find the candidates by (issuer, provider, lookup key), publishers and pending publishers
+   in one query, and run the provider's rules on each; a publisher matches only tokens from
+   the issuer it names. A pending publisher that passes wins (PyPI's order: pending first);
 2. claim the token id in ``used_tokens`` (the primary key serialises concurrent claims:
    of 20 concurrent presentations of one token exactly one inserts the row);
-3. pin ``owner_id``/``repository_id`` if the publisher left them open (audited);
+3. pin ids the publisher left open (audited);
 4. write the mint record and the ``exchange.succeeded`` audit row;
 
 and the grant is returned only after that committed. Steps 2 and 4 are one statement
@@ -17,13 +18,23 @@ pin, the whole match is redone in a transaction with the candidates ``SELECT ...
 UPDATE``; a rival pin then waits, re-reads the pinned row and is judged against it. The
 lock is not taken on every exchange: it would serialise all exchanges of one repository.
 A rejected exchange writes nothing, so it does not consume the token id.
+
+A pending publisher's first exchange is one transaction with its row locked: create the
+project, turn the pending publisher into a normal one (same id) linked to it, pin, claim the
+token id and record the mint. Of two exchanges racing for one pending publisher, the second
+waits for the lock, finds the row gone and is refused with ``invalid-pending-publisher``
+without consuming its token id (presented again, it mints through the new publisher), or
+with ``invalid-reuse-token`` if it was the same token. If the project exists already, the
+pending publisher is deleted (committed, as PyPI does) and the exchange refused.
+
+``explain`` runs step 1 and reports every rule of every candidate; it writes nothing.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,14 +44,26 @@ import structlog
 
 from trustpub.messages import (
     InternalError,
+    InvalidPendingPublisher,
     InvalidPublisher,
     InvalidToken,
     ReusedToken,
     TrustpubError,
     Unavailable,
 )
-from trustpub.messages.v1 import MatchRequest, MintGrant, MintStatus, MintStatusRequest, RevokeRequest
-from trustpub.providers import github
+from trustpub.messages.v1 import (
+    ExplainCandidate,
+    ExplainReply,
+    ExplainRequest,
+    ExplainRule,
+    MatchRequest,
+    MintGrant,
+    MintStatus,
+    MintStatusRequest,
+    RevokeRequest,
+    VerifiedToken,
+)
+from trustpub.providers import activestate, github, gitlab, google
 from trustpub.providers.rules import (
     ProviderRules,
     RuleResult,
@@ -48,15 +71,18 @@ from trustpub.providers.rules import (
     failed,
     failure_descriptions,
     most_specific,
+    quote,
 )
 from trustpub.registry.config import Settings
-from trustpub.registry.db import Database, insert_audit
+from trustpub.registry.db import Database, insert_audit, normalize_name
 from trustpub.registry.metrics import RegistryMetrics, provider_label
 
 log = structlog.get_logger("trustpub.registry")
 
 # PyPI's wording for every publisher mismatch (warehouse/oidc/views.py).
 NO_PUBLISHER = "valid token, but no corresponding publisher"
+# PyPI's wording when a pending publisher's project was created another way first.
+PROJECT_EXISTS = "valid token, but project already exists"
 # Kept past exp + leeway: clocks of the verifier replicas and of PostgreSQL differ a little,
 # and a token id must outlive every instant at which some verifier still accepts the token
 # (TOB-PYPI26-1: Warehouse kept it only until exp + 5 s, a 25 s replay window).
@@ -66,19 +92,54 @@ REPLAY_MARGIN_S = 60
 MAX_TOKEN_KEY = 255
 MAX_REASON = 200
 
-PROVIDERS: Mapping[str, ProviderRules] = {github.NAME: github.PROVIDER}
+PROVIDERS: Mapping[str, ProviderRules] = {
+    github.NAME: github.PROVIDER,
+    gitlab.NAME: gitlab.PROVIDER,
+    google.NAME: google.PROVIDER,
+    activestate.NAME: activestate.PROVIDER,
+}
 
 _PROJECTS = """
     ARRAY(SELECT pr.name FROM publisher_projects pp JOIN projects pr ON pr.id = pp.project_id
           WHERE pp.publisher_id = p.id ORDER BY pr.normalized_name) AS projects
 """
+_PUBLISHER_FIELDS = f"""
+    false AS pending, p.id, p.spec, {_PROJECTS}, ''::text AS project_name,
+    NULL::timestamptz AS expires_at, false AS expired
+"""
+# Publishers and pending publishers of the token's identity, in one round trip. Expired
+# pending ones are returned too (until the purge) so that a refusal can say so; they are
+# never chosen.
 _CANDIDATES = f"""
-SELECT p.id, p.spec, {_PROJECTS}
+SELECT {_PUBLISHER_FIELDS}
 FROM publishers p
 WHERE p.issuer = $1 AND p.provider = $2 AND p.lookup_key = $3
+UNION ALL
+SELECT true, q.id, q.spec, '{{}}'::text[], q.project_name, q.expires_at, q.expires_at <= now()
+FROM pending_publishers q
+WHERE q.issuer = $1 AND q.provider = $2 AND q.lookup_key = $3
 """  # noqa: S608  (constant SQL)
-_CANDIDATES_LOCKED = _CANDIDATES + " FOR UPDATE OF p"
-
+_PUBLISHERS_LOCKED = f"""
+SELECT {_PUBLISHER_FIELDS}
+FROM publishers p
+WHERE p.issuer = $1 AND p.provider = $2 AND p.lookup_key = $3
+FOR UPDATE OF p
+"""  # noqa: S608  (constant SQL)
+_PENDING_LOCKED = "SELECT * FROM pending_publishers WHERE id = $1 AND expires_at > now() FOR UPDATE"
+_TOKEN_USED = "SELECT EXISTS (SELECT 1 FROM used_tokens WHERE issuer = $1 AND token_key = $2)"
+_PUBLISHER_PROJECTS = """
+SELECT ARRAY(SELECT pr.name FROM publisher_projects pp JOIN projects pr ON pr.id = pp.project_id
+             WHERE pp.publisher_id = $1 ORDER BY pr.normalized_name)
+"""
+# A pending publisher becomes a normal one under its own id; an identical normal publisher
+# (same unique key) is re-used instead, as Warehouse's reify does.
+_CONVERT = """
+INSERT INTO publishers (id, provider, issuer, lookup_key, unique_key, spec, environment, registrant)
+SELECT id, provider, issuer, lookup_key, unique_key, spec, environment, registrant
+FROM pending_publishers WHERE id = $1
+ON CONFLICT (unique_key) DO NOTHING
+RETURNING id
+"""
 # Claim the token id; only if that inserted a row, write the mint and its audit row.
 _CLAIM_AND_RECORD = """
 WITH claim AS (
@@ -143,6 +204,93 @@ def _parse_uuid(value: str) -> uuid.UUID | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One publisher or pending publisher of the token's identity, judged."""
+
+    id: uuid.UUID
+    pending: bool
+    spec: dict[str, Any]
+    projects: list[str]
+    project_name: str
+    expires_at: datetime | None
+    results: list[RuleResult]
+    specificity: int
+
+    @property
+    def passed(self) -> bool:
+        return all_passed(self.results)
+
+
+def judge(provider: ProviderRules, row: Mapping[str, Any], claims: Mapping[str, Any]) -> Candidate:
+    """Run the provider's rules, and the registry's own conditions, on one candidate row."""
+    spec = dict(row["spec"])
+    results = provider.evaluate(spec, claims)
+    if row["pending"]:
+        if row["expired"]:
+            at = row["expires_at"].isoformat(timespec="seconds")
+            results.append(
+                failed(
+                    "expires_at",
+                    "an unexpired pending publisher",
+                    at,
+                    f"the pending publisher for project {quote(row['project_name'])} expired at {at}; "
+                    "register it again",
+                )
+            )
+    elif not row["projects"]:
+        results.append(failed("projects", "a project", "none", "the publisher is not linked to any project"))
+    return Candidate(
+        id=row["id"],
+        pending=bool(row["pending"]),
+        spec=spec,
+        projects=list(row["projects"]),
+        project_name=row["project_name"],
+        expires_at=row["expires_at"],
+        results=results,
+        specificity=provider.specificity(spec),
+    )
+
+
+def decide(provider: ProviderRules, claims: Mapping[str, Any], candidates: Sequence[Candidate]) -> Candidate:
+    """The candidate an exchange uses: a passing pending publisher first (PyPI's order), else
+    the most specific passing publisher.
+
+    Raises:
+        InvalidPublisher: no candidate, none passed (the description lists every failure
+            once), or two equally specific ones passed.
+    """
+    if not candidates:
+        # Says nothing about other identities' publishers: only the token's own identity.
+        raise InvalidPublisher(
+            _no_publisher(f"no trusted publisher is registered for {provider.identity(claims)}")
+        )
+    for pending in (True, False):
+        passing = [(c.specificity, c) for c in candidates if c.pending is pending and c.passed]
+        if passing:
+            try:
+                return most_specific(passing)
+            except InvalidPublisher as exc:
+                raise InvalidPublisher(_no_publisher(exc.description)) from None
+    refusals = [r for c in candidates for r in c.results]
+    raise InvalidPublisher(_no_publisher("; ".join(failure_descriptions(refusals))))
+
+
+def _project_exists(project: str) -> str:
+    return (
+        f"{PROJECT_EXISTS} (project {quote(project)} was created after this pending publisher was "
+        "registered; the pending publisher has been removed: register a trusted publisher for the "
+        "existing project instead)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    grant: MintGrant
+    pins: dict[str, str]
+    converted: bool = False
+
+
 @dataclass
 class Matcher:
     """The registry's request handlers; plain async functions of messages."""
@@ -160,6 +308,8 @@ class Matcher:
         Raises:
             InvalidPublisher: no registered publisher accepts the claims (the description
                 says which rules failed), or the provider is not supported.
+            InvalidPendingPublisher: the matching pending publisher's project exists already
+                (the pending publisher is removed), or a concurrent exchange just used it.
             ReusedToken: the token id was claimed before.
             InvalidToken: the token id or expiry is unusable.
             Unavailable: the database did not answer.
@@ -190,8 +340,7 @@ class Matcher:
         log.info("match_granted", provider=label, publisher_id=grant.publisher_id, mint_id=grant.mint_id)
         return grant
 
-    async def _match(self, req: MatchRequest) -> MintGrant:
-        token = req.token
+    def _prepare(self, token: VerifiedToken) -> tuple[ProviderRules, str]:
         provider = self.providers.get(token.provider)
         if provider is None:
             raise InvalidPublisher(f"{token.provider} publishers are not supported yet")
@@ -199,6 +348,11 @@ class Matcher:
             key = provider.lookup_key(token.claims)
         except InvalidPublisher as exc:
             raise InvalidPublisher(_no_publisher(exc.description)) from None
+        return provider, key
+
+    async def _match(self, req: MatchRequest) -> MintGrant:
+        token = req.token
+        provider, key = self._prepare(token)
         if not token.token_key or len(token.token_key) > MAX_TOKEN_KEY:
             raise InvalidToken(f"the token id must be 1 to {MAX_TOKEN_KEY} characters long")
         try:
@@ -207,75 +361,94 @@ class Matcher:
             raise InvalidToken("the token's expiry is out of range") from None
 
         async with self.db.connection() as conn:
-            done = await self._attempt(conn, req, provider, key, retain_until, locked=False)
-            if done is None:
+            rows = await conn.fetch(_CANDIDATES, token.issuer, provider.name, key)
+            candidates = [judge(provider, row, token.claims) for row in rows]
+            chosen = decide(provider, token.claims, candidates)
+            if chosen.pending:
+                done = await self._convert(conn, req, provider, chosen, retain_until)
+            elif not provider.pins(chosen.spec, token.claims):
+                done = await self._record(
+                    conn, req, provider, chosen.id, chosen.spec, chosen.projects, retain_until
+                )
+            else:
                 async with conn.transaction():
-                    done = await self._attempt(conn, req, provider, key, retain_until, locked=True)
-        if done is None:  # pragma: no cover  (the locked attempt always decides)
-            raise InternalError("publisher match did not decide")
-        grant, pinned = done
+                    rows = await conn.fetch(_PUBLISHERS_LOCKED, token.issuer, provider.name, key)
+                    relocked = [judge(provider, row, token.claims) for row in rows]
+                    # The pending ones failed above; keep their reasons for the description.
+                    chosen = decide(provider, token.claims, relocked + [c for c in candidates if c.pending])
+                    pins = provider.pins(chosen.spec, token.claims)
+                    done = await self._record(
+                        conn, req, provider, chosen.id, chosen.spec, chosen.projects, retain_until, pins=pins
+                    )
+        grant = done.grant
         self.metrics.audited("exchange.succeeded")
-        if pinned:
+        if done.converted:
+            self.metrics.pending_converted.labels(provider.name).inc()
+            for kind in ("pending.converted", "project.created"):
+                self.metrics.audited(kind)
+            log.info(
+                "pending_publisher_converted",
+                provider=provider.name,
+                publisher_id=grant.publisher_id,
+                projects=grant.projects,
+            )
+        if done.pins:
             self.metrics.publishers_pinned.labels(provider.name).inc()
             self.metrics.audited("publisher.pinned")
             log.info(
                 "publisher_pinned",
                 provider=provider.name,
                 publisher_id=grant.publisher_id,
-                fields=sorted(pinned),
+                fields=sorted(done.pins),
             )
         return grant
 
-    async def _attempt(  # noqa: PLR0913  (the pieces of one exchange)
+    async def _record(  # noqa: PLR0913, PLR0917  (the pieces of one exchange)
         self,
         conn: asyncpg.Connection,
         req: MatchRequest,
         provider: ProviderRules,
-        key: str,
+        publisher_id: uuid.UUID,
+        spec: Mapping[str, Any],
+        projects: list[str],
         retain_until: datetime,
         *,
-        locked: bool,
-    ) -> tuple[MintGrant, dict[str, str]] | None:
-        """One try; ``None`` means "a field must be pinned: try again, locked"."""
-        token = req.token
-        claims = token.claims
-        rows = await conn.fetch(
-            _CANDIDATES_LOCKED if locked else _CANDIDATES, token.issuer, provider.name, key
-        )
-        if not rows:
-            # Says nothing about other repositories' publishers: only the token's own identity.
-            raise InvalidPublisher(
-                _no_publisher(f"no trusted publisher is registered for {provider.identity(claims)}")
-            )
-        passing: list[tuple[int, Any]] = []
-        refusals: list[RuleResult] = []
-        for row in rows:
-            results = provider.evaluate(row["spec"], claims)
-            if not row["projects"]:
-                results.append(
-                    failed("projects", "a project", "none", "the publisher is not linked to any project")
-                )
-            if all_passed(results):
-                passing.append((provider.specificity(row["spec"]), row))
-            else:
-                refusals.extend(results)
-        if not passing:
-            raise InvalidPublisher(_no_publisher("; ".join(failure_descriptions(refusals))))
-        try:
-            chosen = most_specific(passing)
-        except InvalidPublisher as exc:
-            raise InvalidPublisher(_no_publisher(exc.description)) from None
-        pins = provider.pins(chosen["spec"], claims)
-        if pins and not locked:
-            return None
+        pins: Mapping[str, str] | None = None,
+        converted: bool = False,
+    ) -> _Done:
+        """Claim the token id and write the mint record and its audit row (one statement);
+        pin ``pins`` on the publisher first. Within a caller's transaction when pinning or
+        converting, so that a refused claim undoes them.
 
-        now = time.time()
-        issued_at = int(now)
-        expires_at = issued_at + self.settings.token_lifetime
+        Raises:
+            ReusedToken: the token id was claimed before.
+        """
+        token = req.token
+        pins = dict(pins or {})
+        issued_at = int(time.time())
+        # The publisher's own lifetime when it set one (validated 300..3600 s at registration).
+        lifetime = spec.get("token_lifetime")
+        expires_at = issued_at + (lifetime if isinstance(lifetime, int) else self.settings.token_lifetime)
         mint_id = uuid.uuid4()
-        provenance = provider.provenance(claims)
+        provenance = provider.provenance(token.claims)
         provenance["issuer"] = token.issuer
-        projects = list(chosen["projects"])
+        if pins:
+            await conn.execute(
+                "UPDATE publishers SET spec = spec || $2::jsonb WHERE id = $1", publisher_id, pins
+            )
+            await insert_audit(
+                conn,
+                "publisher.pinned",
+                exchange_id=req.exchange_id,
+                publisher_id=publisher_id,
+                mint_id=mint_id,
+                outcome="ok",
+                detail={
+                    "provider": provider.name,
+                    "issuer": token.issuer,
+                    **{f: {"old": spec.get(f), "new": v} for f, v in pins.items()},
+                },
+            )
         recorded = await conn.fetchval(
             _CLAIM_AND_RECORD,
             token.issuer,
@@ -283,7 +456,7 @@ class Matcher:
             retain_until,
             mint_id,
             req.exchange_id,
-            chosen["id"],
+            publisher_id,
             projects,
             provenance,
             _utc(issued_at),
@@ -298,32 +471,239 @@ class Matcher:
         )
         if not recorded:
             raise ReusedToken("invalid token: already used")
-        if pins:
-            await conn.execute(
-                "UPDATE publishers SET spec = spec || $2::jsonb WHERE id = $1", chosen["id"], pins
-            )
-            await insert_audit(
-                conn,
-                "publisher.pinned",
-                exchange_id=req.exchange_id,
-                publisher_id=chosen["id"],
-                mint_id=mint_id,
-                outcome="ok",
-                detail={
-                    "provider": provider.name,
-                    "issuer": token.issuer,
-                    **{f: {"old": chosen["spec"].get(f), "new": v} for f, v in pins.items()},
-                },
-            )
         grant = MintGrant(
             mint_id=str(mint_id),
-            publisher_id=str(chosen["id"]),
+            publisher_id=str(publisher_id),
             projects=projects,
             issued_at=issued_at,
             expires_at=expires_at,
             provenance=provenance,
         )
-        return grant, pins
+        return _Done(grant=grant, pins=pins, converted=converted)
+
+    async def _convert(
+        self,
+        conn: asyncpg.Connection,
+        req: MatchRequest,
+        provider: ProviderRules,
+        chosen: Candidate,
+        retain_until: datetime,
+    ) -> _Done:
+        """A pending publisher's first exchange, in one transaction (see the module doc).
+
+        Raises:
+            InvalidPendingPublisher: the project exists (the pending publisher is deleted,
+                committed), or a concurrent exchange used or removed it just now.
+            ReusedToken: the token id was claimed before (nothing is converted).
+            InvalidPublisher: the identical normal publisher that would be re-used refuses
+                the token (nothing is converted).
+        """
+        token = req.token
+        exists: str | None = None
+        async with conn.transaction():
+            row = await conn.fetchrow(_PENDING_LOCKED, chosen.id)
+            if row is None:
+                # Converted (or removed, or expired) by someone else since the candidate query.
+                if await conn.fetchval(_TOKEN_USED, token.issuer, token.token_key):
+                    raise ReusedToken("invalid token: already used")
+                raise InvalidPendingPublisher(
+                    f"the pending publisher for project {quote(chosen.project_name)} was used or removed "
+                    "by a concurrent request just now; this token was not used: present it again"
+                )
+            registrant = row["registrant"]
+            project = await conn.fetchrow(
+                "INSERT INTO projects (name, normalized_name, created_by) VALUES ($1, $2, $3) "
+                "ON CONFLICT (normalized_name) DO NOTHING RETURNING id, name",
+                row["project_name"],
+                row["normalized_name"],
+                registrant,
+            )
+            if project is None:
+                # Created another way first: the pending publisher is void. Deleted and
+                # committed although the exchange fails, as PyPI does.
+                await conn.execute("DELETE FROM pending_publishers WHERE id = $1", chosen.id)
+                await insert_audit(
+                    conn,
+                    "pending.invalidated",
+                    exchange_id=req.exchange_id,
+                    publisher_id=chosen.id,
+                    outcome="removed",
+                    code="invalid-pending-publisher",
+                    detail={
+                        "provider": provider.name,
+                        "issuer": token.issuer,
+                        "project": row["project_name"],
+                        "registrant": registrant,
+                        "reason": "project already exists",
+                    },
+                )
+                exists = row["project_name"]
+            else:
+                done = await self._reify(conn, req, provider, row, project, retain_until)
+        if exists is not None:
+            self.metrics.audited("pending.invalidated")
+            raise InvalidPendingPublisher(_project_exists(exists))
+        return done
+
+    async def _reify(  # noqa: PLR0913, PLR0917  (the pieces of one conversion)
+        self,
+        conn: asyncpg.Connection,
+        req: MatchRequest,
+        provider: ProviderRules,
+        row: Mapping[str, Any],
+        project: Mapping[str, Any],
+        retain_until: datetime,
+    ) -> _Done:
+        token, claims = req.token, req.token.claims
+        pending_id = row["id"]
+        created = await conn.fetchval(_CONVERT, pending_id)
+        if created is not None:
+            publisher_id, spec = created, dict(row["spec"])
+        else:
+            existing = await conn.fetchrow(
+                "SELECT id, spec FROM publishers WHERE unique_key = $1 FOR UPDATE", row["unique_key"]
+            )
+            results = provider.evaluate(existing["spec"], claims)
+            if not all_passed(results):
+                raise InvalidPublisher(_no_publisher("; ".join(failure_descriptions(results))))
+            publisher_id, spec = existing["id"], dict(existing["spec"])
+        await conn.execute(
+            "INSERT INTO publisher_projects (publisher_id, project_id) VALUES ($1, $2)",
+            publisher_id,
+            project["id"],
+        )
+        await conn.execute("DELETE FROM pending_publishers WHERE id = $1", pending_id)
+        by = {"by": row["registrant"], "via": "pending publisher", "exchange_id": req.exchange_id}
+        await insert_audit(conn, "project.created", outcome="ok", detail={"project": project["name"], **by})
+        await insert_audit(
+            conn,
+            "pending.converted",
+            exchange_id=req.exchange_id,
+            publisher_id=publisher_id,
+            outcome="ok",
+            detail={
+                "pending_id": str(pending_id),
+                "provider": provider.name,
+                "issuer": token.issuer,
+                "project": project["name"],
+                "registrant": row["registrant"],
+                "reused_publisher": created is None,
+            },
+        )
+        projects = list(await conn.fetchval(_PUBLISHER_PROJECTS, publisher_id))
+        return await self._record(
+            conn,
+            req,
+            provider,
+            publisher_id,
+            spec,
+            projects,
+            retain_until,
+            pins=provider.pins(spec, claims),
+            converted=True,
+        )
+
+    # -- publisher.explain ----------------------------------------------------------------
+
+    async def explain(self, req: ExplainRequest) -> ExplainReply:
+        """What ``match`` would decide for this token and why, rule by rule, for every
+        candidate of the token's own identity. Reads only: claims no token id, pins
+        nothing, creates nothing.
+
+        Raises:
+            Unavailable: the database did not answer.
+        """
+        token = req.token
+        label = provider_label(token.provider)
+        reply = await self._explain(token)
+        log.info("explained", provider=label, outcome=reply.outcome, code=reply.code)
+        return reply
+
+    async def _explain(self, token: VerifiedToken) -> ExplainReply:
+        claims = token.claims
+        provider = self.providers.get(token.provider)
+        identity = provider.identity(claims) if provider is not None else token.provider
+        base: dict[str, Any] = {"issuer": token.issuer, "provider": token.provider, "identity": identity}
+        try:
+            provider, key = self._prepare(token)
+        except InvalidPublisher as exc:
+            return ExplainReply(
+                **base, outcome="refused", code=exc.code.value, description=exc.description, candidates=[]
+            )
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(_CANDIDATES, token.issuer, provider.name, key)
+            used = bool(await conn.fetchval(_TOKEN_USED, token.issuer, token.token_key))
+            candidates = [judge(provider, row, claims) for row in rows]
+            chosen: Candidate | None = None
+            try:
+                chosen = decide(provider, claims, candidates)
+            except InvalidPublisher as exc:
+                outcome, code, description = "refused", exc.code.value, exc.description
+            else:
+                outcome, code, description = await self._verdict(conn, chosen, used)
+        base["token_used"] = used
+        reports = [self._report(provider, c, claims, chosen=c is chosen) for c in candidates]
+        return ExplainReply(
+            **base,
+            outcome=outcome,
+            code=code,
+            description=description,
+            candidates=reports,
+            publisher_id=str(chosen.id) if chosen is not None and outcome != "refused" else "",
+        )
+
+    async def _verdict(self, conn: asyncpg.Connection, chosen: Candidate, used: bool) -> tuple[str, str, str]:  # noqa: FBT001
+        reused = ("refused", ReusedToken.code.value, "invalid token: already used")
+        if chosen.pending:
+            existing = await conn.fetchval(
+                "SELECT name FROM projects WHERE normalized_name = $1", normalize_name(chosen.project_name)
+            )
+            if existing is not None:
+                return "refused", InvalidPendingPublisher.code.value, _project_exists(chosen.project_name)
+            if used:
+                return reused
+            return (
+                "would-create-project",
+                "",
+                (
+                    f"an exchange would create project {quote(chosen.project_name)}, turn this pending "
+                    f"publisher into a normal one, and mint a token valid {self._lifetime(chosen.spec)} s"
+                ),
+            )
+        if used:
+            return reused
+        names = ", ".join(chosen.projects)
+        return (
+            "would-mint",
+            "",
+            f"an exchange would mint a token for {names}, valid {self._lifetime(chosen.spec)} s",
+        )
+
+    def _lifetime(self, spec: Mapping[str, Any]) -> int:
+        lifetime = spec.get("token_lifetime")
+        return lifetime if isinstance(lifetime, int) else self.settings.token_lifetime
+
+    def _report(
+        self, provider: ProviderRules, c: Candidate, claims: Mapping[str, Any], *, chosen: bool
+    ) -> ExplainCandidate:
+        return ExplainCandidate(
+            publisher_id=str(c.id),
+            pending=c.pending,
+            projects=c.projects,
+            passed=c.passed,
+            chosen=chosen,
+            specificity=c.specificity,
+            rules=[
+                ExplainRule(
+                    rule=r.rule, ok=r.ok, expected=r.expected, actual=r.actual, description=r.description
+                )
+                for r in c.results
+            ],
+            pending_project=c.project_name,
+            expires_at=int(c.expires_at.timestamp()) if c.expires_at is not None else 0,
+            pins=provider.pins(c.spec, claims) if c.passed else {},
+            token_lifetime=self._lifetime(c.spec),
+        )
 
     # -- mint.revoke / mint.status --------------------------------------------------------
 

@@ -18,6 +18,11 @@ AUDIT_KINDS = frozenset(
         "publisher.pinned",
         "mint.revoked",
         "project.created",
+        "pending.created",
+        "pending.converted",
+        "pending.invalidated",
+        "pending.expired",
+        "pending.removed",
     }
 )
 
@@ -55,6 +60,12 @@ class RegistryMetrics:
         self.publishers_pinned = Counter(
             "trustpub_publishers_pinned_total",
             "Publishers whose ids were pinned on first use, by provider.",
+            ["provider"],
+            registry=registry,
+        )
+        self.pending_converted = Counter(
+            "trustpub_pending_publishers_converted_total",
+            "Pending publishers turned into normal ones, their project created, by a first exchange.",
             ["provider"],
             registry=registry,
         )

@@ -51,6 +51,24 @@ class KeySource(Protocol):
         ...
 
 
+def _longest_string(value: object) -> int:
+    """Characters of the longest string (member names included) in a decoded JSON value."""
+    if isinstance(value, str):
+        return len(value)
+    longest = 0
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            longest = max(longest, len(item))
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return longest
+
+
 def _int_claim(claims: dict[str, Any], name: str, *, required: bool) -> int | None:
     if name not in claims:
         if required:
@@ -65,6 +83,28 @@ def _int_claim(claims: dict[str, Any], name: str, *, required: bool) -> int | No
     if not -TIME_LIMIT <= value <= TIME_LIMIT:
         raise InvalidToken(f"{name} is out of range (more than 2**40 seconds from the epoch)")
     return value
+
+
+# Bytes of an ECDSA signature (JWS: r || s, each the size of the curve's order).
+_EC_SIGNATURE_BYTES = {"ES256": 64, "ES384": 96}
+
+
+def _check_signature_size(size: int, alg: str, key: JWK, kid: str) -> None:
+    """The signature must have exactly its algorithm's length.
+
+    jwcrypto splits an ECDSA signature in halves and reads each as an integer, so 00||r||00||s
+    (66 bytes) verifies like r||s: one token, many strings, different replay hashes (Wycheproof
+    tc 379/385). An RSA signature is as long as the modulus.
+    """
+    expected = _EC_SIGNATURE_BYTES.get(alg)
+    if expected is None:
+        public = key.get_op_key("verify")  # imported once, at key-set load: cached in the JWK
+        expected = (public.key_size + 7) // 8
+    if size != expected:
+        raise InvalidToken(
+            f'the signature does not verify: it is {size} bytes long, {alg} signatures by key "{kid}" '
+            f"are {expected} bytes"
+        )
 
 
 class Verifier:
@@ -85,6 +125,8 @@ class Verifier:
         self._enabled = settings.enabled
         self._leeway = settings.leeway
         self._max_bytes = settings.max_token_bytes
+        self._max_claims = settings.max_claims
+        self._max_string = settings.max_claim_length
         self._issuers = issuers
         self._keys = keys
         self._metrics = metrics or VerifierMetrics()
@@ -101,12 +143,17 @@ class Verifier:
         """
         started = time.perf_counter()
         provider = "unknown"
+        issuer: Issuer | None = None
         try:
             parsed = preparse.parse(token, max_bytes=self._max_bytes)
             issuer = self._issuer(parsed.iss)
             provider = issuer.provider
             result = await self._verify(token, parsed, issuer)
         except TrustpubError as exc:
+            if issuer is not None:
+                # For the gateway's audit record: whose token was refused (a configured
+                # issuer only; an unknown one is quoted in the description).
+                exc.context.update(issuer=issuer.issuer, provider=provider)
             self._rejected(exc, provider, token, started)
             raise
         except Exception as exc:
@@ -132,8 +179,9 @@ class Verifier:
             raise NotEnabled(f"{issuer.provider} trusted publishing functionality not enabled")
         alg, kid = preparse.check_header(parsed.header, issuer)
         claims = parsed.payload
-        exp, jti = self._check_claims_early(claims, issuer)
+        exp, jti = self._check_claims_early(claims, issuer, len(parsed.signing_input))
         key = await self._keys.key(issuer, kid)
+        _check_signature_size(parsed.signature_size, alg, key, kid)
         self._check_signature(token, key, alg, kid, issuer)
         if jti is None:
             # Google tokens carry no jti: they are single-use by their signing input.
@@ -147,19 +195,46 @@ class Verifier:
             token_hash=hashlib.sha256(token.encode("ascii")).hexdigest(),
         )
 
-    def _check_claims_early(self, claims: dict[str, Any], issuer: Issuer) -> tuple[int, str | None]:
-        """Audience, times, lifetime and jti; returns exp and the jti (None for jti-less issuers)."""
+    def _check_claims_early(
+        self, claims: dict[str, Any], issuer: Issuer, signed_length: int
+    ) -> tuple[int, str | None]:
+        """Audience, sub, times, lifetime, jti and sizes; returns exp and the jti (None for
+        jti-less issuers)."""
         self._check_audience(claims)
+        sub = claims.get("sub")
+        if sub is not None and not isinstance(sub, str):
+            # RFC 7519: a StringOrURI. Not coerced (jwcrypto refuses it too, less clearly).
+            raise InvalidToken(f"sub must be a string, the token carried {json_type(sub)}")
         exp = self._check_times(claims, issuer)
-        if not issuer.requires_jti:
-            return exp, None
-        jti = claims.get("jti")
-        if not isinstance(jti, str):
-            got = "no jti claim" if "jti" not in claims else f"jti as {json_type(jti)}"
-            raise InvalidToken(f"the token has {got}; {issuer.provider} tokens carry a string jti")
-        if not _JTI_RE.fullmatch(jti):
-            raise InvalidToken("jti must be 1 to 255 printable ASCII characters")
+        jti: str | None = None
+        value = claims.get("jti")
+        # Required where the platform documents it (GitHub, GitLab); elsewhere a jti that is
+        # present is still the replay key and must be well formed, and an absent one means
+        # the token is single-use by the hash of its signing input instead.
+        if issuer.requires_jti or "jti" in claims:
+            if not isinstance(value, str):
+                got = "no jti claim" if "jti" not in claims else f"jti as {json_type(value)}"
+                raise InvalidToken(f"the token has {got}; {issuer.provider} tokens carry a string jti")
+            if not _JTI_RE.fullmatch(value):
+                raise InvalidToken("jti must be 1 to 255 printable ASCII characters")
+            jti = value
+        self._check_sizes(claims, signed_length)
         return exp, jti
+
+    def _check_sizes(self, claims: dict[str, Any], signed_length: int) -> None:
+        """At most ``max_claims`` claims, no string longer than ``max_claim_length`` characters."""
+        if len(claims) > self._max_claims:
+            raise InvalidToken(f"the token carries {len(claims)} claims, the limit is {self._max_claims}")
+        # A token shorter than the limit cannot hold a longer string: real tokens skip the walk.
+        if signed_length <= self._max_string:
+            return
+        for name, value in claims.items():
+            longest = max(len(name), _longest_string(value))
+            if longest > self._max_string:
+                raise InvalidToken(
+                    f'claim "{shown(name, 40)}" holds a string of {longest} characters, '
+                    f"the limit is {self._max_string}"
+                )
 
     def _check_audience(self, claims: dict[str, Any]) -> None:
         aud = claims.get("aud")

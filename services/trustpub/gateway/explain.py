@@ -1,0 +1,111 @@
+"""``POST /_/oidc/explain``: why a token would (not) mint, rule by rule, minting nothing.
+
+The token is verified first, as for an exchange (a bad signature, a wrong audience or an
+expired token is refused with the usual error shape), then the registry judges it against
+every publisher of the token's own identity (same issuer, same repository or project or
+account) and reports each rule: expected, actual, pass or fail. Nothing is written: the
+token id is not claimed, so the same token can be exchanged afterwards; no exchange event is
+published. Publishers of other identities are never shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from trustpub.gateway.config import Settings
+from trustpub.gateway.errors import from_error
+from trustpub.gateway.payload import token_from_body
+from trustpub.messages import NotEnabled, TrustpubError
+from trustpub.messages.v1 import ExplainCandidate, ExplainReply, ExplainRequest, VerifiedToken, VerifyRequest
+from trustpub.runtime import Runtime
+
+log = structlog.get_logger("trustpub.gateway")
+
+EXPLAIN_PATH = "/_/oidc/explain"
+
+
+def report(reply: ExplainReply) -> dict[str, Any]:
+    """The public JSON shape of an explanation (stable; the NATS message may grow)."""
+
+    def candidate(c: ExplainCandidate) -> dict[str, Any]:
+        return {
+            "publisher_id": c.publisher_id,
+            "pending": c.pending,
+            "projects": c.projects,
+            "pending_project": c.pending_project or None,
+            "expires_at": c.expires_at or None,
+            "specificity": c.specificity,
+            "passed": c.passed,
+            "chosen": c.chosen,
+            "pins": c.pins,
+            "token_lifetime": c.token_lifetime,
+            "rules": [
+                {
+                    "rule": r.rule,
+                    "ok": r.ok,
+                    "expected": r.expected,
+                    "actual": r.actual,
+                    "description": r.description,
+                }
+                for r in c.rules
+            ],
+        }
+
+    return {
+        "outcome": reply.outcome,
+        "code": reply.code or None,
+        "description": reply.description,
+        "token": {
+            "issuer": reply.issuer,
+            "provider": reply.provider,
+            "identity": reply.identity,
+            "used": reply.token_used,
+        },
+        "publisher_id": reply.publisher_id or None,
+        "publishers": [candidate(c) for c in reply.candidates],
+    }
+
+
+class Explainer:
+    """The explain handler; holds the runtime it talks through."""
+
+    def __init__(self, rt: Runtime, settings: Settings) -> None:
+        self.rt = rt
+        self.settings = settings
+
+    async def handle(self, request: web.Request) -> web.Response:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.request_timeout
+        provider = "unknown"
+        try:
+            if not self.settings.enabled:
+                raise NotEnabled("trusted publishing functionality not enabled")
+            length = request.content_length
+            if length is not None and length > self.settings.max_body_bytes:
+                raise web.HTTPRequestEntityTooLarge(max_size=self.settings.max_body_bytes, actual_size=length)
+            token = token_from_body(await request.read())
+            verified = await self.rt.request(
+                self.rt.subjects.token_verify,
+                VerifyRequest(token=token),
+                VerifiedToken,
+                timeout=deadline - loop.time(),
+            )
+            provider = verified.provider
+            reply = await self.rt.request(
+                self.rt.subjects.publisher_explain,
+                ExplainRequest(exchange_id="", token=verified),
+                ExplainReply,
+                timeout=deadline - loop.time(),
+            )
+        except TrustpubError as exc:
+            response = from_error(exc)
+            log.info("explain_refused", provider=provider, code=exc.code.value, reason=exc.description[:300])
+            return response
+        log.info(
+            "explain_answered", provider=provider, outcome=reply.outcome, candidates=len(reply.candidates)
+        )
+        return web.json_response(report(reply))

@@ -1,0 +1,48 @@
+"""Fixtures of the registry tests: a connection to the session database, and the registry
+service running in-process on this test's subject root."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from tests.conftest import running
+from tests.registry.registry_support import make_registry
+
+from trustpub.registry import db
+from trustpub.registry.app import setup
+from trustpub.registry.cli import main
+from trustpub.runtime import Runtime
+
+
+@pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[Any]:
+    c = await asyncio.wait_for(db.connect(database_url), 10)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture
+async def registry(common: dict[str, str], database_url: str) -> AsyncIterator[Runtime]:
+    rt = make_registry(common, database_url)
+    async with running(rt, setup):
+        yield rt
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, database_url: str, capsys: pytest.CaptureFixture[str]) -> Any:
+    """Run ``trustpub ARGS`` (in a thread: the CLI runs its own event loop) -> (code, out, err)."""
+    monkeypatch.setenv("TRUSTPUB_DATABASE_URL", database_url)
+    monkeypatch.delenv("TRUSTPUB_ISSUERS_FILE", raising=False)
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await asyncio.wait_for(asyncio.to_thread(main, list(args)), 30)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
