@@ -122,25 +122,9 @@ def identity(claims: Claims) -> str:
     return "this ActiveState project"
 
 
-def evaluate(spec: Spec, claims: Claims) -> list[RuleResult]:
-    """Run every ActiveState rule against ``claims``; one result per rule."""
-    return rules.evaluate(RULES, spec, claims)
-
-
-def specificity(spec: Spec) -> int:  # noqa: ARG001  (interface signature)
-    """One level: publishers of one organization/project differ only by their actor."""
-    return 0
-
-
-def pins(spec: Spec, claims: Claims) -> dict[str, str]:  # noqa: ARG001  (interface signature)
-    """Nothing is pinned: the actor id is given at registration."""
-    return {}
-
-
 def provenance(claims: Claims) -> dict[str, str]:
     def text(name: str) -> str:
-        value = claims.get(name)
-        return value if isinstance(value, str) else ""
+        return rules.claim_text(claims, name)
 
     return {
         "provider": NAME,
@@ -157,13 +141,15 @@ def provenance(claims: Claims) -> dict[str, str]:
 
 PROVIDER = rules.ProviderRules(
     name=NAME,
+    table=RULES,
     lookup_key=lookup_key,
     identity=identity,
-    evaluate=evaluate,
-    specificity=specificity,
     provenance=provenance,
-    pins=pins,
 )
+# Module-level names for callers that think in terms of one provider.
+evaluate = PROVIDER.evaluate
+specificity = PROVIDER.specificity
+pins = PROVIDER.pins
 
 
 # --- registration -----------------------------------------------------------------------

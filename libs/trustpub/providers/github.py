@@ -330,33 +330,11 @@ def identity(claims: Claims) -> str:
     return f"repository {value}" if isinstance(value, str) and value.isascii() else "this repository"
 
 
-def evaluate(spec: Spec, claims: Claims) -> list[RuleResult]:
-    """Run every GitHub rule against ``claims``; one result per rule."""
-    return rules.evaluate(RULES, spec, claims)
-
-
-def specificity(spec: Spec) -> int:
-    """A publisher naming an environment is more specific than one accepting any."""
-    return 1 if spec.get("environment") else 0
-
-
-def pins(spec: Spec, claims: Claims) -> dict[str, str]:
-    """Spec fields left open at registration, with the claim values to pin them to."""
-    out: dict[str, str] = {}
-    for field, claim in _PINNED_FIELDS:
-        if spec.get(field) is None:
-            value = claims.get(claim)
-            if isinstance(value, str):
-                out[field] = value
-    return out
-
-
 def provenance(claims: Claims) -> dict[str, str]:
     """What a minted token records about its source (strings; "" when absent)."""
 
     def text(name: str) -> str:
-        value = claims.get(name)
-        return value if isinstance(value, str) else ""
+        return rules.claim_text(claims, name)
 
     workflow_ref = text("workflow_ref")
     _, _, path = workflow_ref.partition("/.github/workflows/")
@@ -380,13 +358,17 @@ def provenance(claims: Claims) -> dict[str, str]:
 
 PROVIDER = rules.ProviderRules(
     name=NAME,
+    table=RULES,
     lookup_key=lookup_key,
     identity=identity,
-    evaluate=evaluate,
-    specificity=specificity,
     provenance=provenance,
-    pins=pins,
+    narrowing_field="environment",
+    pinned_fields=_PINNED_FIELDS,
 )
+# Module-level names for callers that think in terms of one provider.
+evaluate = PROVIDER.evaluate
+specificity = PROVIDER.specificity
+pins = PROVIDER.pins
 
 
 # --- registration -----------------------------------------------------------------------

@@ -126,25 +126,9 @@ def identity(claims: Claims) -> str:
     )
 
 
-def evaluate(spec: Spec, claims: Claims) -> list[RuleResult]:
-    """Run every Google rule against ``claims``; one result per rule."""
-    return rules.evaluate(RULES, spec, claims)
-
-
-def specificity(spec: Spec) -> int:
-    """A publisher naming a subject is more specific than one accepting any."""
-    return 1 if spec.get("sub") else 0
-
-
-def pins(spec: Spec, claims: Claims) -> dict[str, str]:  # noqa: ARG001  (interface signature)
-    """Nothing is pinned: the e-mail of a service account is never re-used by another."""
-    return {}
-
-
 def provenance(claims: Claims) -> dict[str, str]:
     def text(name: str) -> str:
-        value = claims.get(name)
-        return value if isinstance(value, str) else ""
+        return rules.claim_text(claims, name)
 
     return {
         "provider": NAME,
@@ -158,13 +142,16 @@ def provenance(claims: Claims) -> dict[str, str]:
 
 PROVIDER = rules.ProviderRules(
     name=NAME,
+    table=RULES,
     lookup_key=lookup_key,
     identity=identity,
-    evaluate=evaluate,
-    specificity=specificity,
     provenance=provenance,
-    pins=pins,
+    narrowing_field="sub",
 )
+# Module-level names for callers that think in terms of one provider.
+evaluate = PROVIDER.evaluate
+specificity = PROVIDER.specificity
+pins = PROVIDER.pins
 
 
 # --- registration -----------------------------------------------------------------------

@@ -51,20 +51,46 @@ class RegistrationError(ValueError):
 class ProviderRules:
     """What the registry needs from a provider to match verified claims to publishers.
 
-    ``lookup_key``, ``evaluate`` and the others are plain functions of claims and the
-    publisher's registered ``spec`` (a JSON object); none of them does I/O.
+    The functions are plain functions of claims and the publisher's registered ``spec`` (a
+    JSON object); none of them does I/O. What every provider does alike (running its rule
+    table, ranking publishers, pinning ids left open) is done here from data.
     """
 
     name: str
+    table: RuleTable
     # Raises InvalidPublisher when a claim needed to find candidates is missing or malformed.
     lookup_key: Callable[[Claims], str]
     # A phrase naming the token's own identity, e.g. "repository octo-org/demo".
     identity: Callable[[Claims], str]
-    evaluate: Callable[[Spec, Claims], list[RuleResult]]
-    specificity: Callable[[Spec], int]
     provenance: Callable[[Claims], dict[str, str]]
-    # Fields of ``spec`` left open at registration, to be pinned to these claim values.
-    pins: Callable[[Spec, Claims], dict[str, str]]
+    # The spec field that narrows a publisher when set ("environment", Google's "sub"):
+    # such a publisher is more specific than one that leaves it open.
+    narrowing_field: str | None = None
+    # (spec field, claim) pairs that registration may leave open, pinned on first use.
+    pinned_fields: tuple[tuple[str, str], ...] = ()
+
+    def evaluate(self, spec: Spec, claims: Claims) -> list[RuleResult]:
+        """Every rule of the table against ``claims``; one result per rule."""
+        return evaluate(self.table, spec, claims)
+
+    def specificity(self, spec: Spec) -> int:
+        return 1 if self.narrowing_field and spec.get(self.narrowing_field) else 0
+
+    def pins(self, spec: Spec, claims: Claims) -> dict[str, str]:
+        """Spec fields left open at registration, with the claim values to pin them to."""
+        out: dict[str, str] = {}
+        for field_name, claim in self.pinned_fields:
+            if spec.get(field_name) is None:
+                value = claims.get(claim)
+                if isinstance(value, str):
+                    out[field_name] = value
+        return out
+
+
+def claim_text(claims: Claims, name: str) -> str:
+    """A claim's value if it is a string, else "" (for provenance, never for checks)."""
+    value = claims.get(name)
+    return value if isinstance(value, str) else ""
 
 
 # ASCII-only case folding. str.lower() folds some non-ASCII letters onto ASCII ones
