@@ -20,12 +20,13 @@ from nats.js import JetStreamContext
 from trustpub.jwks.config import Settings
 from trustpub.jwks.fetch import Fetcher, new_session
 from trustpub.jwks.keysets import KeySets
-from trustpub.jwks.store import KvKeySetStore, open_bucket
+from trustpub.jwks.store import KvKeySetStore
 from trustpub.messages import Subjects
 from trustpub.messages.v1 import KeySetRequest, KeySetRotated, RefreshRequest
 from trustpub.providers.issuers import IssuerRegistry
 from trustpub.runtime import Runtime
 from trustpub.runtime.events import ensure_stream, publish
+from trustpub.runtime.keysets import open_bucket
 from trustpub.runtime.service import Setup
 
 # Requests handled at once per endpoint: enough that a burst of refresh requests joins the

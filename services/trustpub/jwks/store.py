@@ -14,8 +14,6 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import structlog
-from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from trustpub.messages import Unavailable
@@ -33,21 +31,6 @@ class Stored:
 
     keyset: KeySet
     revision: int
-
-
-async def open_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
-    """The bucket, created if missing (another replica may be creating it at the same time)."""
-    try:
-        return await js.key_value(bucket)
-    except nats.js.errors.BucketNotFoundError:
-        pass
-    try:
-        # history=1: only the current set matters; file storage: it survives a restart of
-        # NATS, so verifiers have keys while an issuer is down (security.md F10).
-        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE))
-    except nats.js.errors.BadRequestError:
-        # Created by another replica between our two calls, with a config of its own.
-        return await js.key_value(bucket)
 
 
 class KvKeySetStore:

@@ -13,9 +13,9 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from trustpub.runtime.keysets import open_bucket
 from trustpub.verifier.keys import KeyCache
 
 log = structlog.get_logger("trustpub.verifier.feed")
@@ -24,19 +24,6 @@ log = structlog.get_logger("trustpub.verifier.feed")
 # long before watching again, so a persistent failure does not spin.
 REWATCH_DELAY_S = 1.0
 _DELETED = frozenset({"DEL", "PURGE"})
-
-
-async def open_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
-    """The bucket, created if it does not exist yet (the jwks service may start later)."""
-    try:
-        return await js.key_value(bucket)
-    except nats.js.errors.BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE))
-    except nats.js.errors.BadRequestError:
-        # Another service created it meanwhile (possibly with other settings): use theirs.
-        return await js.key_value(bucket)
 
 
 class BucketFeed:
