@@ -138,28 +138,6 @@ def _check_owner(spec: Spec, claims: Claims) -> RuleResult:
     return passed("repository_owner", expected, claim)
 
 
-def _pinned_id(rule: str, field: str, what: str, hint: str) -> Check:
-    def check(spec: Spec, claims: Claims) -> RuleResult:
-        claim = claim_str(claims, rule)
-        pinned = spec.get(field)
-        if pinned is None:
-            # Not given at registration: any well-formed id passes and the registry pins it.
-            if not _NUMERIC_ID.fullmatch(claim):
-                return failed(rule, "a numeric id", claim, f"{rule} {quote(claim)} is not a numeric id")
-            return passed(rule, "any (pinned on first use)", claim)
-        # Exact string equality: "1001 " or 1001 (a number) is not "1001".
-        if claim != pinned:
-            return failed(
-                rule,
-                str(pinned),
-                claim,
-                f"{rule} {quote(claim)} does not match the registered {what} {quote(pinned)}{hint}",
-            )
-        return passed(rule, str(pinned), claim)
-
-    return check
-
-
 def _check_workflow_ref(spec: Spec, claims: Claims) -> RuleResult:
     workflow_ref = claim_str(claims, "workflow_ref")
     repository = claim_str(claims, "repository")
@@ -284,17 +262,19 @@ def _check_ref_or_sha(spec: Spec, claims: Claims) -> RuleResult:  # noqa: ARG001
 RULES: dict[str, Check] = {
     "repository": _check_repository,
     "repository_owner": _check_owner,
-    "repository_owner_id": _pinned_id(
+    "repository_owner_id": rules.pinned_id(
         "repository_owner_id",
         "owner_id",
         "owner id",
         " (the owner account may have been deleted and its name taken by someone else)",
+        _NUMERIC_ID,
     ),
-    "repository_id": _pinned_id(
+    "repository_id": rules.pinned_id(
         "repository_id",
         "repository_id",
         "repository id",
         " (the repository may have been deleted and its name taken by another one)",
+        _NUMERIC_ID,
     ),
     "workflow_ref": _check_workflow_ref,
     "job_workflow_ref": _check_job_workflow_ref,
