@@ -195,6 +195,7 @@ def main() -> None:
                         "TRUSTPUB_AUDIENCE": AUDIENCE,
                         "TRUSTPUB_MINTER_KEY_FILE": str(root / "minter.jwk"),
                         "TRUSTPUB_LOG_LEVEL": "warning",
+                        "TRUSTPUB_RATE_LIMIT": "0",  # thousands of requests/s from one address
                     },
                     log_dir=root / "logs",
                 )

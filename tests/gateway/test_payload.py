@@ -49,6 +49,10 @@ def test_pypi_rejected_bodies(body, why):
         (b"\xef\xbb\xbf" + b'{"token": "a"}', "not valid JSON"),
         ('{"token": "a"}'.encode("utf-16"), "not UTF-8"),
         (b'{"token": "\xff"}', "not UTF-8"),
+        # Found by the corpus (tests/corpus, A10b, A11b, A11d):
+        (b'{"token": "a", "n": 1e999}', "too large for a number"),
+        (b'{"token": "a", "x": ' + b"[" * 33 + b"]" * 33 + b"}", "more than 32 levels"),
+        (b'{"token": "\\ud800"}', "unpaired UTF-16 surrogate"),
     ],
 )
 def test_ambiguous_or_hostile_json_is_refused(body, why):

@@ -111,7 +111,10 @@ async def test_verifies_with_keys_loaded_from_the_bucket(env, kv, nc, dev_issuer
 
         reply = await verify(nc, subject_root, dev_issuer.github_token("pypi"))
         assert reply == ErrorReply(
-            code="invalid-token", description='aud "pypi" is not this index\'s audience "trustpub-test"'
+            code="invalid-token",
+            description='aud "pypi" is not this index\'s audience "trustpub-test"',
+            # Whose token it was, for the gateway's audit record (never shown to the client).
+            context={"issuer": dev_issuer.issuer, "provider": "github"},
         )
         reply = await verify(nc, subject_root, "not-a-jwt")
         assert reply == ErrorReply(
@@ -215,7 +218,9 @@ async def test_unknown_kid_without_a_jwks_service_is_unavailable(env, kv, nc, de
         started = time.monotonic()
         reply = await verify(nc, subject_root, token)
         assert reply == ErrorReply(
-            code="unavailable", description=f"keys of {dev_issuer.issuer} are unavailable"
+            code="unavailable",
+            description=f"keys of {dev_issuer.issuer} are unavailable",
+            context={"issuer": dev_issuer.issuer, "provider": "github"},
         )
         assert time.monotonic() - started < 1.0  # no responders: answered at once
         labels = {"issuer": dev_issuer.issuer, "result": "unavailable"}
@@ -245,7 +250,9 @@ async def test_hanging_jwks_service_is_bounded_by_the_refresh_timeout(env, kv, n
             reply = await slow
             elapsed = time.monotonic() - started
             assert reply == ErrorReply(
-                code="unavailable", description=f"keys of {dev_issuer.issuer} are unavailable"
+                code="unavailable",
+                description=f"keys of {dev_issuer.issuer} are unavailable",
+                context={"issuer": dev_issuer.issuer, "provider": "github"},
             )
             assert 0.9 < elapsed < 2.5  # TRUSTPUB_REFRESH_TIMEOUT=1
     finally:

@@ -209,7 +209,7 @@ class Runtime:
                     reply: msgspec.Struct = await handler(decoder.decode(req.data))
                 except TrustpubError as exc:
                     outcome = "internal" if isinstance(exc, InternalError) else "error"
-                    reply = ErrorReply(code=exc.code.value, description=exc.description)
+                    reply = ErrorReply(code=exc.code.value, description=exc.description, context=exc.context)
                 except msgspec.ValidationError as exc:
                     outcome = "internal"
                     log.warning("bad_request_message", endpoint=label, error=str(exc))
@@ -285,7 +285,7 @@ class Runtime:
                 raise Unavailable("the message bus is unreachable") from None
             reply = _reply_decoder.decode(msg.data)
             if isinstance(reply, ErrorReply):
-                raise TrustpubError.from_code(reply.code, reply.description)
+                raise TrustpubError.from_code(reply.code, reply.description, reply.context)
             if not isinstance(reply, reply_type):
                 raise InternalError(f"{label} answered with {type(reply).__name__}")
         except TrustpubError as exc:

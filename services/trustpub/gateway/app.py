@@ -19,8 +19,10 @@ import structlog
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
+from trustpub.gateway import limits, openapi
 from trustpub.gateway.config import Settings
 from trustpub.gateway.errors import error_response, from_error
+from trustpub.gateway.explain import EXPLAIN_PATH, Explainer
 from trustpub.gateway.payload import token_from_body
 from trustpub.messages import InvalidPayload, InvalidToken, NotEnabled, TrustpubError
 from trustpub.messages.v1 import (
@@ -80,14 +82,16 @@ class Gateway:
             "Exchange events that JetStream did not acknowledge after every retry.",
             registry=rt.registry,
         )
+        # The per-client rate limit of the exchange endpoints (limits.py).
+        self.guard = limits.ExchangeGuard(settings, self._record, rt.registry)
 
     # -- helpers ------------------------------------------------------------------------
 
     async def _body_token(self, request: web.Request) -> str:
-        length = request.content_length
-        if length is not None and length > self.settings.max_body_bytes:
-            raise web.HTTPRequestEntityTooLarge(max_size=self.settings.max_body_bytes, actual_size=length)
-        body = await request.read()  # bounded by client_max_size: 413 past it
+        # Bounded in size (413) and time (408): limits.py.
+        body = await limits.read_body(
+            request, max_bytes=self.settings.max_body_bytes, timeout=self.settings.body_timeout
+        )
         return token_from_body(body)
 
     def _remaining(self, deadline: float) -> float:
@@ -194,13 +198,17 @@ class Gateway:
     ) -> web.Response:
         response = from_error(exc)
         outcome = "unavailable" if response.status == 503 else "refused"
-        provider = verified.provider if verified else "unknown"
+        # Whose token it was: the verified claims, else what the verifier said when refusing.
+        provider = verified.provider if verified else exc.context.get("provider", "unknown")
+        issuer = verified.issuer if verified else exc.context.get("issuer", "")
         code = exc.code.value if response.status != 503 else "unavailable"
         self.exchanges.labels(provider, outcome, code).inc()
         elapsed = time.perf_counter() - started
         self.duration.labels(outcome).observe(elapsed)
         token_hash = (
-            verified.token_hash if verified else (hashlib.sha256(token.encode()).hexdigest() if token else "")
+            verified.token_hash
+            if verified
+            else (hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest() if token else "")
         )
         log.info(
             "exchange_failed",
@@ -217,7 +225,7 @@ class Gateway:
                 outcome="failed",
                 code=code,
                 description=exc.description[:500],
-                issuer=verified.issuer if verified else "",
+                issuer=issuer,
                 provider=provider,
                 token_hash_prefix=token_hash[:16],
             )
@@ -323,7 +331,9 @@ SETTINGS = web.AppKey("settings", Settings)
 
 
 def http_app(gw: Gateway) -> web.Application:
-    app = web.Application(client_max_size=gw.settings.max_body_bytes, middlewares=[error_shape])
+    app = web.Application(
+        client_max_size=gw.settings.max_body_bytes, middlewares=[error_shape, gw.guard.middleware]
+    )
     app[SETTINGS] = gw.settings
     app.router.add_get("/_/oidc/audience", gw.audience)
     for path in MINT_PATHS:
@@ -331,6 +341,8 @@ def http_app(gw: Gateway) -> web.Application:
     app.router.add_post("/_/oidc/burn-token", gw.burn_token)
     app.router.add_post("/_/oidc/introspect", gw.introspect)
     app.router.add_get("/_/oidc/jwks", gw.jwks)
+    app.router.add_get(openapi.OPENAPI_PATH, openapi.serve)
+    app.router.add_post(EXPLAIN_PATH, Explainer(gw.rt, gw.settings).handle)
     return app
 
 
@@ -345,7 +357,7 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     if settings.tls_cert and settings.tls_key:
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
-    runner = web.AppRunner(http_app(gw), access_log=None)
+    runner = limits.runner(http_app(gw), settings)  # header limits, slow-client timeouts
     await runner.setup()
     rt.before_drain.append(runner.cleanup)  # stop taking requests, finish the ones in flight
     stack.push_async_callback(runner.cleanup)

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiohttp import web
 
-from trustpub.messages import ErrorCode, TrustpubError
+from trustpub.messages import ErrorCode, InvalidPayload, TrustpubError
 
 TOKEN_REQUEST_FAILED = "Token request failed"
 
@@ -28,7 +30,29 @@ def error_response(
     return web.json_response(body, status=status, headers=headers)
 
 
+class HttpRefusal(InvalidPayload):
+    """A request refused at the transport (body too large or too slow, rate limit): its own
+    HTTP status and error code, in the same JSON shape; an exchange refused this way is audited
+    like any other."""
+
+    def __init__(
+        self, description: str, *, status: int, error_code: str = "", headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error_code = error_code or self.code.value
+        self.headers = dict(headers or {})
+
+
 def from_error(exc: TrustpubError) -> web.Response:
+    if isinstance(exc, HttpRefusal):
+        response = error_response(exc.error_code, exc.description, status=exc.status, headers=exc.headers)
+        if exc.status == 408:
+            # The body did not arrive in time: no use waiting for the rest of it. (Past a 413 or
+            # 429 aiohttp drains the unread body for a bounded time before closing, so that the
+            # client reads the answer rather than a connection reset.)
+            response.force_close()
+        return response
     status = _STATUS.get(exc.code, 422)
     if status == 503:
         # An internal error's detail stays in the log of the service that had it.

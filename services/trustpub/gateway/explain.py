@@ -18,6 +18,7 @@ from aiohttp import web
 
 from trustpub.gateway.config import Settings
 from trustpub.gateway.errors import from_error
+from trustpub.gateway.limits import read_body
 from trustpub.gateway.payload import token_from_body
 from trustpub.messages import NotEnabled, TrustpubError
 from trustpub.messages.v1 import ExplainCandidate, ExplainReply, ExplainRequest, VerifiedToken, VerifyRequest
@@ -84,10 +85,11 @@ class Explainer:
         try:
             if not self.settings.enabled:
                 raise NotEnabled("trusted publishing functionality not enabled")
-            length = request.content_length
-            if length is not None and length > self.settings.max_body_bytes:
-                raise web.HTTPRequestEntityTooLarge(max_size=self.settings.max_body_bytes, actual_size=length)
-            token = token_from_body(await request.read())
+            # Bounded in size (413) and time (408), as an exchange's body: limits.py.
+            body = await read_body(
+                request, max_bytes=self.settings.max_body_bytes, timeout=self.settings.body_timeout
+            )
+            token = token_from_body(body)
             verified = await self.rt.request(
                 self.rt.subjects.token_verify,
                 VerifyRequest(token=token),

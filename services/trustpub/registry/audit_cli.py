@@ -58,9 +58,7 @@ def line(event: db.AuditEvent) -> str:
         event.kind,
         event.code or event.outcome or "-",
     ]
-    for key in ("issuer", "provider"):
-        if d[key]:
-            parts.append(f"{key}={d[key]}")
+    parts.extend(f"{key}={d[key]}" for key in ("issuer", "provider") if d[key])
     if d["token_hash_prefix"]:
         parts.append(f"token={d['token_hash_prefix']}")
     if event.exchange_id:

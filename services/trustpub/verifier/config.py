@@ -24,6 +24,10 @@ class Settings(CommonSettings):
     # GitHub tokens are about 1-2 KB; 16 KiB leaves room for large claim sets and bounds the
     # work spent on garbage.
     max_token_bytes: int = 16384
+    # Members of the payload (a GitHub token has about 30) and characters of any one string in
+    # the token (real claims are a few hundred at most): more is refused as malformed.
+    max_claims: int = 100
+    max_claim_length: int = 4096
     # How long a verification waits for the jwks service when a token names an unknown key.
     refresh_timeout: float = 4.0
     # Requests handled at once: a request waiting for a key refresh must not hold up others.
@@ -43,6 +47,15 @@ class Settings(CommonSettings):
             raise ValueError(msg)
         if not 1024 <= self.max_token_bytes <= 1_000_000:
             msg = f"TRUSTPUB_MAX_TOKEN_BYTES must be between 1024 and 1000000, got {self.max_token_bytes}"
+            raise ValueError(msg)
+        if not 10 <= self.max_claims <= 10_000:
+            msg = f"TRUSTPUB_MAX_CLAIMS must be between 10 and 10000, got {self.max_claims}"
+            raise ValueError(msg)
+        if not 256 <= self.max_claim_length <= self.max_token_bytes:
+            msg = (
+                f"TRUSTPUB_MAX_CLAIM_LENGTH must be between 256 and TRUSTPUB_MAX_TOKEN_BYTES "
+                f"({self.max_token_bytes}), got {self.max_claim_length}"
+            )
             raise ValueError(msg)
         if not self.refresh_timeout > 0:
             msg = f"TRUSTPUB_REFRESH_TIMEOUT must be positive, got {self.refresh_timeout}"

@@ -52,6 +52,9 @@ class Compact:
     iss: str
     # ``<header>.<payload>`` as sent (canonical, so exactly what the signature covers).
     signing_input: str
+    # Bytes of the decoded signature: its length is fixed by the algorithm and key, and a
+    # padded one (ES256 00||r||00||s) must not verify (Wycheproof tc 379/385).
+    signature_size: int = 0
 
 
 def malformed(reason: str) -> InvalidPayload:
@@ -220,14 +223,16 @@ def parse(token: str, *, max_bytes: int) -> Compact:
     h64, p64, s64 = match.groups()
     header_raw = _b64(h64, "header")
     payload_raw = _b64(p64, "payload")
-    _b64(s64, "signature")
+    signature = _b64(s64, "signature")
     header = strict_json_object(header_raw, "header")
     payload = strict_json_object(payload_raw, "payload")
     iss = payload.get("iss")
     if not isinstance(iss, str):
         what = "no iss claim" if iss is None else f"an iss claim that is {json_type(iss)}"
         raise malformed(f"the payload has {what}, expected a string")
-    return Compact(header=header, payload=payload, iss=iss, signing_input=f"{h64}.{p64}")
+    return Compact(
+        header=header, payload=payload, iss=iss, signing_input=f"{h64}.{p64}", signature_size=len(signature)
+    )
 
 
 def check_header(header: dict[str, Any], issuer: Issuer) -> tuple[str, str]:
