@@ -21,7 +21,7 @@ from prometheus_client import Counter, Histogram
 
 from trustpub.gateway import limits, openapi
 from trustpub.gateway.config import Settings
-from trustpub.gateway.errors import error_response, from_error
+from trustpub.gateway.errors import EXCHANGE_ID_RESPONSE_HEADER, error_response, from_error
 from trustpub.gateway.explain import EXPLAIN_PATH, Explainer
 from trustpub.gateway.payload import token_from_body
 from trustpub.messages import InvalidPayload, InvalidToken, NotEnabled, TrustpubError
@@ -47,10 +47,6 @@ from trustpub.runtime.metrics import LATENCY_BUCKETS
 
 log = structlog.get_logger("trustpub.gateway")
 
-# Quoted in support requests: the same id is in every service's log lines for the exchange.
-EXCHANGE_ID_RESPONSE_HEADER = "X-Trustpub-Exchange-Id"
-
-MINT_PATHS = ("/_/oidc/mint-token", "/_/oidc/github/mint-token")
 
 _HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "invalid-payload"}
 
@@ -336,7 +332,7 @@ def http_app(gw: Gateway) -> web.Application:
     )
     app[SETTINGS] = gw.settings
     app.router.add_get("/_/oidc/audience", gw.audience)
-    for path in MINT_PATHS:
+    for path in sorted(limits.MINT_PATHS):
         app.router.add_post(path, gw.mint_token)
     app.router.add_post("/_/oidc/burn-token", gw.burn_token)
     app.router.add_post("/_/oidc/introspect", gw.introspect)

@@ -12,6 +12,9 @@ from aiohttp import web
 from trustpub.messages import ErrorCode, InvalidPayload, TrustpubError
 
 TOKEN_REQUEST_FAILED = "Token request failed"
+# On every exchange answer; quoted in support requests: the same id is in every service's
+# log lines for that exchange and in its audit record.
+EXCHANGE_ID_RESPONSE_HEADER = "X-Trustpub-Exchange-Id"
 
 # PyPI answers every refused exchange with 422; a dependency outage is ours to report
 # as 503 (never 500) so that clients know to retry with a fresh token.

@@ -30,7 +30,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from prometheus_client import CollectorRegistry, Counter
 
 from trustpub.gateway.config import Settings
-from trustpub.gateway.errors import HttpRefusal, error_response
+from trustpub.gateway.errors import EXCHANGE_ID_RESPONSE_HEADER, HttpRefusal, error_response
 from trustpub.messages.v1 import ExchangeEvent
 
 log = structlog.get_logger("trustpub.gateway.limits")
@@ -40,8 +40,6 @@ log = structlog.get_logger("trustpub.gateway.limits")
 MINT_PATHS = frozenset({"/_/oidc/mint-token", "/_/oidc/github/mint-token"})
 RATE_LIMITED_PATHS = MINT_PATHS | {"/_/oidc/burn-token", "/_/oidc/explain"}
 RATE_LIMITED = "rate-limited"
-# Same header name as app.EXCHANGE_ID_RESPONSE_HEADER (not imported: app imports this module).
-EXCHANGE_ID_HEADER = "X-Trustpub-Exchange-Id"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -334,5 +332,5 @@ class ExchangeGuard:
             description,
             status=429,
             message="Too Many Requests",
-            headers={"Retry-After": str(wait), EXCHANGE_ID_HEADER: exchange_id},
+            headers={"Retry-After": str(wait), EXCHANGE_ID_RESPONSE_HEADER: exchange_id},
         )
