@@ -519,3 +519,24 @@ async def test_migrations_idempotent_and_serialised(pg_admin_url, database_url):
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_environment_the_publisher_does_not_require_is_recorded(registry, conn):
+    """PyPI e-mails owners when a token's environment is ignored; trustpub audits it."""
+    owner = unique("org")
+    await register(conn, projects=[unique("pkg")], owner=owner, environment="")
+    grant = await match(registry, match_request(claims_for(owner, environment="release")))
+    detail = await conn.fetchval(
+        "SELECT detail FROM audit_events WHERE kind = 'exchange.succeeded' AND mint_id = $1",
+        uuid.UUID(grant.mint_id),
+    )
+    assert detail["environment_ignored"] == "release"
+
+    owner = unique("org")
+    await register(conn, projects=[unique("pkg")], owner=owner, environment="release")
+    grant = await match(registry, match_request(claims_for(owner, environment="release")))
+    detail = await conn.fetchval(
+        "SELECT detail FROM audit_events WHERE kind = 'exchange.succeeded' AND mint_id = $1",
+        uuid.UUID(grant.mint_id),
+    )
+    assert "environment_ignored" not in detail

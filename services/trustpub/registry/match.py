@@ -291,6 +291,29 @@ class _Done:
     converted: bool = False
 
 
+def _environment_ignored(
+    provider: ProviderRules, spec: Mapping[str, Any], claims: Mapping[str, Any]
+) -> dict[str, str]:
+    """The token ran in an environment the publisher does not require.
+
+    PyPI e-mails the owners each time (its Ultralytics follow-up): the publisher would keep
+    working from any other environment, or none. trustpub records it on the audit row and
+    logs a warning, so operators and owners can constrain the publisher.
+    """
+    if provider.narrowing_field != "environment" or spec.get("environment"):
+        return {}
+    environment = claims.get("environment")
+    if not isinstance(environment, str) or not environment:
+        return {}
+    log.warning(
+        "publisher_environment_ignored",
+        provider=provider.name,
+        environment=environment[:255],
+        hint="register the publisher with --environment to require it",
+    )
+    return {"environment_ignored": environment[:255]}
+
+
 @dataclass
 class Matcher:
     """The registry's request handlers; plain async functions of messages."""
@@ -467,6 +490,7 @@ class Matcher:
                 "provider": provider.name,
                 # Never the token; a prefix of its hash ties the row to a client's log.
                 "token_hash_prefix": token.token_hash[:16],
+                **_environment_ignored(provider, spec, token.claims),
             },
         )
         if not recorded:
