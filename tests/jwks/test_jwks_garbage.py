@@ -71,7 +71,7 @@ CASES: list[Case] = [
     ),
     ("invalid utf-8", "jwks", b'{"keys": [], "x": "\xc3\x28"}', "is not UTF-8"),
     ("deep nesting", "jwks", b'{"keys": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests"),
-    ("duplicate members", "jwks", b'{"keys": [], "keys": []}', "duplicate member 'keys'"),
+    ("duplicate members", "jwks", b'{"keys": [], "keys": []}', 'duplicate key "keys"'),
     (
         "discovery names another issuer",
         "discovery",

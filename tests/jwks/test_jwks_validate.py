@@ -120,13 +120,13 @@ def test_too_many_keys_refuse_the_whole_document(good):
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        (b'{"keys": [], "keys": []}', "duplicate member 'keys'"),
-        (b'{"a": NaN}', "NaN is not a JSON value"),
-        (b'{"a": -Infinity}', "-Infinity is not a JSON value"),
+        (b'{"keys": [], "keys": []}', 'duplicate key "keys"'),
+        (b'{"a": NaN}', "NaN is not JSON"),
+        (b'{"a": -Infinity}', "-Infinity is not JSON"),
         (b'{"a": "\xff"}', "not UTF-8"),
         (b"\xef\xbb\xbf{}", "not JSON"),
         (b"<html>hello</html>", "not JSON"),
-        (b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
+        (b"[" * 100_000 + b"]" * 100_000, "nests deeper than"),
         (b"[" * 17 + b"]" * 17, "deeper than 16 levels"),
     ],
 )

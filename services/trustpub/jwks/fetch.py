@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
-import json
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from trustpub.jwks.validate import KeySetRefused, ValidKeys, validate_key_set
+from trustpub.messages import strictjson
 from trustpub.providers.issuers import Issuer
 
 # security.md §4.3: connect within 2 s; the total (fetch_timeout) bounds the rest.
@@ -177,55 +177,15 @@ def check_jwks_uri(uri: object, iss: Issuer) -> None:
 
 
 def parse_json(body: bytes, what: str) -> Any:  # noqa: ANN401  (parsed JSON)
-    """Strict JSON: UTF-8, no duplicate member names, no NaN/Infinity, bounded depth.
+    """Strict JSON (trustpub.messages.strictjson), depth-bounded.
 
     Raises:
         FetchError: (result "refused") the body is not such JSON.
     """
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise FetchError(f"{what} is not UTF-8", result="refused") from None
-    try:
-        doc = json.loads(text, object_pairs_hook=_unique_members, parse_constant=_no_constant)
-    except RecursionError:
-        raise FetchError(f"{what} nests too deeply", result="refused") from None
-    except ValueError as exc:
-        raise FetchError(f"{what} is not JSON: {_bounded(str(exc))}", result="refused") from None
-    if _too_deep(doc, MAX_JSON_DEPTH):
-        raise FetchError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", result="refused")
-    return doc
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # With duplicate names, parsers disagree on which value wins; a document that two
-    # readers could understand differently is refused.
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise ValueError(f"duplicate member {_show(name)}")
-        out[name] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:  # noqa: ANN401  (json's parse_constant hook; never returns)
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _too_deep(doc: object, limit: int) -> bool:
-    stack: list[tuple[object, int]] = [(doc, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
+        return strictjson.loads(body, max_depth=MAX_JSON_DEPTH)
+    except strictjson.StrictJSONError as exc:
+        raise FetchError(f"{what} {exc}", result="refused") from None
 
 
 def _is_loopback(host: str) -> bool:

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from trustpub.messages import InvalidPayload, InvalidToken
+from trustpub.messages import InvalidPayload, InvalidToken, strictjson
 from trustpub.providers.issuers import Issuer
 
 # Nesting deeper than this is refused: real tokens are flat objects (GitHub's nests nothing),
@@ -30,9 +28,6 @@ MAX_DEPTH = 32
 _COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _SEGMENT_NAMES = ("header", "payload", "signature")
-# A JSON escape of a UTF-16 surrogate: the decoder accepts lone ones, and a lone surrogate
-# cannot be encoded as UTF-8 again (the reply would fail to serialise).
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 # Header members a token may carry. x5t (a certificate thumbprint) is ignored: GitHub sends it.
 # Everything else (jku, x5u, jwk, x5c, crit, zip, enc, b64, cty, ...) either points at key
@@ -85,70 +80,6 @@ def json_type(value: object) -> str:
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
-class _StrictJSONError(ValueError):
-    pass
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                msg = f'duplicate key "{shown(key, 40)}"'
-                raise _StrictJSONError(msg)
-            seen.add(key)
-    return obj
-
-
-def _constant(name: str) -> Any:  # noqa: ANN401  (a json hook's signature)
-    msg = f"{name} is not JSON"
-    raise _StrictJSONError(msg)
-
-
-def _float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        msg = "a number too large for a float"
-        raise _StrictJSONError(msg)
-    return value
-
-
-# RFC 8259 strictly: duplicate keys, NaN/Infinity and non-finite numbers are refused. Integers
-# above 4300 digits raise ValueError in int() (CPython's conversion limit), caught below.
-_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float)
-
-
-def _too_deep(value: object) -> bool:
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        for child in children:
-            if isinstance(child, dict | list):
-                if depth + 1 > MAX_DEPTH:
-                    return True
-                stack.append((child, depth + 1))
-    return False
-
-
-def _has_surrogate(value: object) -> bool:
-    stack: list[object] = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
 def strict_json_object(raw: bytes, what: str) -> dict[str, Any]:
     """Decode ``raw`` as strict UTF-8 JSON that must be an object.
 
@@ -156,28 +87,11 @@ def strict_json_object(raw: bytes, what: str) -> dict[str, Any]:
         InvalidPayload: not UTF-8, not strict JSON, too deeply nested, or not an object.
     """
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise malformed(f"the {what} is not UTF-8") from None
-    try:
-        value = _DECODER.decode(text)
-    except _StrictJSONError as exc:
-        raise malformed(f"the {what} is not strict JSON: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise malformed(f"the {what} is not JSON ({exc.msg})") from None
-    except RecursionError:
-        raise malformed(f"the {what} nests deeper than {MAX_DEPTH} levels") from None
-    except ValueError:
-        # int() refusing more than 4300 digits (CVE-2020-10735 limit).
-        raise malformed(f"the {what} has a number that is too long") from None
+        value = strictjson.loads(raw, max_depth=MAX_DEPTH)
+    except strictjson.StrictJSONError as exc:
+        raise malformed(f"the {what} {exc}") from None
     if not isinstance(value, dict):
         raise malformed(f"the {what} is {json_type(value)}, not a JSON object")
-    # Each level opens with "[" or "{": with few of them the text cannot nest deeply, so the
-    # walk below runs only for unusual tokens.
-    if text.count("{") + text.count("[") > MAX_DEPTH and _too_deep(value):
-        raise malformed(f"the {what} nests deeper than {MAX_DEPTH} levels")
-    if _SURROGATE_ESCAPE.search(text) and _has_surrogate(value):
-        raise malformed(f"the {what} has an unpaired UTF-16 surrogate escape")
     return value
 
 
