@@ -408,8 +408,11 @@ class DevIssuer:
 
     async def _token(self, request: web.Request) -> web.Response:
         self.hits["token"] = self.hits.get("token", 0) + 1
-        auth = request.headers.get("Authorization", "")
-        if not secrets.compare_digest(auth.encode(), f"bearer {self.request_token}".encode()):
+        # The scheme is case-insensitive (RFC 7235): the id library sends "bearer", uv "Bearer".
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            credential.encode(), self.request_token.encode()
+        ):
             return web.json_response({"message": "Bad credentials"}, status=401)
         audience = request.query.get("audience")
         if not audience:

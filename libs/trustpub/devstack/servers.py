@@ -33,6 +33,8 @@ def free_port() -> int:
 def port_if_free(port: int) -> int | None:
     """``port`` if nothing listens on it on 127.0.0.1, else None."""
     with socket.socket() as s:
+        # As the servers themselves do: a port left in TIME_WAIT by the previous run is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
