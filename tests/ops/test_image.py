@@ -120,9 +120,12 @@ def test_wheel_from_the_docker_context_holds_every_package_and_the_migrations(tm
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     for package in config["packages"]:
         source = REPO / config["package-dir"][package]
+        data = [
+            f for pattern in config.get("package-data", {}).get(package, []) for f in source.glob(pattern)
+        ]
         expected = {
             f"{package.replace('.', '/')}/{p.relative_to(source).as_posix()}"
-            for p in source.rglob("*.py")
+            for p in [*source.rglob("*.py"), *data]
             if "__pycache__" not in p.parts
         }
         assert expected, package
