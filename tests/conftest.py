@@ -1,8 +1,11 @@
 """Shared fixtures: real NATS (JetStream) and PostgreSQL, a local OIDC issuer.
 
-``TRUSTPUB_TEST_NATS_URL`` / ``TRUSTPUB_TEST_DATABASE_URL`` name existing servers; when
-unset, the suite starts its own under a temporary directory. Each test gets its own NATS
-subject root, and the session its own database, so runs never see each other's data.
+NATS always runs as trustpub runs it: with the authorization generated from the endpoint
+declarations for a pool of subject roots, each service its own nkey user, TLS first
+(devstack/bus.py); the suite starts it under a temporary directory. A test takes a root from
+the pool (``subject_root``) whose streams and buckets were emptied first, so tests never see
+each other's messages. ``TRUSTPUB_TEST_DATABASE_URL`` names an existing PostgreSQL; when
+unset, the suite starts its own. The session gets its own database.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.bus import ROOTS, TestBus
+
+from trustpub.devstack.bus import DevBus
 from trustpub.devstack.issuer import DevIssuer
 from trustpub.devstack.servers import NatsServer, PostgresServer
 from trustpub.runtime import Runtime, serve
@@ -39,17 +45,21 @@ def _server_dir(name: str) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def nats_url() -> Iterator[str]:
-    url = os.environ.get("TRUSTPUB_TEST_NATS_URL")
-    if url:
-        yield url
-        return
+def bus() -> Iterator[TestBus]:
+    """The session's NATS: generated authorization for every root of the pool, TLS first."""
     with _server_dir("nats") as path:
-        server = NatsServer(path).start()
+        server = NatsServer(path / "data", roots=ROOTS, bus=DevBus(path / "bus", admin=True)).start(
+            log_file=path / "nats.log"
+        )
         try:
-            yield server.url
+            yield TestBus(server)
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(bus: TestBus) -> str:
+    return bus.url
 
 
 @pytest.fixture(scope="session")
@@ -92,9 +102,13 @@ async def database_url(pg_admin_url: str) -> str:
 
 
 @pytest.fixture
-def subject_root() -> str:
-    """A NATS subject root of this test's own."""
-    return f"t{uuid.uuid4().hex[:12]}"
+async def subject_root(bus: TestBus) -> AsyncIterator[str]:
+    """A NATS subject root of this test's own, its streams and buckets empty."""
+    root = await bus.lease()
+    try:
+        yield root
+    finally:
+        bus.release(root)
 
 
 @pytest.fixture
@@ -141,10 +155,11 @@ async def running(rt: Runtime, setup: Setup, timeout: float = 15) -> AsyncIterat
 
 
 @pytest.fixture
-def common(nats_url: str, subject_root: str) -> dict[str, str]:
-    """Environment every in-process service of a test shares (pass to ``load``)."""
+def common(bus: TestBus, subject_root: str) -> dict[str, str]:
+    """Environment every in-process service of a test shares (pass to ``load``): each service
+    finds its own credentials and seal keys in the bus's secrets directory."""
     return {
-        "TRUSTPUB_NATS_URL": nats_url,
+        **bus.env,
         "TRUSTPUB_SUBJECT_ROOT": subject_root,
         "TRUSTPUB_OPS_PORT": "0",
         "TRUSTPUB_DRAIN_GRACE": "0",

@@ -11,17 +11,16 @@ import io
 import json
 import shutil
 import tempfile
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
-import nats
 import pytest
 from hypothesis.configuration import set_hypothesis_home_dir
+from tests.bus import ADMIN, TestBus
 from tests.conftest import _create_database
 from tests.corpus.cases import Attempt
 from tests.corpus.corpus_keys import (
@@ -38,7 +37,7 @@ from tests.corpus.corpus_keys import (
 
 from trustpub.devstack.issuer import DevIssuer
 from trustpub.devstack.stack import Stack
-from trustpub.messages.subjects import Subjects
+from trustpub.messages.endpoints import TOKEN_MINT
 from trustpub.registry import cli
 
 # Hypothesis keeps caches (and by default its example database) under .hypothesis/ in the
@@ -75,9 +74,10 @@ async def corpus_database(pg_admin_url: str) -> str:
 
 @pytest.fixture(scope="session")
 def corpus_stack(
-    cast: Cast, nats_url: str, corpus_database: str, tmp_path_factory: pytest.TempPathFactory
+    cast: Cast, bus: TestBus, corpus_database: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[CorpusStack]:
     root = tmp_path_factory.mktemp("corpus")
+    subject_root = bus.lease_blocking()
     with contextlib.ExitStack() as running:
         idps: dict[str, DevIssuer] = {}
         for issuer, key in cast.by_issuer().items():
@@ -89,11 +89,10 @@ def corpus_stack(
         attacker.issuer = attacker.base_url  # its discovery document names itself
         (root / "issuers.toml").write_text(issuers_toml({i: d.base_url for i, d in idps.items()}))
         env = {
-            "TRUSTPUB_NATS_URL": nats_url,
-            "TRUSTPUB_SUBJECT_ROOT": f"corpus{uuid.uuid4().hex[:10]}",
+            **bus.env,
+            "TRUSTPUB_SUBJECT_ROOT": subject_root,
             "TRUSTPUB_DATABASE_URL": corpus_database,
             "TRUSTPUB_ISSUERS_FILE": str(root / "issuers.toml"),
-            "TRUSTPUB_MINTER_KEY_FILE": str(root / "minter.jwk"),
             "TRUSTPUB_AUDIENCE": AUD,
             "TRUSTPUB_DRAIN_GRACE": "0.2",
             "TRUSTPUB_REQUEST_TIMEOUT": "5",
@@ -161,16 +160,17 @@ class Probe:
 
 
 @pytest.fixture(scope="session")
-async def probe(corpus_stack: CorpusStack, nats_url: str) -> AsyncIterator[Probe]:
+async def probe(corpus_stack: CorpusStack, bus: TestBus) -> AsyncIterator[Probe]:
     conn = await asyncio.wait_for(asyncpg.connect(corpus_stack.database_url), 10)
-    nc = await asyncio.wait_for(nats.connect(nats_url), 10)
+    subject_root = corpus_stack.env["TRUSTPUB_SUBJECT_ROOT"]
+    # The suite's own identity: it may listen where no service may, to count mint requests.
+    nc = await bus.connect(ADMIN, subject_root)
     p = Probe(corpus_stack, conn)
 
     async def seen(msg: Any) -> None:
         p.mint_requests.append(msg.data)
 
-    subjects = Subjects(corpus_stack.env["TRUSTPUB_SUBJECT_ROOT"])
-    await nc.subscribe(subjects.token_mint, cb=seen)
+    await nc.subscribe(TOKEN_MINT.subject(subject_root), cb=seen)
     await nc.flush()
     try:
         yield p

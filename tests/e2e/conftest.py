@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from tests.bus import TestBus
 from tests.conftest import AUDIENCE
 
 from trustpub.devstack.issuer import (
@@ -93,19 +94,26 @@ def selfmanaged_gitlab_issuer(provider_issuers: dict[str, tuple[DevIssuer, str]]
 
 
 @pytest.fixture(scope="session")
-def stack_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("stack")
 
 
 @pytest.fixture(scope="session")
+async def stack_root(bus: TestBus) -> str:
+    """The e2e stack's subject root, leased for the whole session."""
+    return await bus.lease()
+
+
+@pytest.fixture(scope="session")
 def stack_env(
-    nats_url: str,
+    bus: TestBus,
+    stack_root: str,
     database_url: str,
     e2e_issuer: DevIssuer,
-    stack_root: Path,
+    stack_dir: Path,
     provider_issuers: dict[str, tuple[DevIssuer, str]],
 ) -> dict[str, str]:
-    root = stack_root
+    root = stack_dir
     others = provider_issuers.values()
     (root / "issuers.toml").write_text(
         e2e_issuer.issuers_toml()
@@ -113,11 +121,10 @@ def stack_env(
         + offline_builtins_toml(e2e_issuer, *(dev for dev, _ in others))
     )
     return {
-        "TRUSTPUB_NATS_URL": nats_url,
-        "TRUSTPUB_SUBJECT_ROOT": f"e2e{uuid.uuid4().hex[:10]}",
+        **bus.env,
+        "TRUSTPUB_SUBJECT_ROOT": stack_root,
         "TRUSTPUB_DATABASE_URL": database_url,
         "TRUSTPUB_ISSUERS_FILE": str(root / "issuers.toml"),
-        "TRUSTPUB_MINTER_KEY_FILE": str(root / "minter.jwk"),
         "TRUSTPUB_AUDIENCE": AUDIENCE,
         "TRUSTPUB_DRAIN_GRACE": "0.2",
         "TRUSTPUB_REQUEST_TIMEOUT": "3",
@@ -126,8 +133,8 @@ def stack_env(
 
 
 @pytest.fixture(scope="session")
-def stack(stack_env: dict[str, str], stack_root: Path) -> Iterator[Stack]:
-    s = Stack(stack_env, log_dir=stack_root / "logs")
+def stack(stack_env: dict[str, str], stack_dir: Path) -> Iterator[Stack]:
+    s = Stack(stack_env, log_dir=stack_dir / "logs")
     s.start_all()
     try:
         yield s

@@ -79,11 +79,14 @@ def test_bucket_key_groups_ipv6_by_64_and_unmaps_ipv4() -> None:
     assert limits.bucket_key("192.0.2.1") == "192.0.2.1"
 
 
+PINNED = {"TRUSTPUB_MINTER_KEY_IDS": "a-minter-key-id"}
+
+
 def test_rate_limit_is_generous_by_default_and_can_be_switched_off() -> None:
-    settings = Settings()
+    settings = Settings(minter_key_ids=("a-minter-key-id",))
     assert settings.rate_limit >= 100
     assert settings.rate_limit_burst >= 100
-    off = load(Settings, {"TRUSTPUB_RATE_LIMIT": "0"})
+    off = load(Settings, {**PINNED, "TRUSTPUB_RATE_LIMIT": "0"})
     assert off.rate_limit == 0
 
 
@@ -95,11 +98,18 @@ def test_rate_limit_is_generous_by_default_and_can_be_switched_off() -> None:
         ({"TRUSTPUB_BODY_TIMEOUT": "0"}, "TRUSTPUB_BODY_TIMEOUT must be positive"),
         ({"TRUSTPUB_MAX_HEADER_BYTES": "100"}, "TRUSTPUB_MAX_HEADER_BYTES"),
         ({"TRUSTPUB_MAX_HEADERS": "2"}, "TRUSTPUB_MAX_HEADERS"),
+        # A stage refuses a deadline further ahead than a seal may be valid (runtime/seal.py).
+        ({"TRUSTPUB_REQUEST_TIMEOUT": "61"}, "TRUSTPUB_REQUEST_TIMEOUT must be at most 60 s"),
     ],
 )
 def test_bad_limit_settings_are_refused_at_start(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        load(Settings, env)
+        load(Settings, {**PINNED, **env})
+
+
+def test_the_gateway_does_not_start_without_the_minter_key_ids_it_trusts() -> None:
+    with pytest.raises(ConfigError, match="TRUSTPUB_MINTER_KEY_IDS is required"):
+        load(Settings, {})
 
 
 def test_openapi_document_lists_only_the_routes_served() -> None:

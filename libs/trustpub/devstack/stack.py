@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from trustpub.devstack.servers import DevServerError, free_port, port_if_free
+from trustpub.devstack.servers import DevServerError, bus_env, free_port, port_if_free
+from trustpub.messages import uploadtoken
+from trustpub.runtime.bus import minter_key_ids
+from trustpub.runtime.seal import write_secret
 
 SERVICES = ("jwks", "verifier", "registry", "minter", "gateway")
 # Each service's default ops port (its config.py); `make up` keeps them when they are free.
@@ -45,6 +48,22 @@ class Stack:
     http_port: int = 0
     default_ports: bool = False  # use DEFAULT_OPS_PORTS where free (make up); else any free port
 
+    def service_env(self) -> dict[str, str]:
+        """The stack's environment, completed as an operator would: the bus secrets and CA of
+        a NATS server this process started (devstack/servers.py), and the gateway's pin of the
+        minter's key ids, the key file created first if it does not exist yet."""
+        env = {**bus_env(self.env.get("TRUSTPUB_NATS_URL", "")), **self.env}
+        if "TRUSTPUB_MINTER_KEY_IDS" not in self.env:
+            text = env.get("TRUSTPUB_MINTER_KEY", "")
+            path = env.get("TRUSTPUB_MINTER_KEY_FILE", "")
+            if not text and path:
+                if not Path(path).exists():
+                    write_secret(Path(path), uploadtoken.generate_signing_key() + "\n")
+                text = Path(path).read_text()
+            if text:
+                env["TRUSTPUB_MINTER_KEY_IDS"] = ",".join(minter_key_ids(text))
+        return env
+
     @property
     def base_url(self) -> str:
         scheme = "https" if self.env.get("TRUSTPUB_TLS_CERT") else "http"
@@ -67,7 +86,7 @@ class Stack:
         ops_port = free_port()
         if self.default_ports and not replica:
             ops_port = port_if_free(DEFAULT_OPS_PORTS[name]) or ops_port
-        env = {**os.environ, **self.env, "TRUSTPUB_OPS_PORT": str(ops_port), **(extra or {})}
+        env = {**os.environ, **self.service_env(), "TRUSTPUB_OPS_PORT": str(ops_port), **(extra or {})}
         if name == "gateway" and not replica:
             self.http_port = self.http_port or int(env.get("TRUSTPUB_HTTP_PORT", "0")) or free_port()
             env["TRUSTPUB_HTTP_PORT"] = str(self.http_port)

@@ -1,7 +1,9 @@
 """``make up``: the whole stack on one machine, with a demo exchange.
 
 Starts NATS and PostgreSQL under ``.run/`` (unless ``TRUSTPUB_NATS_URL`` /
-``TRUSTPUB_DATABASE_URL`` name existing ones), applies migrations, starts a development
+``TRUSTPUB_DATABASE_URL`` name existing ones; NATS with the generated authorization, each
+service its own user, and TLS from a development CA, all under ``.run/bus``), applies
+migrations, starts a development
 OIDC issuer that plays GitHub Actions, the five services, registers a demo publisher, and
 runs a demo exchange with the ``id`` library (the client code twine and the GitHub action
 use). Then it keeps running until Ctrl-C, which stops every process it started.
@@ -24,6 +26,7 @@ from typing import Any
 
 import asyncpg
 
+from trustpub.devstack.bus import DevBus
 from trustpub.devstack.issuer import DevIssuer, SigningKey, offline_builtins_toml
 from trustpub.devstack.prometheus import serve_for_up
 from trustpub.devstack.servers import NatsServer, PostgresServer, free_port, port_if_free
@@ -146,6 +149,30 @@ def demo_exchange(base_url: str, issuer: DevIssuer) -> bool:
     return True
 
 
+def start_servers(run: Path, cleanup: ExitStack) -> tuple[str, str]:
+    """NATS and PostgreSQL under ``run`` unless the environment names existing ones: their URLs."""
+    nats_url = os.environ.get("TRUSTPUB_NATS_URL", "")
+    root = os.environ.get("TRUSTPUB_SUBJECT_ROOT", "trustpub")
+    if not nats_url:
+        bus = DevBus(run / "bus")
+        nats = NatsServer(run / "nats", port=port_or_free(14222), roots=(root,), bus=bus).start(
+            log_file=run / "nats.log"
+        )
+        cleanup.callback(nats.stop)
+        nats_url = nats.url
+        say(
+            f"NATS with JetStream on {nats_url}: TLS (CA {bus.ca_cert}), one nkey user per service, "
+            f"permissions generated for root {root!r} (data in {run / 'nats'}, secrets in {bus.secrets})"
+        )
+    db_url = os.environ.get("TRUSTPUB_DATABASE_URL", "")
+    if not db_url:
+        pg = PostgresServer(run / "pg", port=port_or_free(15432)).start()
+        cleanup.callback(pg.stop)
+        db_url = asyncio.run(ensure_database(pg.url, "trustpub"))
+        say(f"PostgreSQL on {db_url} (data in {run / 'pg'})")
+    return nats_url, db_url
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--run-dir", type=Path, default=Path(".run"))
@@ -158,18 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     run.mkdir(parents=True, exist_ok=True)
 
     with ExitStack() as cleanup:
-        nats_url = os.environ.get("TRUSTPUB_NATS_URL", "")
-        if not nats_url:
-            nats = NatsServer(run / "nats", port=port_or_free(14222)).start(log_file=run / "nats.log")
-            cleanup.callback(nats.stop)
-            nats_url = nats.url
-            say(f"NATS with JetStream on {nats_url} (data in {run / 'nats'})")
-        db_url = os.environ.get("TRUSTPUB_DATABASE_URL", "")
-        if not db_url:
-            pg = PostgresServer(run / "pg", port=port_or_free(15432)).start()
-            cleanup.callback(pg.stop)
-            db_url = asyncio.run(ensure_database(pg.url, "trustpub"))
-            say(f"PostgreSQL on {db_url} (data in {run / 'pg'})")
+        nats_url, db_url = start_servers(run, cleanup)
 
         from trustpub.registry.migrations import apply  # noqa: PLC0415
 
@@ -192,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
             "TRUSTPUB_NATS_URL": nats_url,
             "TRUSTPUB_DATABASE_URL": db_url,
             "TRUSTPUB_ISSUERS_FILE": str(issuers_file),
-            "TRUSTPUB_MINTER_KEY_FILE": str(run / "minter" / "signing-key.jwk"),
             "TRUSTPUB_AUDIENCE": os.environ.get("TRUSTPUB_AUDIENCE", "trustpub-dev"),
             "TRUSTPUB_LOG_FORMAT": os.environ.get("TRUSTPUB_LOG_FORMAT", "console"),
             "TRUSTPUB_HTTP_PORT": str(port_or_free(args.http_port)),

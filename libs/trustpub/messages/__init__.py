@@ -15,9 +15,10 @@ from trustpub.messages.errors import (
     TrustpubError,
     Unavailable,
 )
-from trustpub.messages.subjects import EXCHANGE_ID_HEADER, Subjects
+from trustpub.messages.subjects import DEADLINE_HEADER, EXCHANGE_ID_HEADER, Subjects
 
 __all__ = [
+    "DEADLINE_HEADER",
     "EXCHANGE_ID_HEADER",
     "ErrorCode",
     "InternalError",

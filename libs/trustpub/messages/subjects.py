@@ -1,7 +1,8 @@
-"""NATS subject names, in one place.
+"""Names on the bus derived from the deployment's root: events, the events stream, buckets.
 
 The root (``trustpub`` by default) is configurable so that tests, and several
-deployments sharing one NATS account, can isolate themselves.
+deployments sharing one NATS account, can isolate themselves. Request subjects are declared
+with their endpoints (:mod:`trustpub.messages.endpoints`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import re
 from dataclasses import dataclass
 
 EXCHANGE_ID_HEADER = "Trustpub-Exchange-Id"
+# The exchange's deadline, unix seconds: every stage stops working for a caller that gave up.
+DEADLINE_HEADER = "Trustpub-Deadline"
 
 _ROOT = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
@@ -24,47 +27,6 @@ class Subjects:
         if not _ROOT.fullmatch(self.root):
             msg = f"subject root must be dot-separated tokens of [A-Za-z0-9_-], got {self.root!r}"
             raise ValueError(msg)
-
-    @property
-    def token_verify(self) -> str:
-        return f"{self.root}.token.verify"
-
-    @property
-    def token_mint(self) -> str:
-        return f"{self.root}.token.mint"
-
-    @property
-    def token_keys(self) -> str:
-        return f"{self.root}.token.keys"
-
-    @property
-    def token_inspect(self) -> str:
-        return f"{self.root}.token.inspect"
-
-    @property
-    def jwks_get(self) -> str:
-        return f"{self.root}.jwks.get"
-
-    @property
-    def jwks_refresh(self) -> str:
-        return f"{self.root}.jwks.refresh"
-
-    @property
-    def publisher_match(self) -> str:
-        return f"{self.root}.publisher.match"
-
-    @property
-    def publisher_explain(self) -> str:
-        """Dry run of ``publisher_match``: every rule of every candidate, nothing written."""
-        return f"{self.root}.publisher.explain"
-
-    @property
-    def mint_revoke(self) -> str:
-        return f"{self.root}.mint.revoke"
-
-    @property
-    def mint_status(self) -> str:
-        return f"{self.root}.mint.status"
 
     def event(self, domain: str, fact: str) -> str:
         """``<root>.events.<domain>.<fact>``, e.g. ``trustpub.events.exchange.failed``."""
@@ -83,7 +45,15 @@ class Subjects:
         """JetStream stream holding every event."""
         return f"{self._name}_events".upper()
 
+    def bucket(self, suffix: str) -> str:
+        """A JetStream key-value bucket: ``<root>_<suffix>``."""
+        return f"{self._name}_{suffix}"
+
     @property
     def jwks_bucket(self) -> str:
         """JetStream key-value bucket holding the issuers' key sets."""
-        return f"{self._name}_jwks"
+        return self.bucket("jwks")
+
+    def durable(self, name: str) -> str:
+        """A durable consumer's name: ``<root>_<name>``."""
+        return f"{self._name}_{name}"

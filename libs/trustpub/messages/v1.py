@@ -66,6 +66,9 @@ class MintGrant(_Msg, frozen=True, tag="trustpub.publisher.v1.match_reply"):
     issued_at: int
     expires_at: int
     provenance: dict[str, str] = {}
+    # Whose token was exchanged, for the gateway's record of the exchange.
+    issuer: str = ""
+    provider: str = ""
 
 
 class ExplainRequest(_Msg, frozen=True, tag="trustpub.publisher.v1.explain_request"):
@@ -134,10 +137,14 @@ class MintStatusRequest(_Msg, frozen=True, tag="trustpub.mint.v1.status_request"
 
 
 class MintStatus(_Msg, frozen=True, tag="trustpub.mint.v1.status_reply"):
+    """A mint record as committed: introspection compares an upload token's claims with it."""
+
     mint_id: str
     known: bool
     revoked: bool = False
     expires_at: int = 0
+    publisher_id: str = ""
+    projects: list[str] = []
 
 
 # --- minter -----------------------------------------------------------------------------
@@ -148,8 +155,21 @@ class MintRequest(_Msg, frozen=True, tag="trustpub.token.v1.mint_request"):
 
 
 class MintedToken(_Msg, frozen=True, tag="trustpub.token.v1.mint_reply"):
+    """The exchange's answer: the upload token, and the grant it was signed for."""
+
     token: str
     expires: int
+    mint_id: str = ""
+    publisher_id: str = ""
+    projects: list[str] = []
+    issuer: str = ""
+    provider: str = ""
+
+
+class BurnRequest(_Msg, frozen=True, tag="trustpub.token.v1.burn_request"):
+    """Revoke an upload token early: the token itself, which the minter checks."""
+
+    token: str
 
 
 class KeysRequest(_Msg, frozen=True, tag="trustpub.token.v1.keys_request"):
@@ -162,21 +182,7 @@ class KeysReply(_Msg, frozen=True, tag="trustpub.token.v1.keys_reply"):
     jwks: dict[str, Any]
 
 
-class InspectRequest(_Msg, frozen=True, tag="trustpub.token.v1.inspect_request"):
-    token: str
-
-
-class InspectReply(_Msg, frozen=True, tag="trustpub.token.v1.inspect_reply"):
-    """A minted token whose signature checked out; ``claims`` as signed."""
-
-    claims: dict[str, Any]
-
-
 # --- jwks -------------------------------------------------------------------------------
-
-
-class KeySetRequest(_Msg, frozen=True, tag="trustpub.jwks.v1.get_request"):
-    issuer: str
 
 
 class RefreshRequest(_Msg, frozen=True, tag="trustpub.jwks.v1.refresh_request"):
@@ -200,6 +206,16 @@ class KeySet(_Msg, frozen=True, tag="trustpub.jwks.v1.key_set"):
     # Non-zero while a jwks replica is fetching (the time it claimed the fetch): the other
     # replicas wait for its result instead of fetching too.
     pending_since: float = 0.0
+
+
+class SealedKeySet(_Msg, frozen=True, tag="trustpub.jwks.v1.sealed_key_set"):
+    """A :class:`KeySet` as the jwks service stores it in the bucket and answers a refresh:
+    its JSON exactly as sealed (``body``), the key id of the seal and the MAC. Readers check
+    the MAC before they decode ``body``."""
+
+    kid: str
+    mac: str
+    body: msgspec.Raw
 
 
 # --- events -----------------------------------------------------------------------------
@@ -233,17 +249,7 @@ class KeySetRotated(_Msg, frozen=True, tag="trustpub.events.v1.jwks_rotated"):
     replaced_kids: list[str] = []
 
 
-Reply = (
-    VerifiedToken
-    | MintGrant
-    | MintStatus
-    | MintedToken
-    | KeysReply
-    | InspectReply
-    | KeySet
-    | ExplainReply
-    | ErrorReply
-)
+Reply = MintStatus | MintedToken | KeysReply | SealedKeySet | ExplainReply | ErrorReply
 
 encoder = msgspec.json.Encoder()
 

@@ -90,6 +90,25 @@ class CommonSettings:
 
     nats_url: str = "nats://127.0.0.1:4222"
     subject_root: str = "trustpub"
+    # The bus is a trust boundary (runtime/bus.py): each service is its own NATS user and holds
+    # the seal keys of the hand-overs it takes part in. TRUSTPUB_BUS_SECRETS_DIR holds them as
+    # `trustpub bus init` writes them (<service>.nk, <sender>-<receiver>.keys); a service reads
+    # only its own. The explicit settings below win over the directory.
+    bus_secrets_dir: Path | None = None
+    nats_nkey_seed_file: Path | None = None
+    nats_creds_file: Path | None = None  # a NATS .creds file (JWT and seed), for operator-mode servers
+    # TLS to NATS: the CA that signed the server's certificate (else the system's CAs), a client
+    # certificate and key where the server asks for one, the name the server's certificate
+    # carries when it is not the URL's host.
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
+    nats_tls_server_name: str = ""
+    # TLS from the first byte (nats-server `tls { handshake_first: true }`): the server's INFO and
+    # the nkey challenge never cross the wire in clear. Off only for servers that cannot.
+    nats_tls_handshake_first: bool = True
+    # Plain TCP: only where the network itself encrypts (a service mesh with mTLS); logged.
+    nats_plaintext: bool = False
     ops_host: str = "127.0.0.1"
     ops_port: int = 0
     log_level: str = "info"

@@ -8,6 +8,16 @@ import sys
 import orjson
 import structlog
 
+from trustpub.runtime.bus import redact
+
+
+def _redact_urls(_: object, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """No log line carries a URL's password (a NATS or database URL with credentials)."""
+    for key, value in event.items():
+        if isinstance(value, str) and "@" in value:
+            event[key] = redact(value)
+    return event
+
 
 def configure(service: str, *, level: str = "info", fmt: str = "json") -> None:
     """Route structlog (and stdlib logging) to stdout, one event per line."""
@@ -17,6 +27,7 @@ def configure(service: str, *, level: str = "info", fmt: str = "json") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.dict_tracebacks if fmt == "json" else structlog.processors.format_exc_info,
+        _redact_urls,
     ]
     if fmt == "console":
         renderer: structlog.typing.Processor = structlog.dev.ConsoleRenderer(colors=False)
@@ -33,3 +44,10 @@ def configure(service: str, *, level: str = "info", fmt: str = "json") -> None:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)
     logging.basicConfig(level=max(lvl, logging.WARNING), stream=sys.stderr)
+    logging.getLogger("asyncio").addFilter(_quiet_tls_close)
+
+
+def _quiet_tls_close(record: logging.LogRecord) -> bool:
+    # asyncio says this each time a TLS connection to NATS closes (nats-py's protocol returns
+    # True from eof_received); it is no fault of ours and no use to an operator.
+    return "eof_received()" not in record.getMessage()

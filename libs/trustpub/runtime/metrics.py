@@ -48,6 +48,13 @@ class RuntimeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.bus_refused = Counter(
+            "trustpub_bus_refused_total",
+            "Messages this service refused to act upon: a missing or wrong seal, a sender the "
+            "endpoint does not allow, a reply subject outside the callers' inboxes, an expired deadline.",
+            ["endpoint", "reason"],
+            registry=registry,
+        )
         self.ready = Gauge(
             "trustpub_service_ready",
             "1 while this service instance is ready to take work.",
@@ -62,11 +69,6 @@ class RuntimeMetrics:
             registry=registry,
         )
         self.info.labels(service).set(1)
-
-
-def endpoint_label(subject: str, root: str) -> str:
-    """The subject without its configurable root: a bounded label value."""
-    return subject[len(root) + 1 :] if subject.startswith(root + ".") else subject
 
 
 __all__ = ["LATENCY_BUCKETS", "CollectorRegistry", "Counter", "Gauge", "Histogram", "RuntimeMetrics"]

@@ -1,23 +1,33 @@
 """The service runtime: NATS connection, endpoints, ops server, graceful drain.
 
-A service's domain code never touches NATS objects. It registers plain async functions::
+A service's domain code never touches NATS objects. It serves a declared endpoint
+(:mod:`trustpub.messages.endpoints`) with a plain async function::
 
-    await rt.endpoint(rt.subjects.token_verify, VerifyRequest, handle_verify)
+    rt.serve(TOKEN_VERIFY, handle_verify)
 
-and the endpoint adapter here is the one place where exceptions become replies: a
-:class:`TrustpubError` becomes an :class:`ErrorReply` with its code, anything else an
-``internal-error`` without detail, logged with its traceback.
+and the endpoint adapter here is the one place where a message is checked and where
+exceptions become replies. Before a handler sees a request, the adapter checks that the reply
+goes to the inbox of a service the declaration allows, and for a sealed endpoint that the
+request carries the seal of an allowed caller (runtime/seal.py); a message that fails is
+counted (``trustpub_bus_refused_total``), logged with whoever it claims to come from, and
+dropped. A handler returns the reply, or :class:`Forward` to hand its result to the next stage
+of the pipeline, which then answers the same inbox. A :class:`TrustpubError` becomes an
+:class:`ErrorReply` with its code, anything else an ``internal-error`` without detail, logged
+with its traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import signal
 import time
+import typing
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import nats
@@ -25,25 +35,77 @@ import nats.errors
 import structlog
 from aiohttp import web
 from nats.aio.client import Client as NatsClient
-from nats.micro import add_service
-from nats.micro.request import Request as MicroRequest
-from nats.micro.service import Service as MicroService
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from trustpub.messages import EXCHANGE_ID_HEADER, InternalError, Subjects, TrustpubError, Unavailable
+from trustpub.messages import (
+    DEADLINE_HEADER,
+    EXCHANGE_ID_HEADER,
+    InternalError,
+    Subjects,
+    TrustpubError,
+    Unavailable,
+)
+from trustpub.messages.endpoints import Endpoint, Event, inbox_prefix, reply_origins
 from trustpub.messages.v1 import ErrorReply, Reply, encode
+from trustpub.runtime.bus import connect_options, redact
 from trustpub.runtime.config import CommonSettings
 from trustpub.runtime.logging import configure as configure_logging
-from trustpub.runtime.metrics import RuntimeMetrics, endpoint_label
+from trustpub.runtime.metrics import RuntimeMetrics
+from trustpub.runtime.seal import MAX_VALIDITY_S, SEAL_HEADER, SealError, Seals
 
 log = structlog.get_logger("trustpub.runtime")
 
 Req = TypeVar("Req", bound=msgspec.Struct)
 Rep = TypeVar("Rep", bound=msgspec.Struct)
-Handler = Callable[[Req], Awaitable[msgspec.Struct]]
 HealthCheck = Callable[[], Awaitable[bool]]
 
 _reply_decoder = msgspec.json.Decoder(Reply)
+# A request without a deadline header (none of trustpub's own) gets this much time.
+DEFAULT_DEADLINE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Forward(Generic[Req]):
+    """A stage's result, handed to the endpoint its declaration forwards to."""
+
+    message: Req
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The request a handler is working on: its exchange id and deadline (unix seconds)."""
+
+    exchange_id: str
+    deadline: float
+
+    @property
+    def remaining(self) -> float:
+        return self.deadline - time.time()
+
+
+_delivery: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar("trustpub_delivery", default=None)
+
+
+def current_delivery() -> Delivery | None:
+    """The request the running handler serves (None outside a handler)."""
+    return _delivery.get()
+
+
+Handler = Callable[[Req], Awaitable[msgspec.Struct | Forward[Any]]]
+
+
+def _claimed(seal: str | None) -> str:
+    """The sender a seal header names (``v1 <sender> <kid> <mac>``), whether or not it holds."""
+    fields = (seal or "").split(" ")
+    return fields[1] if len(fields) > 1 else ""
+
+
+def _owner(reply: str, root: str) -> str:
+    """The service whose private inbox ``reply`` is under, for the log of a refusal."""
+    prefix = f"_INBOX.{root}."
+    return reply[len(prefix) :].split(".", 1)[0][:40] if reply.startswith(prefix) else "?"
 
 
 class Runtime:
@@ -57,6 +119,7 @@ class Runtime:
         self.registry = CollectorRegistry()
         self.metrics = RuntimeMetrics(self.registry, name)
         self.nc: NatsClient = NatsClient()
+        self.seals = Seals(name, {})
         self.ready = False
         self.stopping = False
         self.checks: dict[str, HealthCheck] = {}
@@ -68,15 +131,28 @@ class Runtime:
         # Run after "not ready" and the grace period, before NATS drains: a front door
         # (the gateway's HTTP server) closes here so in-flight requests finish with NATS up.
         self.before_drain: list[Callable[[], Awaitable[None]]] = []
-        self._service: MicroService | None = None
-        self._endpoints: list[tuple[str, Callable[[MicroRequest], Awaitable[None]]]] = []
+        self._endpoints: list[tuple[Endpoint[Any, Any], Callable[[Msg], Awaitable[None]]]] = []
+        self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
+        self._decoders: dict[Endpoint[Any, Any], msgspec.json.Decoder[Any]] = {}
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Connect to NATS; reconnect forever afterwards (the server may restart)."""
+        """Load this service's seal keys and connect to NATS as its own user; reconnect
+        forever afterwards (the server may restart).
+
+        Raises:
+            ConfigError: credentials, TLS settings or seal keys are missing or unusable.
+            KeyRingError: a seal key ring is unusable.
+        """
+        self.seals = Seals.load(self.name, self.settings.bus_secrets_dir)
+        options = connect_options(self.settings, self.name, self.subjects.root)
+        if self.settings.nats_plaintext:
+            log.warning(
+                "nats_plaintext", reason="TRUSTPUB_NATS_PLAINTEXT: bus traffic is not encrypted by trustpub"
+            )
 
         async def on_disconnect() -> None:
             if not self.stopping:
@@ -86,7 +162,9 @@ class Runtime:
             log.info("nats_reconnected")
 
         async def on_error(exc: Exception) -> None:
-            log.warning("nats_error", error=type(exc).__name__, detail=str(exc))
+            # A permissions violation lands here: this service did something its declaration
+            # does not allow, or the server's authorization is not the generated one.
+            log.warning("nats_error", error=type(exc).__name__, detail=redact(str(exc))[:300])
 
         await self.nc.connect(
             self.settings.nats_url,
@@ -98,6 +176,7 @@ class Runtime:
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
             error_cb=on_error,
+            **options,
         )
         self.checks.setdefault("nats", self._nats_ok)
 
@@ -105,20 +184,14 @@ class Runtime:
         return self.nc.is_connected
 
     async def start_endpoints(self) -> None:
-        """Register every endpoint as one nats.micro service (``$SRV`` discovery, stats)."""
-        self._service = await add_service(
-            self.nc,
-            name=f"trustpub-{self.name}",
-            version=self.version,
-            description=f"trustpub {self.name} service",
-        )
-        for subject, cb in self._endpoints:
-            await self._service.add_endpoint(
-                name=endpoint_label(subject, self.subjects.root).replace(".", "-"),
-                subject=subject,
-                queue_group=f"{self.subjects.root}.{self.name}",
-                handler=cb,
+        """Subscribe every endpoint in its queue group."""
+        for endpoint, cb in self._endpoints:
+            sub = await self.nc.subscribe(
+                endpoint.subject(self.subjects.root), queue=endpoint.queue(self.subjects.root), cb=cb
             )
+            self._subscriptions.append(sub)
+        if self._endpoints:
+            await self.nc.flush()
 
     async def drain(self) -> None:
         """Stop taking work, finish what is in flight, close the connection."""
@@ -137,7 +210,7 @@ class Runtime:
             log.debug("drain_background_stopped", still_running=len(pending))
         # Stop deliveries to our endpoints but handle what was already delivered, then let
         # the handler tasks in flight finish while the connection can still carry their
-        # replies; only then drain the rest (discovery, watchers) and close.
+        # replies; only then drain the rest (watchers) and close.
         await self._drain_endpoints()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
@@ -150,15 +223,11 @@ class Runtime:
                 await self.nc.close()
 
     async def _drain_endpoints(self) -> None:
-        if self._service is None or not self.nc.is_connected:
+        if not self.nc.is_connected:
             return
-        # nats.micro has no public "stop taking requests, finish the delivered ones" (its
-        # stop() drops them), so drain each endpoint's subscription directly.
-        for endpoint in getattr(self._service, "_endpoints", []):
-            sub = getattr(endpoint, "_subscription", None)
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.drain()
+        for sub in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await sub.drain()  # type: ignore[no-untyped-call]
 
     def set_ready(self, ready: bool) -> None:  # noqa: FBT001
         self.ready = ready
@@ -179,122 +248,176 @@ class Runtime:
 
     # -- endpoints --------------------------------------------------------------------
 
-    def endpoint(
+    def serve(
         self,
-        subject: str,
-        request_type: type[Req],
+        endpoint: Endpoint[Req, Any],
         handler: Handler[Req],
         *,
         concurrency: int = 1,
     ) -> None:
-        """Serve ``subject`` with ``handler``; replies are encoded, errors enveloped.
+        """Serve ``endpoint`` with ``handler`` (see the module doc for what is checked first).
 
         With ``concurrency`` above 1 each request runs as its own task (nats-py runs a
         subscription's callbacks one after another), at most ``concurrency`` at once;
         past that the subscription waits, which pushes back on the sender.
+
+        Raises:
+            ValueError: ``endpoint`` is not declared as served by this service.
         """
-        decoder = msgspec.json.Decoder(request_type)
-        label = endpoint_label(subject, self.subjects.root)
-        hist = self.metrics.endpoint_duration
-        observe = {o: hist.labels(label, o) for o in ("ok", "error", "internal")}
-        inflight = self.metrics.endpoint_inflight.labels(label)
-
-        async def process(req: MicroRequest) -> None:
-            started = time.perf_counter()
-            exchange_id = (req.headers or {}).get(EXCHANGE_ID_HEADER, "")
-            outcome = "ok"
-            inflight.inc()
-            with structlog.contextvars.bound_contextvars(exchange_id=exchange_id):
-                try:
-                    reply: msgspec.Struct = await handler(decoder.decode(req.data))
-                except TrustpubError as exc:
-                    outcome = "internal" if isinstance(exc, InternalError) else "error"
-                    reply = ErrorReply(code=exc.code.value, description=exc.description, context=exc.context)
-                except msgspec.ValidationError as exc:
-                    outcome = "internal"
-                    log.warning("bad_request_message", endpoint=label, error=str(exc))
-                    reply = ErrorReply(code="internal-error", description="malformed request message")
-                except Exception:  # the adapter is where every failure becomes a reply
-                    outcome = "internal"
-                    log.exception("endpoint_failed", endpoint=label)
-                    reply = ErrorReply(code="internal-error", description="internal error")
-                finally:
-                    inflight.dec()
-                with contextlib.suppress(Exception):
-                    await req.respond(encode(reply))
-            observe[outcome].observe(time.perf_counter() - started)
-
+        if endpoint.server != self.name:
+            msg = f"{endpoint!r} is served by {endpoint.server}, not by {self.name}"
+            raise ValueError(msg)
+        process = _Adapter(self, endpoint, handler).process
         if concurrency <= 1:
-            self._endpoints.append((subject, process))
+            self._endpoints.append((endpoint, process))
             return
 
         sem = asyncio.Semaphore(concurrency)
 
-        async def run(req: MicroRequest) -> None:
+        async def run(msg: Msg) -> None:
             try:
-                await process(req)
+                await process(msg)
             finally:
                 sem.release()
 
-        async def spawn(req: MicroRequest) -> None:
+        async def spawn(msg: Msg) -> None:
             await sem.acquire()
-            self.spawn(run(req))
+            self.spawn(run(msg))
 
-        self._endpoints.append((subject, spawn))
+        self._endpoints.append((endpoint, spawn))
 
     # -- requests to other services ---------------------------------------------------
 
-    async def request(
+    def _decoder(self, endpoint: Endpoint[Any, Any]) -> msgspec.json.Decoder[Any]:
+        decoder = self._decoders.get(endpoint)
+        if decoder is None:
+            union: Any = typing.Union[endpoint.reply, ErrorReply]  # noqa: UP007  (a union built at run time)
+            decoder = self._decoders[endpoint] = msgspec.json.Decoder(union)
+        return decoder
+
+    async def call(
         self,
-        subject: str,
+        endpoint: Endpoint[Any, Rep],
         message: msgspec.Struct,
-        reply_type: type[Rep],
         *,
-        timeout: float,
+        deadline: float,
         exchange_id: str = "",
     ) -> Rep:
-        """Send ``message`` and return the reply, or raise the error it carries.
+        """Send ``message`` to ``endpoint`` and return what the pipeline answers, or raise
+        the error it carries. ``deadline`` is unix seconds; it travels with the request.
 
         Raises:
-            TrustpubError: the service answered with an error reply (same code).
-            Unavailable: no service answered within ``timeout``, or none is running.
+            TrustpubError: a stage answered with an error reply (same code).
+            Unavailable: no answer before the deadline, no service is running, or the bus is
+                unreachable.
+            ValueError: this service is not among the endpoint's declared callers.
         """
-        label = endpoint_label(subject, self.subjects.root)
+        if self.name not in endpoint.callers:
+            msg = f"{self.name} may not call {endpoint!r}"
+            raise ValueError(msg)
+        label = endpoint.label
         started = time.perf_counter()
         outcome = "ok"
         try:
+            timeout = deadline - time.time()
             if timeout <= 0:
                 raise Unavailable(f"the request deadline passed before {label} was asked")
-            try:
-                msg = await self.nc.request(
-                    subject,
-                    encode(message),
-                    timeout=timeout,
-                    headers={EXCHANGE_ID_HEADER: exchange_id} if exchange_id else None,
-                )
-            except nats.errors.NoRespondersError:
-                raise Unavailable(f"no {label} service is running") from None
-            except (TimeoutError, nats.errors.TimeoutError):
-                raise Unavailable(f"{label} did not answer within {timeout:.1f} s") from None
-            except (
-                nats.errors.ConnectionClosedError,
-                nats.errors.ConnectionReconnectingError,
-                nats.errors.OutboundBufferLimitError,
-                nats.errors.StaleConnectionError,
-            ):
-                raise Unavailable("the message bus is unreachable") from None
-            reply = _reply_decoder.decode(msg.data)
+            data = await self._exchange(endpoint, encode(message), deadline, exchange_id, timeout)
+            reply = self._decoder(endpoint).decode(data)
             if isinstance(reply, ErrorReply):
                 raise TrustpubError.from_code(reply.code, reply.description, reply.context)
-            if not isinstance(reply, reply_type):
-                raise InternalError(f"{label} answered with {type(reply).__name__}")
         except TrustpubError as exc:
             outcome = exc.code.value
             raise
+        except msgspec.ValidationError:
+            outcome = "internal-error"
+            raise InternalError(
+                f"{label} answered with something else than {endpoint.reply.__name__}"
+            ) from None
         else:
-            return reply
+            return typing.cast("Rep", reply)
         finally:
             self.metrics.request_duration.labels(label, outcome).observe(time.perf_counter() - started)
+
+    async def _exchange(
+        self, endpoint: Endpoint[Any, Any], data: bytes, deadline: float, exchange_id: str, timeout: float
+    ) -> bytes:
+        subject = endpoint.subject(self.subjects.root)
+        deadline_text = f"{deadline:.3f}"
+        headers = {DEADLINE_HEADER: deadline_text}
+        if exchange_id:
+            headers[EXCHANGE_ID_HEADER] = exchange_id
+        try:
+            if not endpoint.sealed:
+                return bytes((await self.nc.request(subject, data, timeout=timeout, headers=headers)).data)
+            # A seal binds the reply subject, so this request names its own inbox.
+            inbox = self.nc.new_inbox()
+            headers[SEAL_HEADER] = self.seals.seal_message(
+                endpoint.server,
+                subject=subject,
+                reply=inbox,
+                exchange_id=exchange_id,
+                deadline=deadline_text,
+                data=data,
+            )
+            sub = await self.nc.subscribe(inbox, max_msgs=1)
+            try:
+                await self.nc.publish(subject, data, reply=inbox, headers=headers)
+                return bytes((await sub.next_msg(timeout=timeout)).data)
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        except nats.errors.NoRespondersError:
+            raise Unavailable(f"no {endpoint.label} service is running") from None
+        except (TimeoutError, nats.errors.TimeoutError):
+            raise Unavailable(f"{endpoint.label} did not answer within {timeout:.1f} s") from None
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.OutboundBufferLimitError,
+            nats.errors.StaleConnectionError,
+        ):
+            raise Unavailable("the message bus is unreachable") from None
+
+    # -- events -----------------------------------------------------------------------
+
+    async def publish_event(
+        self, event: Event[Any], message: msgspec.Struct, event_id: str, *, timeout: float = 2.0
+    ) -> None:
+        """Publish one event (sealed for its consumer when declared so) and wait until
+        JetStream has stored it; ``Nats-Msg-Id`` = ``event_id`` lets JetStream drop a re-sent
+        duplicate.
+
+        Raises:
+            Unavailable: JetStream did not acknowledge within ``timeout``.
+            ValueError: this service may not publish ``event``.
+        """
+        if self.name not in event.publishers:
+            msg = f"{self.name} may not publish {event!r}"
+            raise ValueError(msg)
+        subject = event.subject(self.subjects.root)
+        data = encode(message)
+        headers = {"Nats-Msg-Id": event_id}
+        if event.sealed:
+            (consumer,) = event.consumers
+            headers[SEAL_HEADER] = self.seals.entry_header(consumer, subject, data)
+        try:
+            await self.nc.jetstream().publish(subject, data, timeout=timeout, headers=headers)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"event stream did not acknowledge {subject}") from exc
+
+    def check_event(self, event: Event[Any], msg: Msg) -> str:
+        """The publisher of a stored ``event`` message, if its seal holds.
+
+        Raises:
+            SealError: the seal is missing or wrong, or names a service that may not publish it.
+        """
+        return self.seals.check_entry_header(
+            (msg.headers or {}).get(SEAL_HEADER),
+            allowed=event.publishers,
+            key=event.subject(self.subjects.root),
+            data=msg.data,
+        )
 
     # -- ops server -------------------------------------------------------------------
 
@@ -350,6 +473,148 @@ class Runtime:
             await runner.cleanup()
 
 
+class _Refused(Exception):
+    """A message the adapter will not act upon; ``reason`` is the metric label."""
+
+    def __init__(self, reason: str, detail: str, sender: str = "") -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.sender = sender
+
+
+class _Adapter(Generic[Req]):
+    """The one place where a request is checked, handled, answered or handed on."""
+
+    def __init__(self, rt: Runtime, endpoint: Endpoint[Req, Any], handler: Handler[Req]) -> None:
+        self.rt = rt
+        self.endpoint = endpoint
+        self.handler = handler
+        self.root = rt.subjects.root
+        self.decoder = msgspec.json.Decoder(endpoint.request)
+        label = endpoint.label
+        self.observe = {o: rt.metrics.endpoint_duration.labels(label, o) for o in _OUTCOMES}
+        self.inflight = rt.metrics.endpoint_inflight.labels(label)
+        # Replies go only to the private inboxes of the services the declaration allows: a
+        # request naming any other reply subject would make this service publish there.
+        self.inboxes = tuple(f"{inbox_prefix(self.root, o)}." for o in reply_origins(endpoint))
+        self.next = endpoint.forwards_to
+        self.next_subject = self.next.subject(self.root) if self.next is not None else ""
+
+    def _admit(self, msg: Msg, headers: dict[str, str], now: float) -> tuple[str, float, str]:
+        """(exchange id, deadline, deadline as sent) of a request this service may act upon.
+
+        Raises:
+            _Refused: a reply subject outside the callers' inboxes, or a missing or wrong seal.
+        """
+        if not msg.reply.startswith(self.inboxes):
+            raise _Refused("reply-subject", "the reply subject is not the inbox of an allowed caller")
+        exchange_id = headers.get(EXCHANGE_ID_HEADER, "")[:64]
+        deadline_text = headers.get(DEADLINE_HEADER, "")
+        if self.endpoint.sealed:
+            seal = headers.get(SEAL_HEADER)
+            try:
+                self.rt.seals.check_message(
+                    seal,
+                    allowed=self.endpoint.callers,
+                    subject=msg.subject,
+                    reply=msg.reply,
+                    exchange_id=exchange_id,
+                    deadline=deadline_text,
+                    data=msg.data,
+                    now=now,
+                )
+            except SealError as exc:
+                raise _Refused(exc.reason, str(exc), _claimed(seal)) from None
+        try:
+            deadline = min(float(deadline_text), now + MAX_VALIDITY_S)
+        except ValueError:
+            deadline = now + DEFAULT_DEADLINE_S
+            deadline_text = f"{deadline:.3f}"
+        return exchange_id, deadline, deadline_text
+
+    async def process(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        headers = msg.headers or {}
+        now = time.time()
+        try:
+            exchange_id, deadline, deadline_text = self._admit(msg, headers, now)
+        except _Refused as exc:
+            self.rt.metrics.bus_refused.labels(self.endpoint.label, exc.reason).inc()
+            log.warning(
+                "bus_message_refused",
+                endpoint=self.endpoint.label,
+                reason=exc.reason,
+                detail=str(exc),
+                claimed_sender=exc.sender[:40],
+                reply_owner=_owner(msg.reply, self.root),
+            )
+            return
+        outcome = "ok"
+        self.inflight.inc()
+        token = _delivery.set(Delivery(exchange_id, deadline))
+        try:
+            with structlog.contextvars.bound_contextvars(exchange_id=exchange_id):
+                outcome, out = await self._handle(msg, now > deadline)
+                if outcome == "forwarded":
+                    await self._forward(msg.reply, out, exchange_id, deadline_text)
+                else:
+                    await self.rt.nc.publish(msg.reply, out)
+        except Exception:  # noqa: BLE001  (the bus is gone: the caller's deadline answers for us)
+            log.debug("reply_not_sent", endpoint=self.endpoint.label)
+        finally:
+            self.inflight.dec()
+            _delivery.reset(token)
+            self.observe[outcome].observe(time.perf_counter() - started)
+
+    async def _handle(self, msg: Msg, late: bool) -> tuple[str, bytes]:  # noqa: FBT001
+        """(outcome, bytes to send): the reply, the message to hand on, or an error reply."""
+        label = self.endpoint.label
+        if late:
+            late_reply = ErrorReply(
+                code="unavailable", description="the caller's deadline passed before it was handled"
+            )
+            return "error", encode(late_reply)
+        try:
+            result = await self.handler(self.decoder.decode(msg.data))
+        except TrustpubError as exc:
+            outcome = "internal" if isinstance(exc, InternalError) else "error"
+            return outcome, encode(
+                ErrorReply(code=exc.code.value, description=exc.description, context=exc.context)
+            )
+        except msgspec.ValidationError as exc:
+            log.warning("bad_request_message", endpoint=label, error=str(exc)[:300])
+            return "internal", encode(
+                ErrorReply(code="internal-error", description="malformed request message")
+            )
+        except Exception:  # the adapter is where every failure becomes a reply
+            log.exception("endpoint_failed", endpoint=label)
+            return "internal", encode(ErrorReply(code="internal-error", description="internal error"))
+        if isinstance(result, Forward):
+            return "forwarded", encode(result.message)
+        return "ok", encode(result)
+
+    async def _forward(self, reply: str, data: bytes, exchange_id: str, deadline_text: str) -> None:
+        """Hand a stage's result to the next stage, which answers ``reply``."""
+        nxt = self.next
+        if nxt is None:
+            msg = f"{self.endpoint!r} declares no stage to hand its result to"
+            raise InternalError(msg)
+        headers = {EXCHANGE_ID_HEADER: exchange_id, DEADLINE_HEADER: deadline_text}
+        if nxt.sealed:
+            headers[SEAL_HEADER] = self.rt.seals.seal_message(
+                nxt.server,
+                subject=self.next_subject,
+                reply=reply,
+                exchange_id=exchange_id,
+                deadline=deadline_text,
+                data=data,
+            )
+        await self.rt.nc.publish(self.next_subject, data, reply=reply, headers=headers)
+
+
+_OUTCOMES = ("ok", "forwarded", "error", "internal")
+
+
 Setup = Callable[[Runtime, contextlib.AsyncExitStack], Awaitable[None]]
 
 
@@ -376,7 +641,7 @@ async def serve(rt: Runtime, setup: Setup, *, stop: asyncio.Event | None = None)
         await setup(rt, stack)
         await rt.start_endpoints()
         rt.set_ready(True)
-        log.info("service_ready", nats=rt.settings.nats_url, root=rt.subjects.root)
+        log.info("service_ready", nats=redact(rt.settings.nats_url), root=rt.subjects.root)
         await stop.wait()
         log.info("service_stopping")
         await rt.drain()

@@ -1,8 +1,9 @@
 """The gateway: trustpub's only HTTP entry for exchanges, PyPI's wire protocol.
 
-``POST /_/oidc/mint-token`` asks the verifier, then the registry (one transaction: match,
-claim the token id, record the mint and its audit row), then the minter; the token leaves
-only after the registry committed. Each hop gets what is left of the request deadline.
+``POST /_/oidc/mint-token`` sends one request down the pipeline (verifier, then registry,
+which commits the mint record and its audit row, then minter); the minter's answer, or the
+refusal of whichever stage refused, comes back to this service's inbox. The deadline and the
+exchange id travel with the request, so no stage works for a client that gave up.
 """
 
 from __future__ import annotations
@@ -23,26 +24,27 @@ from trustpub.gateway import limits, openapi
 from trustpub.gateway.config import Settings
 from trustpub.gateway.errors import EXCHANGE_ID_RESPONSE_HEADER, error_response, from_error
 from trustpub.gateway.explain import EXPLAIN_PATH, Explainer
+from trustpub.gateway.minterkeys import MinterKeys
 from trustpub.gateway.payload import token_from_body
 from trustpub.messages import InvalidPayload, InvalidToken, NotEnabled, TrustpubError
+from trustpub.messages.endpoints import (
+    EXCHANGE_FAILED,
+    EXCHANGE_SUCCEEDED,
+    MINT_STATUS,
+    TOKEN_BURN,
+    TOKEN_KEYS,
+    TOKEN_VERIFY,
+)
 from trustpub.messages.v1 import (
+    BurnRequest,
     ExchangeEvent,
-    InspectReply,
-    InspectRequest,
     KeysReply,
     KeysRequest,
-    MatchRequest,
-    MintedToken,
-    MintGrant,
-    MintRequest,
-    MintStatus,
     MintStatusRequest,
-    RevokeRequest,
-    VerifiedToken,
     VerifyRequest,
 )
 from trustpub.runtime import Runtime
-from trustpub.runtime.events import ensure_stream, publish
+from trustpub.runtime.events import ensure_stream
 from trustpub.runtime.metrics import LATENCY_BUCKETS
 
 log = structlog.get_logger("trustpub.gateway")
@@ -57,9 +59,9 @@ class Gateway:
     def __init__(self, rt: Runtime, settings: Settings) -> None:
         self.rt = rt
         self.settings = settings
-        self.subjects = rt.subjects
-        self._js = rt.nc.jetstream()
-        self._jwks: tuple[float, dict[str, Any]] | None = None
+        self.minter_keys = MinterKeys(
+            settings.minter_key_ids, self._fetch_keys, max_age=settings.jwks_cache_seconds
+        )
         self.exchanges = Counter(
             "trustpub_exchange_requests_total",
             "Token exchanges answered, by provider, outcome (minted, refused, unavailable) and error code.",
@@ -90,18 +92,21 @@ class Gateway:
         )
         return token_from_body(body)
 
-    def _remaining(self, deadline: float) -> float:
-        return deadline - asyncio.get_running_loop().time()
+    def _deadline(self) -> float:
+        """Unix seconds: it travels with the request to every stage."""
+        return time.time() + self.settings.request_timeout
+
+    async def _fetch_keys(self) -> KeysReply:
+        return await self.rt.call(TOKEN_KEYS, KeysRequest(), deadline=self._deadline())
 
     def _record(self, event: ExchangeEvent) -> None:
         """Publish the exchange's event in the background; retried, never blocking the reply."""
+        kind = EXCHANGE_SUCCEEDED if event.outcome == "succeeded" else EXCHANGE_FAILED
 
         async def send() -> None:
             for attempt in range(5):
                 try:
-                    await publish(
-                        self._js, self.subjects.event("exchange", event.outcome), event, event.event_id
-                    )
+                    await self.rt.publish_event(kind, event, event.event_id)
                 except TrustpubError:
                     await asyncio.sleep(0.2 * 2**attempt)
                 else:
@@ -126,49 +131,31 @@ class Gateway:
     async def mint_token(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         exchange_id = uuid.uuid4().hex
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.request_timeout
         token = ""
-        verified: VerifiedToken | None = None
         with structlog.contextvars.bound_contextvars(exchange_id=exchange_id):
             try:
                 if not self.settings.enabled:
                     raise NotEnabled("trusted publishing functionality not enabled")
                 token = await self._body_token(request)
-                verified = await self.rt.request(
-                    self.subjects.token_verify,
+                minted = await self.rt.call(
+                    TOKEN_VERIFY,
                     VerifyRequest(token=token),
-                    VerifiedToken,
-                    timeout=self._remaining(deadline),
-                    exchange_id=exchange_id,
-                )
-                grant = await self.rt.request(
-                    self.subjects.publisher_match,
-                    MatchRequest(exchange_id=exchange_id, token=verified),
-                    MintGrant,
-                    timeout=self._remaining(deadline),
-                    exchange_id=exchange_id,
-                )
-                minted = await self.rt.request(
-                    self.subjects.token_mint,
-                    MintRequest(grant=grant),
-                    MintedToken,
-                    timeout=self._remaining(deadline),
+                    deadline=self._deadline(),
                     exchange_id=exchange_id,
                 )
             except TrustpubError as exc:
-                return self._refused(exc, exchange_id, token, verified, started)
-            provider = verified.provider
+                return self._refused(exc, exchange_id, token, started)
+            provider = minted.provider or "unknown"
             self.exchanges.labels(provider, "minted", "").inc()
             elapsed = time.perf_counter() - started
             self.duration.labels("minted").observe(elapsed)
-            log.info(
+            log.debug(
                 "exchange_succeeded",
                 provider=provider,
-                issuer=verified.issuer,
-                publisher_id=grant.publisher_id,
-                mint_id=grant.mint_id,
-                projects=grant.projects,
+                issuer=minted.issuer,
+                publisher_id=minted.publisher_id,
+                mint_id=minted.mint_id,
+                projects=minted.projects,
                 duration_ms=round(elapsed * 1000, 2),
             )
             self._record(
@@ -177,11 +164,11 @@ class Gateway:
                     exchange_id=exchange_id,
                     at=time.time(),
                     outcome="succeeded",
-                    issuer=verified.issuer,
+                    issuer=minted.issuer,
                     provider=provider,
-                    token_hash_prefix=verified.token_hash[:16],
-                    publisher_id=grant.publisher_id,
-                    mint_id=grant.mint_id,
+                    token_hash_prefix=_token_hash(token)[:16],
+                    publisher_id=minted.publisher_id,
+                    mint_id=minted.mint_id,
                 )
             )
             return web.json_response(
@@ -189,23 +176,16 @@ class Gateway:
                 headers={EXCHANGE_ID_RESPONSE_HEADER: exchange_id},
             )
 
-    def _refused(
-        self, exc: TrustpubError, exchange_id: str, token: str, verified: VerifiedToken | None, started: float
-    ) -> web.Response:
+    def _refused(self, exc: TrustpubError, exchange_id: str, token: str, started: float) -> web.Response:
         response = from_error(exc)
         outcome = "unavailable" if response.status == 503 else "refused"
-        # Whose token it was: the verified claims, else what the verifier said when refusing.
-        provider = verified.provider if verified else exc.context.get("provider", "unknown")
-        issuer = verified.issuer if verified else exc.context.get("issuer", "")
+        # Whose token it was: what the stage that refused it knew (verifier or registry).
+        provider = exc.context.get("provider", "unknown")
+        issuer = exc.context.get("issuer", "")
         code = exc.code.value if response.status != 503 else "unavailable"
         self.exchanges.labels(provider, outcome, code).inc()
         elapsed = time.perf_counter() - started
         self.duration.labels(outcome).observe(elapsed)
-        token_hash = (
-            verified.token_hash
-            if verified
-            else (hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest() if token else "")
-        )
         log.info(
             "exchange_failed",
             provider=provider,
@@ -223,77 +203,67 @@ class Gateway:
                 description=exc.description[:500],
                 issuer=issuer,
                 provider=provider,
-                token_hash_prefix=token_hash[:16],
+                token_hash_prefix=_token_hash(token)[:16] if token else "",
             )
         )
         response.headers[EXCHANGE_ID_RESPONSE_HEADER] = exchange_id
         return response
 
     async def burn_token(self, request: web.Request) -> web.Response:
-        """Revoke a minted token early (uv calls this after its upload): 202 when done."""
-        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout
+        """Revoke a minted token early (uv calls this after its upload): 202 when done. The
+        minter checks the token before the registry revokes its mint record."""
         try:
             token = await self._body_token(request)
-            claims = (
-                await self.rt.request(
-                    self.subjects.token_inspect,
-                    InspectRequest(token=token),
-                    InspectReply,
-                    timeout=self._remaining(deadline),
-                )
-            ).claims
-            await self.rt.request(
-                self.subjects.mint_revoke,
-                RevokeRequest(mint_id=str(claims["jti"])),
-                MintStatus,
-                timeout=self._remaining(deadline),
-            )
+            status = await self.rt.call(TOKEN_BURN, BurnRequest(token=token), deadline=self._deadline())
         except TrustpubError as exc:
             return from_error(exc)
-        log.info("token_burned", mint_id=claims["jti"])
+        log.info("token_burned", mint_id=status.mint_id)
         return web.json_response({"message": "Accepted"}, status=202)
 
     async def introspect(self, request: web.Request) -> web.Response:
-        """RFC 7662-style introspection of a minted token, for index servers."""
-        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout
+        """RFC 7662-style introspection of a minted token, for index servers: active only when
+        a pinned key signed it for this deployment's issuer and audience, it has not expired,
+        and its projects, publisher and expiry are those of its mint record, not revoked."""
         try:
             token = await self._body_token(request)
             try:
-                claims = (
-                    await self.rt.request(
-                        self.subjects.token_inspect,
-                        InspectRequest(token=token),
-                        InspectReply,
-                        timeout=self._remaining(deadline),
-                    )
-                ).claims
+                claims = await self.minter_keys.verify(
+                    token,
+                    prefix=self.settings.token_prefix,
+                    issuer=self.settings.token_issuer,
+                    audience=self.settings.token_audience,
+                )
             except InvalidToken:
                 return web.json_response({"active": False})
-            status = await self.rt.request(
-                self.subjects.mint_status,
-                MintStatusRequest(mint_id=str(claims["jti"])),
-                MintStatus,
-                timeout=self._remaining(deadline),
+            status = await self.rt.call(
+                MINT_STATUS, MintStatusRequest(mint_id=str(claims.get("jti"))), deadline=self._deadline()
             )
         except TrustpubError as exc:
             return from_error(exc)
-        if not status.known or status.revoked:
+        bound = (
+            status.known
+            and not status.revoked
+            and status.publisher_id == claims.get("sub")
+            and status.projects == claims.get("projects")
+            and status.expires_at == claims.get("exp")
+        )
+        if not bound:
             return web.json_response({"active": False})
         return web.json_response({"active": True, **claims})
 
     async def jwks(self, _: web.Request) -> web.Response:
-        """The minter's public keys, so an index verifies minted tokens offline."""
-        now = time.monotonic()
-        if self._jwks is None or now - self._jwks[0] > self.settings.jwks_cache_seconds:
-            try:
-                reply = await self.rt.request(
-                    self.subjects.token_keys, KeysRequest(), KeysReply, timeout=self.settings.request_timeout
-                )
-            except TrustpubError as exc:
-                return from_error(exc)
-            self._jwks = (now, reply.jwks)
+        """The minter's public keys that this gateway is configured to trust, so an index
+        verifies minted tokens offline."""
+        try:
+            document = await self.minter_keys.jwks()
+        except TrustpubError as exc:
+            return from_error(exc)
         max_age = int(self.settings.jwks_cache_seconds)
-        return web.json_response(self._jwks[1], headers={"Cache-Control": f"public, max-age={max_age}"})
+        return web.json_response(document, headers={"Cache-Control": f"public, max-age={max_age}"})
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @web.middleware

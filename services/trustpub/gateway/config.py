@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trustpub.runtime.config import CommonSettings
+from trustpub.runtime.seal import MAX_VALIDITY_S
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +28,14 @@ class Settings(CommonSettings):
     tls_key: Path | None = None
     # Cache of the minter's public keys served at /_/oidc/jwks.
     jwks_cache_seconds: float = 60.0
+    # The minter's key ids (RFC 7638 thumbprints, comma-separated) this gateway trusts: only
+    # these are served at /_/oidc/jwks and verify upload tokens in introspection, whatever the
+    # bus answers. `trustpub bus init` prints them; list the new one too while rotating.
+    minter_key_ids: tuple[str, ...] = ()
+    # What the minter puts in upload tokens (the minter's own settings, same variables).
+    token_prefix: str = "trustpub-"
+    token_issuer: str = "trustpub"
+    token_audience: str = "trustpub-index"
     # Slow clients (limits.py): a request body must arrive within body_timeout seconds (408),
     # a request head within header_timeout seconds of connecting or of the previous answer
     # (the connection is closed). A CI client sends its ~2 KiB in milliseconds.
@@ -48,12 +57,27 @@ class Settings(CommonSettings):
     # from anyone else the header is ignored.
     trusted_proxies: tuple[str, ...] = ()
 
+    def _check_bus(self) -> None:
+        if self.request_timeout > MAX_VALIDITY_S:
+            # A stage refuses a request whose deadline lies further ahead (runtime/seal.py).
+            msg = (
+                f"TRUSTPUB_REQUEST_TIMEOUT must be at most {MAX_VALIDITY_S:.0f} s, got {self.request_timeout}"
+            )
+            raise ValueError(msg)
+        if not self.minter_key_ids:
+            msg = (
+                "TRUSTPUB_MINTER_KEY_IDS is required: the key ids of the minter's signing keys "
+                "(`trustpub bus init` prints them), so the gateway trusts only those"
+            )
+            raise ValueError(msg)
+
     def __post_init__(self) -> None:
         # A ValueError here becomes a ConfigError naming the problem (runtime.config.load).
         for name in ("body_timeout", "header_timeout", "request_timeout"):
             if not getattr(self, name) > 0:
                 msg = f"TRUSTPUB_{name.upper()} must be positive, got {getattr(self, name)}"
                 raise ValueError(msg)
+        self._check_bus()
         if not 1024 <= self.max_header_bytes <= 65536:
             msg = f"TRUSTPUB_MAX_HEADER_BYTES must be between 1024 and 65536, got {self.max_header_bytes}"
             raise ValueError(msg)

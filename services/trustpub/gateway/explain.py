@@ -10,7 +10,7 @@ published. Publishers of other identities are never shown.
 
 from __future__ import annotations
 
-import asyncio
+import time
 from typing import Any
 
 import structlog
@@ -21,7 +21,8 @@ from trustpub.gateway.errors import from_error
 from trustpub.gateway.limits import read_body
 from trustpub.gateway.payload import token_from_body
 from trustpub.messages import NotEnabled, TrustpubError
-from trustpub.messages.v1 import ExplainCandidate, ExplainReply, ExplainRequest, VerifiedToken, VerifyRequest
+from trustpub.messages.endpoints import TOKEN_EXPLAIN
+from trustpub.messages.v1 import ExplainCandidate, ExplainReply, VerifyRequest
 from trustpub.runtime import Runtime
 
 log = structlog.get_logger("trustpub.gateway")
@@ -79,8 +80,7 @@ class Explainer:
         self.settings = settings
 
     async def handle(self, request: web.Request) -> web.Response:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.request_timeout
+        deadline = time.time() + self.settings.request_timeout
         provider = "unknown"
         try:
             if not self.settings.enabled:
@@ -90,21 +90,12 @@ class Explainer:
                 request, max_bytes=self.settings.max_body_bytes, timeout=self.settings.body_timeout
             )
             token = token_from_body(body)
-            verified = await self.rt.request(
-                self.rt.subjects.token_verify,
-                VerifyRequest(token=token),
-                VerifiedToken,
-                timeout=deadline - loop.time(),
-            )
-            provider = verified.provider
-            reply = await self.rt.request(
-                self.rt.subjects.publisher_explain,
-                ExplainRequest(exchange_id="", token=verified),
-                ExplainReply,
-                timeout=deadline - loop.time(),
-            )
+            # The verifier hands the verified token to the registry's read-only judgement.
+            reply = await self.rt.call(TOKEN_EXPLAIN, VerifyRequest(token=token), deadline=deadline)
+            provider = reply.provider
         except TrustpubError as exc:
             response = from_error(exc)
+            provider = exc.context.get("provider", provider)
             log.info("explain_refused", provider=provider, code=exc.code.value, reason=exc.description[:300])
             return response
         log.info(

@@ -1,11 +1,11 @@
 """The jwks service: owns the identity providers' key sets and shares them through KV.
 
-Endpoints: ``<root>.jwks.refresh`` (:class:`RefreshRequest` -> :class:`KeySet`) and
-``<root>.jwks.get`` (:class:`KeySetRequest` -> :class:`KeySet`). Key sets live in the
-JetStream key-value bucket ``<root>_jwks`` (key: :func:`trustpub.messages.keys.kv_key`),
-which the verifiers watch; a change of an issuer's kids is published as
-``<root>.events.jwks.rotated``. ``/readyz`` has one check per enabled issuer ("keys <issuer>"):
-a usable set, within ``TRUSTPUB_KEY_STALENESS``, is in the bucket.
+Endpoint: ``<root>.jwks.refresh`` (:class:`RefreshRequest` -> :class:`SealedKeySet`). Key sets
+live in the JetStream key-value bucket ``<root>_jwks`` (key:
+:func:`trustpub.messages.keys.kv_key`), sealed for the verifiers, which watch it; a change of
+an issuer's kids is published as ``<root>.events.jwks.rotated``. ``/readyz`` has one check per
+enabled issuer ("keys <issuer>"): a usable set, within ``TRUSTPUB_KEY_STALENESS``, is in the
+bucket.
 """
 
 from __future__ import annotations
@@ -15,18 +15,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-from nats.js import JetStreamContext
-
 from trustpub.jwks.config import Settings
 from trustpub.jwks.fetch import Fetcher, new_session
 from trustpub.jwks.keysets import KeySets
 from trustpub.jwks.store import KvKeySetStore
-from trustpub.messages import Subjects
-from trustpub.messages.v1 import KeySetRequest, KeySetRotated, RefreshRequest
+from trustpub.messages.endpoints import JWKS_REFRESH, JWKS_ROTATED
+from trustpub.messages.v1 import KeySetRotated, RefreshRequest, SealedKeySet
 from trustpub.providers.issuers import IssuerRegistry
 from trustpub.runtime import Runtime
-from trustpub.runtime.events import ensure_stream, publish
-from trustpub.runtime.keysets import open_bucket
+from trustpub.runtime.events import ensure_stream
+from trustpub.runtime.keysets import open_bucket, seal
 from trustpub.runtime.service import Setup
 
 # Requests handled at once per endpoint: enough that a burst of refresh requests joins the
@@ -37,16 +35,15 @@ ENDPOINT_CONCURRENCY = 64
 class _RotationEvents:
     """Publishes ``jwks.rotated`` events; the stream is created on first use."""
 
-    def __init__(self, js: JetStreamContext, subjects: Subjects) -> None:
-        self._js = js
-        self._subjects = subjects
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
         self._stream_ready = False
 
     async def __call__(self, event: KeySetRotated) -> None:
         if not self._stream_ready:
-            await ensure_stream(self._js, self._subjects)
+            await ensure_stream(self._rt.nc.jetstream(), self._rt.subjects)
             self._stream_ready = True
-        await publish(self._js, self._subjects.event("jwks", "rotated"), event, event.event_id)
+        await self._rt.publish_event(JWKS_ROTATED, event, event.event_id)
 
 
 async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
@@ -67,7 +64,13 @@ async def _setup(rt: Runtime, stack: contextlib.AsyncExitStack, *, now: Callable
     settings = cast("Settings", rt.settings)
     issuers = IssuerRegistry.load(settings.issuers_file, disabled_providers=settings.disabled_providers)
     js = rt.nc.jetstream()
-    store = KvKeySetStore(await open_bucket(js, rt.subjects.jwks_bucket))
+    refused = rt.metrics.bus_refused
+    store = KvKeySetStore(
+        await open_bucket(js, rt.subjects.jwks_bucket),
+        rt.seals,
+        now=now,
+        refused=lambda reason: refused.labels("bucket.jwks", reason).inc(),
+    )
     rt.checks["jwks_bucket"] = store.ping
     session = await stack.enter_async_context(new_session(settings.fetch_timeout))
     fetcher = Fetcher(
@@ -85,13 +88,15 @@ async def _setup(rt: Runtime, stack: contextlib.AsyncExitStack, *, now: Callable
         refresh_cooldown=settings.refresh_cooldown,
         fetch_timeout=settings.fetch_timeout,
         key_staleness=settings.key_staleness,
-        on_rotated=_RotationEvents(js, rt.subjects),
+        on_rotated=_RotationEvents(rt),
         now=now,
     )
-    rt.endpoint(
-        rt.subjects.jwks_refresh, RefreshRequest, keysets.handle_refresh, concurrency=ENDPOINT_CONCURRENCY
-    )
-    rt.endpoint(rt.subjects.jwks_get, KeySetRequest, keysets.handle_get, concurrency=ENDPOINT_CONCURRENCY)
+
+    async def refresh(req: RefreshRequest) -> SealedKeySet:
+        # Answered sealed, exactly as the bucket holds it: the verifier checks it the same way.
+        return seal(rt.seals, await keysets.refresh(req.issuer, req.kid))
+
+    rt.serve(JWKS_REFRESH, refresh, concurrency=ENDPOINT_CONCURRENCY)
     # Ready means: every enabled issuer has a usable (non-stale) set in the bucket, whichever
     # replica stored it. This is where "can trustpub verify every issuer's tokens" is
     # reported; the verifiers stay ready when one issuer has no keys (see verifier.app). The

@@ -50,7 +50,7 @@ from trustpub.jwks.metrics import JwksMetrics
 from trustpub.jwks.store import Stored
 from trustpub.jwks.validate import ValidKeys
 from trustpub.messages import InvalidPayload, Unavailable
-from trustpub.messages.v1 import KeySet, KeySetRequest, KeySetRotated, RefreshRequest
+from trustpub.messages.v1 import KeySet, KeySetRotated
 from trustpub.providers.issuers import Issuer, IssuerRegistry
 
 log = structlog.get_logger("trustpub.jwks")
@@ -128,23 +128,6 @@ class KeySets:
         self.metrics = JwksMetrics(registry, self._ages)
 
     # -- endpoints ----------------------------------------------------------------------
-
-    async def handle_get(self, req: KeySetRequest) -> KeySet:
-        """``jwks.get``: the stored set of a configured issuer.
-
-        Raises:
-            InvalidPayload: the issuer is not configured (or is disabled).
-            Unavailable: no set is stored yet (or the store did not answer).
-        """
-        iss = self._configured(req.issuer)
-        current = await self._read(iss)
-        if current is None:
-            raise Unavailable(self._no_keys(iss))
-        return current
-
-    async def handle_refresh(self, req: RefreshRequest) -> KeySet:
-        """``jwks.refresh``: see :meth:`refresh`."""
-        return await self.refresh(req.issuer, req.kid)
 
     # -- policy -------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The minter service: signs scoped tokens for committed mint records."""
+"""The minter service: signs scoped tokens for committed mint records, and checks upload
+tokens presented for burning before the registry is asked to revoke them."""
 
 from __future__ import annotations
 
@@ -8,18 +9,12 @@ from typing import cast
 import structlog
 from prometheus_client import Counter
 
-from trustpub.messages.v1 import (
-    InspectReply,
-    InspectRequest,
-    KeysReply,
-    KeysRequest,
-    MintedToken,
-    MintRequest,
-)
+from trustpub.messages.endpoints import TOKEN_BURN, TOKEN_KEYS, TOKEN_MINT
+from trustpub.messages.v1 import BurnRequest, KeysReply, KeysRequest, MintedToken, MintRequest, RevokeRequest
 from trustpub.minter import keys
 from trustpub.minter.config import Settings
 from trustpub.minter.tokens import Signer
-from trustpub.runtime import Runtime
+from trustpub.runtime import Forward, Runtime
 
 log = structlog.get_logger("trustpub.minter")
 
@@ -35,24 +30,32 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:  # noqa:
     minted = Counter("trustpub_tokens_minted_total", "Upload tokens signed.", registry=rt.registry)
 
     async def mint(req: MintRequest) -> MintedToken:
-        token = signer.mint(req.grant)
+        # Reached only with the registry's seal over this grant (TOKEN_MINT is sealed): the
+        # registry committed the mint record and its audit row before sending it.
+        grant = req.grant
+        token = signer.mint(grant)
         minted.inc()
-        log.info(
-            "token_minted",
-            mint_id=req.grant.mint_id,
-            publisher_id=req.grant.publisher_id,
-            projects=req.grant.projects,
-            expires=req.grant.expires_at,
-            kid=signer.active.kid,
+        log.debug(
+            "token_minted", mint_id=grant.mint_id, publisher_id=grant.publisher_id, kid=signer.active.kid
         )
-        return MintedToken(token=token, expires=req.grant.expires_at)
+        return MintedToken(
+            token=token,
+            expires=grant.expires_at,
+            mint_id=grant.mint_id,
+            publisher_id=grant.publisher_id,
+            projects=grant.projects,
+            issuer=grant.issuer,
+            provider=grant.provider,
+        )
 
     async def public_keys(_: KeysRequest) -> KeysReply:
         return KeysReply(jwks=signer.jwks())
 
-    async def inspect(req: InspectRequest) -> InspectReply:
-        return InspectReply(claims=signer.inspect(req.token))
+    async def burn(req: BurnRequest) -> Forward[RevokeRequest]:
+        # Only a token this minter signed names a mint record to revoke.
+        claims = signer.inspect(req.token)
+        return Forward(RevokeRequest(mint_id=str(claims["jti"]), reason="burned"))
 
-    rt.endpoint(rt.subjects.token_mint, MintRequest, mint)
-    rt.endpoint(rt.subjects.token_keys, KeysRequest, public_keys)
-    rt.endpoint(rt.subjects.token_inspect, InspectRequest, inspect)
+    rt.serve(TOKEN_MINT, mint)
+    rt.serve(TOKEN_KEYS, public_keys)
+    rt.serve(TOKEN_BURN, burn)

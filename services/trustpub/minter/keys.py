@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwcrypto import jwk
+
+from trustpub.messages import uploadtoken
 
 log = structlog.get_logger("trustpub.minter")
 
@@ -22,51 +23,32 @@ class KeyError_(Exception):  # noqa: N801  (KeyError is a builtin)
 
 @dataclass(frozen=True)
 class MinterKey:
-    kid: str
-    alg: str
     private: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | None
-    public: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
-    public_jwk: dict[str, Any]
+    public: uploadtoken.PublicKey
 
-    def verify(self, signature: bytes, data: bytes) -> bool:
-        try:
-            if isinstance(self.public, ed25519.Ed25519PublicKey):
-                self.public.verify(signature, data)
-            else:
-                from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
-                from cryptography.hazmat.primitives.asymmetric import utils  # noqa: PLC0415
+    @property
+    def kid(self) -> str:
+        return self.public.kid
 
-                if len(signature) != 64:
-                    return False
-                der = utils.encode_dss_signature(
-                    int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-                )
-                self.public.verify(der, data, ec.ECDSA(hashes.SHA256()))
-        except InvalidSignature:
-            return False
-        return True
+    @property
+    def alg(self) -> str:
+        return self.public.alg
+
+    @property
+    def public_jwk(self) -> dict[str, Any]:
+        return self.public.jwk
 
 
 def _from_jwk(obj: dict[str, Any], *, need_private: bool) -> MinterKey:
     try:
         key = jwk.JWK(**obj)
+        public = uploadtoken.public_key(key.export_public(as_dict=True))
     except Exception as exc:
-        raise KeyError_(f"not a usable JWK: {type(exc).__name__}") from exc
-    kid = key.thumbprint()
-    if obj.get("kty") == "OKP" and obj.get("crv") == "Ed25519":
-        alg = "EdDSA"
-    elif obj.get("kty") == "EC" and obj.get("crv") == "P-256":
-        alg = "ES256"
-    else:
-        raise KeyError_("the minter signs with Ed25519 (OKP) or P-256 (EC) keys only")
+        raise KeyError_(f"not a usable minter key: {exc}") from exc
     private = key.get_op_key("sign") if key.has_private else None
     if need_private and private is None:
         raise KeyError_("the active minter key has no private part")
-    public_jwk: dict[str, Any] = key.export_public(as_dict=True)
-    public_jwk.update(kid=kid, alg=alg, use="sig")
-    return MinterKey(
-        kid=kid, alg=alg, private=private, public=key.get_op_key("verify"), public_jwk=public_jwk
-    )
+    return MinterKey(private=private, public=public)
 
 
 def parse(text: str) -> list[MinterKey]:
@@ -86,8 +68,7 @@ def parse(text: str) -> list[MinterKey]:
 
 
 def generate() -> str:
-    key = jwk.JWK.generate(kty="OKP", crv="Ed25519")
-    return str(key.export_private())
+    return uploadtoken.generate_signing_key()
 
 
 def load(secret: str, path: Path | None) -> list[MinterKey]:

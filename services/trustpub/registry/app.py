@@ -7,7 +7,6 @@ import contextlib
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import msgspec
@@ -16,14 +15,23 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from trustpub.messages import Unavailable
-from trustpub.messages.v1 import ExchangeEvent, ExplainRequest, MatchRequest, MintStatusRequest, RevokeRequest
+from trustpub.messages import ErrorCode, Unavailable
+from trustpub.messages.endpoints import (
+    EXCHANGE_FAILED,
+    MINT_REVOKE,
+    MINT_STATUS,
+    PUBLISHER_EXPLAIN,
+    PUBLISHER_MATCH,
+)
+from trustpub.messages.v1 import ExchangeEvent, MatchRequest, MintRequest
+from trustpub.providers.issuers import IssuerRegistry
 from trustpub.registry.config import Settings
 from trustpub.registry.db import Database, purge_expired_pending, purge_used_tokens
-from trustpub.registry.match import Matcher
+from trustpub.registry.match import PROVIDERS, Matcher
 from trustpub.registry.metrics import RegistryMetrics
-from trustpub.runtime import Runtime
+from trustpub.runtime import Forward, Runtime
 from trustpub.runtime.events import ensure_stream
+from trustpub.runtime.seal import SealError
 
 log = structlog.get_logger("trustpub.registry")
 
@@ -57,19 +65,23 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     rt.checks["database"] = db.ping
 
     matcher = Matcher(db, settings, metrics)
+
+    async def match(req: MatchRequest) -> Forward[MintRequest]:
+        # Committed: the minter signs this grant, and answers the gateway.
+        return Forward(MintRequest(grant=await matcher.match(req)))
+
     # In-flight requests capped at the pool size: a request never queues on the pool
     # behind a newcomer (perf-limits.md §5, tail-latency finding).
-    rt.endpoint(rt.subjects.publisher_match, MatchRequest, matcher.match, concurrency=settings.pool_size)
-    rt.endpoint(rt.subjects.mint_revoke, RevokeRequest, matcher.revoke, concurrency=settings.pool_size)
-    rt.endpoint(rt.subjects.mint_status, MintStatusRequest, matcher.status, concurrency=settings.pool_size)
-    rt.endpoint(
-        rt.subjects.publisher_explain, ExplainRequest, matcher.explain, concurrency=settings.pool_size
-    )
+    rt.serve(PUBLISHER_MATCH, match, concurrency=settings.pool_size)
+    rt.serve(MINT_REVOKE, matcher.revoke, concurrency=settings.pool_size)
+    rt.serve(MINT_STATUS, matcher.status, concurrency=settings.pool_size)
+    rt.serve(PUBLISHER_EXPLAIN, matcher.explain, concurrency=settings.pool_size)
 
     rt.background(
         purge_loop(db, settings.purge_interval, metrics), "purge used tokens, expired pending publishers"
     )
-    rt.background(AuditConsumer(rt, db, metrics).run(), "audit consumer")
+    issuers = IssuerRegistry.load(settings.issuers_file)
+    rt.background(AuditConsumer(rt, db, metrics, issuers).run(), "audit consumer")
 
 
 async def purge_loop(db: Database, interval: float, metrics: RegistryMetrics | None = None) -> None:
@@ -113,11 +125,11 @@ def _maybe_uuid(value: str) -> uuid.UUID | None:
         return None
 
 
-def _at(seconds: float) -> datetime:
-    try:
-        return datetime.fromtimestamp(seconds, UTC)
-    except (OverflowError, ValueError, OSError):
-        return datetime.now(UTC)
+# What a refused exchange's record may say: the error codes (PyPI's and ours, plus the
+# gateway's 429, gateway/limits.py), the providers trustpub knows. Anything else did not come
+# from a gateway.
+AUDIT_CODES = frozenset(c.value for c in ErrorCode) | {"rate-limited"}
+AUDIT_PROVIDERS = frozenset(PROVIDERS) | {"unknown"}
 
 
 class AuditConsumer:
@@ -125,15 +137,19 @@ class AuditConsumer:
 
     A durable pull consumer on the events stream; a batch is acknowledged only after its
     insert committed, so a database outage means redelivery, not loss, and the event id
-    (``ON CONFLICT DO NOTHING``) makes redelivery harmless.
+    (``ON CONFLICT DO NOTHING``) makes redelivery harmless. An event is stored only if it
+    carries the gateway's seal and says only what a gateway says (a known code and provider,
+    a configured issuer); its time is the stream's, not what the message claims. Anything
+    else is terminated, counted and logged, never stored.
     """
 
-    def __init__(self, rt: Runtime, db: Database, metrics: RegistryMetrics) -> None:
+    def __init__(self, rt: Runtime, db: Database, metrics: RegistryMetrics, issuers: IssuerRegistry) -> None:
         self.rt = rt
         self.db = db
         self.metrics = metrics
-        self.subject = rt.subjects.event("exchange", "failed")
-        self.durable = f"{rt.subjects.root.replace('.', '_')}_registry_audit"
+        self.issuers = issuers
+        self.subject = EXCHANGE_FAILED.subject(rt.subjects.root)
+        self.durable = rt.subjects.durable(EXCHANGE_FAILED.durable)
         self._decoder = msgspec.json.Decoder(ExchangeEvent)
         self._sub: Any = None
 
@@ -198,10 +214,11 @@ class AuditConsumer:
         cols: list[list[Any]] = [[] for _ in range(9)]
         for msg in msgs:
             try:
-                event = self._decoder.decode(msg.data)
-            except msgspec.MsgspecError as exc:
+                event = self._accept(msg)
+            except _Refused as exc:
                 # A message that can never be stored must not block the ones behind it.
-                log.warning("audit_event_malformed", error=str(exc)[:200])
+                self.rt.metrics.bus_refused.labels("events.exchange.failed", exc.reason).inc()
+                log.warning("audit_event_refused", reason=exc.reason, detail=str(exc)[:200])
                 await msg.term()
                 continue
             good.append(msg)
@@ -216,7 +233,7 @@ class AuditConsumer:
                     detail[key] = raw[:100]
             row = (
                 _event_uuid(event, msg.data),
-                _at(event.at),
+                msg.metadata.timestamp,  # when the stream stored it: the gateway publishes at once
                 "exchange.failed",
                 event.exchange_id,
                 _maybe_uuid(event.publisher_id),
@@ -241,3 +258,31 @@ class AuditConsumer:
         for msg in good:
             await msg.ack()
         return inserted
+
+    def _accept(self, msg: Msg) -> ExchangeEvent:
+        """The event, if it is one a gateway published.
+
+        Raises:
+            _Refused: not sealed by a gateway, malformed, or saying what no gateway says.
+        """
+        try:
+            self.rt.check_event(EXCHANGE_FAILED, msg)
+        except SealError as exc:
+            raise _Refused(exc.reason, str(exc)) from None
+        try:
+            event = self._decoder.decode(msg.data)
+        except msgspec.MsgspecError as exc:
+            raise _Refused("malformed", str(exc)) from None
+        if event.code not in AUDIT_CODES:
+            raise _Refused("unknown-code", f"code {event.code[:40]!r} is not one trustpub answers")
+        if event.provider not in AUDIT_PROVIDERS:
+            raise _Refused("unknown-provider", f"provider {event.provider[:40]!r} is not one trustpub knows")
+        if event.issuer and self.issuers.get(event.issuer) is None:
+            raise _Refused("unknown-issuer", f"issuer {event.issuer[:80]!r} is not configured")
+        return event
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason

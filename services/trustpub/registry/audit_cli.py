@@ -50,22 +50,32 @@ def _since(value: str) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
+def shown(value: object) -> str:
+    """``value`` safe for an operator's terminal: every character that is not printable
+    (escape sequences, carriage returns, bidirectional overrides, ...) as a Python escape.
+    Audit rows hold what tokens and clients sent; none of it may drive the terminal."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def line(event: db.AuditEvent) -> str:
     """One record on one line: time, kind, code (or outcome), whose token, and the reason."""
     d = event.to_json()
     parts = [
         event.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        event.kind,
-        event.code or event.outcome or "-",
+        shown(event.kind),
+        shown(event.code or event.outcome or "-"),
     ]
-    parts.extend(f"{key}={d[key]}" for key in ("issuer", "provider") if d[key])
+    parts.extend(f"{key}={shown(d[key])}" for key in ("issuer", "provider") if d[key])
     if d["token_hash_prefix"]:
-        parts.append(f"token={d['token_hash_prefix']}")
+        parts.append(f"token={shown(d['token_hash_prefix'])}")
     if event.exchange_id:
-        parts.append(f"exchange={event.exchange_id}")
+        parts.append(f"exchange={shown(event.exchange_id)}")
     if d["reason"]:
         # One line per record, whatever the reason says.
-        parts.append(json.dumps(d["reason"], ensure_ascii=True))
+        parts.append(shown(json.dumps(d["reason"], ensure_ascii=True)))
     return "  ".join(parts)
 
 
@@ -86,7 +96,9 @@ async def list_command(conn: Any, args: argparse.Namespace, as_json: bool) -> No
         conn, kind=kind, code=args.code, since=args.since, exchange_id=args.exchange, limit=args.limit
     )
     if as_json:
-        print(json.dumps([e.to_json() for e in events], indent=2, sort_keys=True))  # noqa: T201  (CLI output)
+        # ensure_ascii escapes every control character but DEL, which JSON lets through raw.
+        text = json.dumps([e.to_json() for e in events], indent=2, sort_keys=True)
+        print(text.replace("\x7f", "\\u007f"))  # noqa: T201  (CLI output)
         return
     for event in events:
         print(line(event))  # noqa: T201  (CLI output)

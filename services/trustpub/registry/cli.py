@@ -9,6 +9,7 @@
     trustpub publisher add <provider> --pending-project NEW --registrant WHO ...   (a pending publisher)
     trustpub publisher list [--project P | --pending] | publisher remove ID
     trustpub audit list [--refused] [--code C] [--since ISO] [--limit N] [--json]
+    trustpub bus init DIR | bus authorization DIR [--root R] | bus kubernetes DIR   (no database)
 
 The database is ``--database-url``, else ``TRUSTPUB_DATABASE_URL``, else the registry's
 default. Exit status: 0 done, 2 bad input (one line on stderr), 1 database unavailable.
@@ -34,6 +35,7 @@ from trustpub.providers.issuers import ACTIVESTATE, BUILTIN, GITHUB, GITLAB, GOO
 from trustpub.providers.rules import TOKEN_LIFETIME_MAX, TOKEN_LIFETIME_MIN, RegistrationError
 from trustpub.registry import audit_cli, db, migrations
 from trustpub.registry.config import Settings
+from trustpub.runtime import buscli
 from trustpub.runtime.config import ConfigError, env_name, load
 
 EXIT_OK = 0
@@ -129,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     commands = parser.add_subparsers(
-        dest="command", metavar="{migrate,project,publisher,audit}", required=True, parser_class=_Parser
+        dest="command", metavar="{migrate,project,publisher,audit,bus}", required=True, parser_class=_Parser
     )
 
     commands.add_parser("migrate", parents=[common], help="apply database migrations")
@@ -205,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     premove.add_argument("id")
     audit_cli.add_commands(commands, common, _Parser)
+    buscli.add_commands(commands, _Parser)
     return parser
 
 
@@ -517,6 +520,15 @@ def _fail(message: str) -> None:
     print(f"trustpub: error: {message}", file=sys.stderr)  # noqa: T201  (CLI output)
 
 
+def _bus(args: argparse.Namespace) -> int:
+    try:
+        _out(buscli.run(args))
+    except buscli.BusCommandError as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 1 database unavailable, 2 bad input)."""
     try:
@@ -526,6 +538,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
+    return _bus(args) if args.command == "bus" else _database_command(args)
+
+
+def _database_command(args: argparse.Namespace) -> int:
     url = (
         getattr(args, "database_url", None)
         or os.environ.get(env_name("database_url"))

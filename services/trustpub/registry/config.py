@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from trustpub.runtime.config import CommonSettings
 
@@ -13,6 +14,9 @@ class Settings(CommonSettings):
 
     ops_port: int = 9103
     database_url: str = "postgresql://postgres@127.0.0.1:5432/trustpub"
+    # The issuers the verifier trusts (the same TOML file): a refused exchange's audit record
+    # may name only these.
+    issuers_file: Path | None = None
     # Connections in the pool, and requests handled at once: in-flight work is capped at
     # the pool size so that waiters on the pool are not overtaken (perf-limits.md §5).
     pool_size: int = 16

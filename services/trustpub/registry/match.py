@@ -76,6 +76,7 @@ from trustpub.providers.rules import (
 from trustpub.registry.config import Settings
 from trustpub.registry.db import Database, insert_audit, normalize_name
 from trustpub.registry.metrics import RegistryMetrics, provider_label
+from trustpub.runtime import current_delivery
 
 log = structlog.get_logger("trustpub.registry")
 
@@ -183,10 +184,22 @@ SELECT m.expires_at, (SELECT count(*) FROM audit) AS revoked_now FROM m
 
 # A token whose publisher was removed is reported revoked: removal revokes at introspection.
 _STATUS = """
-SELECT m.expires_at, m.revoked_at, p.id IS NULL AS publisher_gone
+SELECT m.expires_at, m.revoked_at, p.id IS NULL AS publisher_gone, m.publisher_id, m.projects
 FROM mints m LEFT JOIN publishers p ON p.id = m.publisher_id
 WHERE m.id = $1
 """
+
+
+def _caller_still_waiting() -> None:
+    """Claim nothing for a caller that gave up: the gateway answered 503 at its deadline, and
+    a token id claimed now would be spent for a client that never sees the upload token.
+
+    Raises:
+        Unavailable: the exchange's deadline has passed.
+    """
+    delivery = current_delivery()
+    if delivery is not None and delivery.remaining <= 0:
+        raise Unavailable("the exchange's deadline passed before the publisher was matched")
 
 
 def _no_publisher(reason: str) -> str:
@@ -352,6 +365,8 @@ class Matcher:
                 outcome = "refused"
             if isinstance(exc, ReusedToken):
                 self.metrics.replays_refused.labels(label).inc()
+            # The gateway sees only this refusal: whose token it was goes into its audit record.
+            exc.context.update(issuer=req.token.issuer, provider=req.token.provider)
             log.info("match_refused", provider=label, code=code, description=exc.description)
             raise
         except Exception:
@@ -360,7 +375,7 @@ class Matcher:
         finally:
             self.metrics.match_total.labels(label, outcome, code).inc()
             self.metrics.match_duration.labels(label).observe(time.perf_counter() - started)
-        log.info("match_granted", provider=label, publisher_id=grant.publisher_id, mint_id=grant.mint_id)
+        log.debug("match_granted", provider=label, publisher_id=grant.publisher_id, mint_id=grant.mint_id)
         return grant
 
     def _prepare(self, token: VerifiedToken) -> tuple[ProviderRules, str]:
@@ -387,6 +402,7 @@ class Matcher:
             rows = await conn.fetch(_CANDIDATES, token.issuer, provider.name, key)
             candidates = [judge(provider, row, token.claims) for row in rows]
             chosen = decide(provider, token.claims, candidates)
+            _caller_still_waiting()
             if chosen.pending:
                 done = await self._convert(conn, req, provider, chosen, retain_until)
             elif not provider.pins(chosen.spec, token.claims):
@@ -502,6 +518,8 @@ class Matcher:
             issued_at=issued_at,
             expires_at=expires_at,
             provenance=provenance,
+            issuer=token.issuer,
+            provider=provider.name,
         )
         return _Done(grant=grant, pins=pins, converted=converted)
 
@@ -770,4 +788,6 @@ class Matcher:
             known=True,
             revoked=row["revoked_at"] is not None or bool(row["publisher_gone"]),
             expires_at=int(row["expires_at"].timestamp()),
+            publisher_id=str(row["publisher_id"]) if row["publisher_id"] is not None else "",
+            projects=list(row["projects"] or []),
         )

@@ -1,4 +1,10 @@
-"""The verifier service: ``<root>.token.verify`` over NATS, keys from the key-value bucket."""
+"""The verifier service: the first stage of the exchange and of explain.
+
+``token.verify`` and ``token.explain`` (callers: the gateway) verify the OIDC token and hand
+the verified token, sealed, to the registry's ``publisher.match`` or ``publisher.explain``,
+which answers the gateway; a refusal answers the gateway directly. Keys come from the sealed
+entries of the key-value bucket, kept in memory.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-from trustpub.messages.v1 import KeySet, RefreshRequest, VerifiedToken, VerifyRequest
+from trustpub.messages import Unavailable
+from trustpub.messages.endpoints import JWKS_REFRESH, TOKEN_EXPLAIN, TOKEN_VERIFY
+from trustpub.messages.keys import kv_key
+from trustpub.messages.v1 import ExplainRequest, KeySet, MatchRequest, RefreshRequest, VerifyRequest
 from trustpub.providers.issuers import IssuerRegistry
-from trustpub.runtime import Runtime
+from trustpub.runtime import Forward, Runtime, current_delivery
+from trustpub.runtime.keysets import KeySetRefused, open_sealed
 from trustpub.runtime.service import Setup
 from trustpub.verifier.config import Settings
 from trustpub.verifier.feed import BucketFeed
@@ -43,16 +53,25 @@ async def _setup(rt: Runtime, stack: contextlib.AsyncExitStack, *, now: Callable
     issuers = IssuerRegistry.load(settings.issuers_file, disabled_providers=settings.disabled_providers)
     metrics = VerifierMetrics(rt.registry)
 
+    refused = rt.metrics.bus_refused
+
+    def refuse(reason: str) -> None:
+        refused.labels("bucket.jwks", reason).inc()
+
     async def refresh(issuer: str, kid: str) -> KeySet:
-        return await rt.request(
-            rt.subjects.jwks_refresh,
+        sealed = await rt.call(
+            JWKS_REFRESH,
             RefreshRequest(issuer=issuer, kid=kid),
-            KeySet,
-            timeout=settings.refresh_timeout,
+            deadline=time.time() + settings.refresh_timeout,
         )
+        try:
+            return open_sealed(rt.seals, kv_key(issuer), sealed, now=now)
+        except KeySetRefused as exc:
+            refuse(exc.reason)
+            raise Unavailable(f"the answer to the refresh of {issuer}'s keys was refused: {exc}") from None
 
     cache = KeyCache(issuers, refresh=refresh, metrics=metrics, max_age=settings.key_staleness, now=now)
-    feed = BucketFeed(rt.nc.jetstream(), rt.subjects.jwks_bucket, cache)
+    feed = BucketFeed(rt.nc.jetstream(), rt.subjects.jwks_bucket, cache, rt.seals, refuse)
     stack.push_async_callback(feed.stop)
     await feed.start(timeout=KV_LOAD_TIMEOUT_S)
 
@@ -70,10 +89,18 @@ async def _setup(rt: Runtime, stack: contextlib.AsyncExitStack, *, now: Callable
             rt.advisories[f"keys {issuer.issuer}"] = _usable(cache, issuer.issuer)
     verifier = Verifier(settings, issuers, cache, metrics=metrics)
 
-    async def verify(req: VerifyRequest) -> VerifiedToken:
-        return await verifier.verify(req.token)
+    def exchange_id() -> str:
+        delivery = current_delivery()
+        return delivery.exchange_id if delivery is not None else ""
 
-    rt.endpoint(rt.subjects.token_verify, VerifyRequest, verify, concurrency=settings.concurrency)
+    async def verify(req: VerifyRequest) -> Forward[MatchRequest]:
+        return Forward(MatchRequest(exchange_id=exchange_id(), token=await verifier.verify(req.token)))
+
+    async def explain(req: VerifyRequest) -> Forward[ExplainRequest]:
+        return Forward(ExplainRequest(exchange_id=exchange_id(), token=await verifier.verify(req.token)))
+
+    rt.serve(TOKEN_VERIFY, verify, concurrency=settings.concurrency)
+    rt.serve(TOKEN_EXPLAIN, explain, concurrency=settings.concurrency)
 
 
 def _usable(cache: KeyCache, issuer: str) -> Callable[[], Awaitable[bool]]:

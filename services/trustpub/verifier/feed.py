@@ -1,13 +1,16 @@
 """Keeps a :class:`KeyCache` in step with the JetStream key-value bucket of key sets.
 
-The jwks service writes each issuer's :class:`KeySet` under ``base64url(issuer)``; every
-verifier replica watches the bucket, so the hot path never asks another service for a key.
+The jwks service writes each issuer's sealed :class:`KeySet` under ``base64url(issuer)``;
+every verifier replica watches the bucket, so the hot path never asks another service for a
+key. An entry whose seal does not hold, or that is stamped in the future, is refused
+(runtime/keysets.py): logged, counted, never applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import nats.errors
 import nats.js.errors
@@ -15,24 +18,37 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from trustpub.runtime.keysets import open_bucket
+from trustpub.runtime.keysets import KeySetRefused, open_bucket, unseal
+from trustpub.runtime.seal import Seals
 from trustpub.verifier.keys import KeyCache
+from trustpub.verifier.preparse import shown
 
 log = structlog.get_logger("trustpub.verifier.feed")
 
 # After the watch breaks (it should not: the ordered consumer survives reconnects), wait this
 # long before watching again, so a persistent failure does not spin.
 REWATCH_DELAY_S = 1.0
+# The bucket is created by its writer, the jwks service; until it exists, look again this often.
+BUCKET_POLL_S = 0.1
 _DELETED = frozenset({"DEL", "PURGE"})
 
 
 class BucketFeed:
     """Loads every key set once, then applies updates as they arrive."""
 
-    def __init__(self, js: JetStreamContext, bucket: str, cache: KeyCache) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        bucket: str,
+        cache: KeyCache,
+        seals: Seals,
+        refused: Callable[[str], None] = lambda _: None,
+    ) -> None:
         self._js = js
         self._bucket = bucket
         self._cache = cache
+        self._seals = seals
+        self._refused = refused
         self._watcher: KeyValue.KeyWatcher | None = None
         self._task: asyncio.Task[None] | None = None
         self.loaded = False
@@ -48,9 +64,9 @@ class BucketFeed:
         Raises:
             TimeoutError: the current content did not arrive within ``timeout``.
         """
-        kv = await asyncio.wait_for(open_bucket(self._js, self._bucket), timeout)
-        self._watcher = await asyncio.wait_for(kv.watchall(), timeout)
         deadline = asyncio.get_running_loop().time() + timeout
+        kv = await asyncio.wait_for(self._bucket_when_created(), timeout)
+        self._watcher = await asyncio.wait_for(kv.watchall(), timeout)
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             try:
@@ -65,16 +81,32 @@ class BucketFeed:
         log.info("keysets_loaded", bucket=self._bucket)
         self._task = asyncio.create_task(self._run())
 
+    async def _bucket_when_created(self) -> KeyValue:
+        # Verifiers only read the bucket: they may not create it (the generated permissions).
+        while True:
+            try:
+                return await open_bucket(self._js, self._bucket, create=False)
+            except nats.js.errors.BucketNotFoundError:
+                await asyncio.sleep(BUCKET_POLL_S)
+
     def _apply(self, entry: KeyValue.Entry) -> None:
-        deleted = entry.operation in _DELETED
-        self._cache.apply_entry(entry.key, None if deleted else entry.value or b"")
+        if entry.operation in _DELETED:
+            self._cache.apply_entry(entry.key, None)
+            return
+        try:
+            keyset = unseal(self._seals, entry.key, entry.value or b"", now=self._cache.now)
+        except KeySetRefused as exc:
+            log.warning("keyset_refused", key=shown(entry.key, 80), reason=exc.reason, detail=str(exc))
+            self._refused(exc.reason)
+            return
+        self._cache.apply_entry(entry.key, keyset)
 
     async def _run(self) -> None:
         while True:
             watcher = self._watcher
             try:
                 if watcher is None:
-                    kv = await open_bucket(self._js, self._bucket)
+                    kv = await self._bucket_when_created()
                     watcher = self._watcher = await kv.watchall()
                 async for entry in watcher:
                     if entry is not None:

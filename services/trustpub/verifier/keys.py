@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import structlog
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwcrypto import jwk
@@ -47,8 +46,6 @@ RSA_MAX_BITS = 4096  # larger keys only cost CPU; no identity provider publishes
 RSA_EXPONENT = 65537  # small exponents are the precondition of signature forgeries
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _CURVE_ALG = {"P-256": "ES256", "P-384": "ES384"}
-
-_keyset_decoder = msgspec.json.Decoder(KeySet)
 
 # The default staleness bound: a day of failed refreshes (96 at the default 15 minutes)
 # before an issuer's tokens are refused rather than checked against old keys.
@@ -233,19 +230,15 @@ class KeyCache:
             self._metrics.keys.labels(issuer).set(0)
             log.info("keyset_removed", issuer=issuer)
 
-    def apply_entry(self, key: str, value: bytes | None) -> None:
-        """Apply one bucket entry: ``value`` None means the entry was deleted or purged."""
+    def apply_entry(self, key: str, keyset: KeySet | None) -> None:
+        """Apply one bucket entry, its seal checked (verifier/feed.py): None means the entry
+        was deleted or purged."""
         issuer = issuer_of(key)
         if issuer is None or self._issuers.get(issuer) is None:
             log.warning("keyset_ignored", key=shown(key, 80), reason="not the key of a configured issuer")
             return
-        if value is None:
+        if keyset is None:
             self.remove(issuer)
-            return
-        try:
-            keyset = _keyset_decoder.decode(value)
-        except msgspec.DecodeError as exc:
-            log.warning("keyset_ignored", issuer=issuer, reason=f"not a KeySet: {exc}")
             return
         if keyset.issuer != issuer:
             log.warning("keyset_ignored", issuer=issuer, reason="stored under another issuer's key")
