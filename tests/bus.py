@@ -13,16 +13,24 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ssl
+import time
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import nats
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 
 from trustpub.devstack.servers import NatsServer
-from trustpub.messages import Subjects
-from trustpub.messages.endpoints import SERVICES, inbox_prefix
+from trustpub.messages import DEADLINE_HEADER, EXCHANGE_ID_HEADER, Subjects, TrustpubError, Unavailable
+from trustpub.messages.endpoints import PUBLISHER_MATCH, SERVICES, TOKEN_VERIFY, Endpoint, inbox_prefix
+from trustpub.messages.v1 import ErrorReply, MatchRequest, MintedToken, VerifiedToken, VerifyRequest, encode
+from trustpub.runtime import CommonSettings, Runtime, load
+from trustpub.runtime.seal import SEAL_HEADER
 
 # Enough for the session's long-lived stacks plus the test at hand, with room to spare: a
 # released root goes to the back of the queue.
@@ -75,9 +83,12 @@ class TestBus:
         assert identity in SERVICES, identity
         return str(self.dev.secrets / f"{identity}.nk")
 
-    async def connect(self, identity: str, root: str, **options: Any) -> NatsClient:  # noqa: ANN401
-        """A connection as ``identity`` (a service, or ``admin``), with its inbox prefix."""
-        prefix = inbox_prefix(root, identity) if identity != ADMIN else "_INBOX.admin"
+    async def connect(self, identity: str, root: str, *, inbox_of: str = "", **options: Any) -> NatsClient:
+        """A connection as ``identity`` (a service, or ``admin``), with its inbox prefix (or,
+        for ``admin`` only, the inbox prefix of service ``inbox_of``)."""
+        assert not inbox_of or identity == ADMIN
+        owner = inbox_of or identity
+        prefix = inbox_prefix(root, owner) if owner != ADMIN else "_INBOX.admin"
         return await asyncio.wait_for(
             nats.connect(
                 self.url,
@@ -92,10 +103,103 @@ class TestBus:
         )
 
     @contextlib.asynccontextmanager
-    async def connection(self, identity: str, root: str, **options: Any) -> AsyncIterator[NatsClient]:  # noqa: ANN401
-        nc = await self.connect(identity, root, **options)
+    async def connection(
+        self, identity: str, root: str, *, inbox_of: str = "", **options: Any
+    ) -> AsyncIterator[NatsClient]:
+        nc = await self.connect(identity, root, inbox_of=inbox_of, **options)
         try:
             yield nc
         finally:
             with contextlib.suppress(Exception):
                 await nc.close()
+
+
+async def hand_over(
+    sender: Runtime,
+    endpoint: Endpoint[Any, Any],
+    message: msgspec.Struct,
+    *,
+    answer_to: Runtime,
+    exchange_id: str = "",
+    timeout: float = 5.0,
+) -> Any:
+    """What a stage of the pipeline does, for a test that plays it: ``sender`` hands
+    ``message`` to ``endpoint``, sealed when declared so, with the reply going to
+    ``answer_to``'s inbox (the pipeline's first caller). Returns the answer, or raises the
+    error it carries; :class:`Unavailable` when none comes."""
+    subject = endpoint.subject(sender.subjects.root)
+    data = encode(message)
+    deadline = f"{time.time() + timeout:.3f}"
+    inbox = answer_to.nc.new_inbox()
+    headers = {DEADLINE_HEADER: deadline, EXCHANGE_ID_HEADER: exchange_id}
+    if endpoint.sealed:
+        headers[SEAL_HEADER] = sender.seals.seal_message(
+            endpoint.server,
+            subject=subject,
+            reply=inbox,
+            exchange_id=exchange_id,
+            deadline=deadline,
+            data=data,
+        )
+    sub = await answer_to.nc.subscribe(inbox, max_msgs=1)
+    try:
+        await answer_to.nc.flush()
+        await sender.nc.publish(subject, data, reply=inbox, headers=headers)
+        try:
+            msg = await sub.next_msg(timeout=timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            raise Unavailable(f"{endpoint.label} did not answer within {timeout} s") from None
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    union: Any = endpoint.reply | ErrorReply
+    reply = msgspec.json.decode(msg.data, type=union)
+    if isinstance(reply, ErrorReply):
+        raise TrustpubError.from_code(reply.code, reply.description, reply.context)
+    return reply
+
+
+@dataclass
+class Pipeline:
+    """The gateway that asks the verifier, and a registry that keeps what the verifier handed
+    it (sealed: the registry's adapter checks) instead of matching it."""
+
+    gateway: Runtime
+    verified: dict[str, VerifiedToken] = field(default_factory=dict)
+
+    async def verify(self, token: str) -> VerifiedToken | ErrorReply:
+        """What the verifier made of ``token``: the verified token it handed on, or its refusal."""
+        exchange_id = uuid.uuid4().hex
+        try:
+            await self.gateway.call(
+                TOKEN_VERIFY, VerifyRequest(token=token), deadline=time.time() + 5, exchange_id=exchange_id
+            )
+        except TrustpubError as exc:
+            return ErrorReply(code=exc.code.value, description=exc.description, context=exc.context)
+        return self.verified.pop(exchange_id)
+
+
+async def _nothing(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
+    pass
+
+
+@contextlib.asynccontextmanager
+async def verification_pipeline(common: dict[str, str]) -> AsyncIterator[Pipeline]:
+    """A :class:`Pipeline` around whatever verifier runs on ``common``'s root."""
+    from tests.conftest import running  # noqa: PLC0415  (conftest imports this module)
+
+    settings = load(CommonSettings, common)
+    verified: dict[str, VerifiedToken] = {}
+
+    async def match(req: MatchRequest) -> MintedToken:
+        verified[req.exchange_id] = req.token
+        return MintedToken(token="minted", expires=0)
+
+    async def registry(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
+        rt.serve(PUBLISHER_MATCH, match)
+
+    async with (
+        running(Runtime("registry", settings), registry),
+        running(Runtime("gateway", settings), _nothing) as gateway,
+    ):
+        yield Pipeline(gateway, verified)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
 from tests.bus import ROOTS, TestBus
 
 from trustpub.devstack.bus import DevBus

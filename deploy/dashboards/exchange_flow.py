@@ -222,13 +222,13 @@ def build() -> dash.Dashboard:
         .with_panel(
             series(
                 "p99 latency per stage",
-                "End to end at the gateway, and each stage as the gateway waits for it (NATS hop "
-                "included). Alert: TrustpubExchangeLatencyHigh above 500 ms.",
+                "End to end at the gateway, and each stage of the pipeline as its service handles it "
+                "(each hands its result to the next). Alert: TrustpubExchangeLatencyHigh above 500 ms.",
                 "s",
                 query(quantile(0.99, "trustpub_exchange_duration_seconds"), "gateway (end to end)", "A"),
                 query(
                     quantile(
-                        0.99, "trustpub_nats_request_duration_seconds", "endpoint", f'endpoint=~"{STAGES}"'
+                        0.99, "trustpub_nats_endpoint_duration_seconds", "endpoint", f'endpoint=~"{STAGES}"'
                     ),
                     "{{endpoint}}",
                     "B",
@@ -243,7 +243,7 @@ def build() -> dash.Dashboard:
                 query(quantile(0.5, "trustpub_exchange_duration_seconds"), "gateway (end to end)", "A"),
                 query(
                     quantile(
-                        0.5, "trustpub_nats_request_duration_seconds", "endpoint", f'endpoint=~"{STAGES}"'
+                        0.5, "trustpub_nats_endpoint_duration_seconds", "endpoint", f'endpoint=~"{STAGES}"'
                     ),
                     "{{endpoint}}",
                     "B",

@@ -7,6 +7,6 @@ from tests.jwks.jwks_support import JwksTest
 
 
 @pytest.fixture
-def jw(dev_issuer, issuers_file, common, nats_url, subject_root) -> JwksTest:
+def jw(dev_issuer, issuers_file, common, bus, subject_root) -> JwksTest:
     """The dev issuer (discovery on loopback), NATS, this test's root and a movable clock."""
-    return JwksTest(dev_issuer, issuers_file, common, nats_url, subject_root)
+    return JwksTest(dev_issuer, issuers_file, common, bus, subject_root)

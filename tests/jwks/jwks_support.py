@@ -16,15 +16,19 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwcrypto import jwk
 from nats.aio.client import Client
+from tests.bus import ADMIN, TestBus
 from tests.conftest import running
 
 from trustpub.devstack.issuer import DevIssuer
 from trustpub.jwks.app import setup_with
 from trustpub.jwks.config import Settings
 from trustpub.messages import Subjects
+from trustpub.messages.endpoints import JWKS_REFRESH
 from trustpub.messages.keys import kv_key
-from trustpub.messages.v1 import KeySet, encode
+from trustpub.messages.v1 import ErrorReply, KeySet, RefreshRequest, SealedKeySet, encode
 from trustpub.runtime import Runtime, load
+from trustpub.runtime.keysets import open_sealed, unseal
+from trustpub.runtime.seal import Seals
 from trustpub.runtime.service import any_reply
 
 # The other built-in issuers would be fetched from the internet: the tests have one issuer.
@@ -51,7 +55,7 @@ class JwksTest:
     dev: DevIssuer
     issuers_file: Path  # discovery document on loopback (the conftest fixture)
     common: dict[str, str]
-    nats_url: str
+    bus: TestBus
     root: str
     clock: Clock = field(default_factory=Clock)
 
@@ -70,12 +74,30 @@ class JwksTest:
     def service(self, env: dict[str, str] | None = None) -> contextlib.AbstractAsyncContextManager[Runtime]:
         return jwks_service(env or self.env(), self.clock)
 
+    @property
+    def seals(self) -> Seals:
+        """The verifier's seal keys: what checks the jwks service's key sets."""
+        return Seals.load("verifier", Path(self.common["TRUSTPUB_BUS_SECRETS_DIR"]))
+
     def nats(self) -> contextlib.AbstractAsyncContextManager[Client]:
-        return nats_client(self.nats_url)
+        """The suite's own identity with the verifier's inbox: it may ask for refreshes (as a
+        verifier does) and read the bucket directly."""
+        return self.bus.connection(ADMIN, self.root, inbox_of="verifier")
+
+    async def ask(self, nc: Client, request: RefreshRequest, timeout: float = 5.0) -> KeySet | ErrorReply:
+        """``jwks.refresh``: the key set answered (its seal checked, as a verifier does) or the error."""
+        reply = await ask(nc, JWKS_REFRESH.subject(self.root), request, timeout)
+        if isinstance(reply, SealedKeySet):
+            return open_sealed(self.seals, kv_key(request.issuer), reply, now=self.clock)
+        assert isinstance(reply, ErrorReply), reply
+        return reply
+
+    async def read(self, nc: Client, issuer: str) -> KeySet | None:
+        return await read_stored(nc, self.root, issuer, self.seals, self.clock)
 
     async def stored(self, until: Callable[[KeySet], bool] = lambda _: True, timeout: float = 10.0) -> KeySet:
         async with self.nats() as nc:
-            return await wait_stored(nc, self.root, self.dev.issuer, until, timeout)
+            return await wait_stored(nc, self.root, self.dev.issuer, until, timeout, self.seals, self.clock)
 
 
 def jwks_env(common: dict[str, str], issuers_file: Path, **overrides: str) -> dict[str, str]:
@@ -112,22 +134,16 @@ async def jwks_service(
         yield started
 
 
-@contextlib.asynccontextmanager
-async def nats_client(url: str) -> AsyncIterator[Client]:
-    nc = await asyncio.wait_for(nats.connect(url, connect_timeout=5), 10)
-    try:
-        yield nc
-    finally:
-        await asyncio.wait_for(nc.drain(), 10)
-
-
 async def ask(nc: Client, subject: str, msg: msgspec.Struct, timeout: float = 5.0) -> Any:
     """Send one request; the decoded reply (a KeySet or an ErrorReply)."""
     reply = await nc.request(subject, encode(msg), timeout=timeout)
     return any_reply(reply.data)
 
 
-async def read_stored(nc: Client, root: str, issuer: str) -> KeySet | None:
+async def read_stored(
+    nc: Client, root: str, issuer: str, seals: Seals, now: Callable[[], float] = time.time
+) -> KeySet | None:
+    """The issuer's entry in the bucket, its seal checked as a verifier checks it."""
     js = nc.jetstream()
     kv = await asyncio.wait_for(js.key_value(Subjects(root).jwks_bucket), 5)
     try:
@@ -135,20 +151,22 @@ async def read_stored(nc: Client, root: str, issuer: str) -> KeySet | None:
     except nats.js.errors.KeyNotFoundError:
         return None
     assert entry.value is not None
-    return msgspec.json.decode(entry.value, type=KeySet)
+    return unseal(seals, kv_key(issuer), entry.value, now=now)
 
 
 async def wait_stored(
     nc: Client,
     root: str,
     issuer: str,
-    until: Callable[[KeySet], bool] = lambda _: True,
-    timeout: float = 10.0,
+    until: Callable[[KeySet], bool],
+    timeout: float,
+    seals: Seals,
+    now: Callable[[], float],
 ) -> KeySet:
     """Poll the bucket until the issuer's entry exists and satisfies ``until``."""
     deadline = time.monotonic() + timeout
     while True:
-        ks = await read_stored(nc, root, issuer)
+        ks = await read_stored(nc, root, issuer, seals, now)
         if ks is not None and until(ks):
             return ks
         if time.monotonic() > deadline:

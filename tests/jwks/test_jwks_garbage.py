@@ -10,10 +10,8 @@ import pytest
 from structlog.testing import capture_logs
 from tests.jwks.jwks_support import (
     JwksTest,
-    ask,
     oct_jwk,
     off_curve_jwk,
-    read_stored,
     redirector,
     rsa_jwk,
     rsa_private_jwk,
@@ -114,11 +112,11 @@ async def test_garbage_is_refused_and_the_last_good_set_kept(via, body, reason, 
         jwks_hits = dev.hits.get("jwks", 0)
         jw.clock.advance(COOLDOWN + 1)
         with capture_logs() as logs:
-            reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="new"))
+            reply = await jw.ask(nc, RefreshRequest(issuer=dev.issuer, kid="new"))
         assert isinstance(reply, KeySet)
         assert reply.keys == good.keys
         assert reply.fetched_at == good.fetched_at
-        assert (await read_stored(nc, jw.root, dev.issuer)).keys == good.keys
+        assert (await jw.read(nc, dev.issuer)).keys == good.keys
         [failed] = [e for e in logs if e["event"] == "jwks_fetch_failed"]
         assert reason in failed["reason"]
         assert failed["issuer"] == dev.issuer
@@ -138,7 +136,7 @@ async def test_unusable_keys_are_dropped_and_the_good_one_kept(jw: JwksTest):
         dev.mode = "garbage"
         jw.clock.advance(COOLDOWN + 1)
         with capture_logs() as logs:
-            reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="leak"))
+            reply = await jw.ask(nc, RefreshRequest(issuer=dev.issuer, kid="leak"))
         assert reply.keys == good.keys
         assert reply.fetched_at == jw.clock()
         dropped = [e["kid"] for e in logs if e["event"] == "jwks_key_dropped"]

@@ -11,10 +11,10 @@ import msgspec
 import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
-from tests.jwks.jwks_support import JwksTest, ask, jwks_service, kids, read_stored, serve_briefly, wait_for
+from tests.jwks.jwks_support import JwksTest, jwks_service, kids, serve_briefly, wait_for
 
 from trustpub.devstack.issuer import DevIssuer, SigningKey
-from trustpub.messages.v1 import ErrorReply, KeySet, KeySetRequest, KeySetRotated, RefreshRequest
+from trustpub.messages.v1 import ErrorReply, KeySet, KeySetRotated, RefreshRequest
 
 COOLDOWN = 60.0  # the default refresh_cooldown; tests move the clock past it
 
@@ -38,7 +38,7 @@ async def test_fetch_on_start_lands_the_set_in_kv(jw: JwksTest):
         assert ks.checked_at == ks.fetched_at
         assert dev.hits == {"discovery": 1, "jwks": 1}
 
-        reply = await ask(nc, jw.subjects.jwks_get, KeySetRequest(issuer=dev.issuer))
+        reply = await jw.read(nc, dev.issuer)
         assert reply == ks
 
         assert gauge(rt, "trustpub_jwks_keys", dev.issuer) == 1
@@ -70,11 +70,11 @@ async def test_unknown_kid_refreshes_once_and_returns_the_new_key(jw: JwksTest):
         dev.keys.append(SigningKey.generate("dev-2"))
         jw.clock.advance(COOLDOWN + 1)
 
-        reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-2"))
+        reply = await jw.ask(nc, RefreshRequest(issuer=dev.issuer, kid="dev-2"))
         assert isinstance(reply, KeySet)
         assert kids(reply) == ["dev-1", "dev-2"]
         assert dev.hits["jwks"] == 2
-        stored = await read_stored(nc, jw.root, dev.issuer)
+        stored = await jw.read(nc, dev.issuer)
         assert stored == reply
         assert stored.fetched_at == jw.clock()
         assert refresh_count(rt, dev.issuer, "ok") == 2
@@ -89,7 +89,7 @@ async def test_unknown_kid_refreshes_once_and_returns_the_new_key(jw: JwksTest):
         # Past the cooldown, a kid that the stored set already has costs no fetch (another
         # replica, or an earlier request, refreshed already).
         jw.clock.advance(COOLDOWN + 1)
-        again = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-2"))
+        again = await jw.ask(nc, RefreshRequest(issuer=dev.issuer, kid="dev-2"))
         assert again == reply
         assert dev.hits["jwks"] == 2
 
@@ -100,9 +100,9 @@ async def test_withdrawn_key_disappears_after_a_refresh(jw: JwksTest):
         await jw.stored()
         dev.keys[:] = [SigningKey.generate("dev-2")]
         jw.clock.advance(COOLDOWN + 1)
-        reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-2"))
+        reply = await jw.ask(nc, RefreshRequest(issuer=dev.issuer, kid="dev-2"))
         assert kids(reply) == ["dev-2"]
-        assert kids(await read_stored(nc, jw.root, dev.issuer)) == ["dev-2"]
+        assert kids(await jw.read(nc, dev.issuer)) == ["dev-2"]
         assert gauge(rt, "trustpub_jwks_keys", dev.issuer) == 1
 
 
@@ -123,9 +123,7 @@ async def test_flood_of_random_kids_makes_at_most_one_fetch(jw: JwksTest):
         jw.clock.advance(COOLDOWN + 1)
         before = dict(dev.hits)
         requests = [RefreshRequest(issuer=dev.issuer, kid=uuid.uuid4().hex) for _ in range(50)]
-        replies = await asyncio.wait_for(
-            asyncio.gather(*(ask(nc, jw.subjects.jwks_refresh, r) for r in requests)), 15
-        )
+        replies = await asyncio.wait_for(asyncio.gather(*(jw.ask(nc, r) for r in requests)), 15)
         assert all(isinstance(r, KeySet) and r.keys == first.keys for r in replies)
         assert dev.hits["jwks"] - before["jwks"] == 1
         assert dev.hits["discovery"] - before["discovery"] == 1
@@ -134,7 +132,7 @@ async def test_flood_of_random_kids_makes_at_most_one_fetch(jw: JwksTest):
 
         # Still within the cooldown: no fetch at all.
         jw.clock.advance(COOLDOWN / 2)
-        more = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="nope"))
+        more = await jw.ask(nc, RefreshRequest(issuer=dev.issuer, kid="nope"))
         assert isinstance(more, KeySet)
         assert dev.hits["jwks"] - before["jwks"] == 1
         assert refresh_count(rt, dev.issuer, "cooldown") >= 1
@@ -147,12 +145,12 @@ async def test_issuer_down_keeps_the_last_good_set(jw: JwksTest):
         dev.mode = "error"
         jw.clock.advance(COOLDOWN + 1)
         with capture_logs() as logs:
-            reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-9"))
+            reply = await jw.ask(nc, RefreshRequest(issuer=dev.issuer, kid="dev-9"))
         assert isinstance(reply, KeySet)
         assert reply.keys == good.keys
         assert reply.fetched_at == good.fetched_at
         assert reply.checked_at == jw.clock()
-        assert await read_stored(nc, jw.root, dev.issuer) == reply
+        assert await jw.read(nc, dev.issuer) == reply
         [failed] = [e for e in logs if e["event"] == "jwks_fetch_failed"]
         assert failed["issuer"] == dev.issuer
         assert failed["reason"].startswith(f"discovery document at {dev.base_url}/.well-known/")
@@ -161,10 +159,10 @@ async def test_issuer_down_keeps_the_last_good_set(jw: JwksTest):
 
         # The cooldown counts from that failed attempt too.
         hits = dev.hits["discovery"]
-        again = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-9"))
+        again = await jw.ask(nc, RefreshRequest(issuer=dev.issuer, kid="dev-9"))
         assert again.keys == good.keys
         assert dev.hits["discovery"] == hits
-        got = await ask(nc, jw.subjects.jwks_get, KeySetRequest(issuer=dev.issuer))
+        got = await jw.read(nc, dev.issuer)
         assert got.keys == good.keys
 
         # The age of the set grows while the issuer is down.
@@ -175,7 +173,7 @@ async def test_issuer_down_keeps_the_last_good_set(jw: JwksTest):
         dev.mode = "ok"
         dev.keys.append(SigningKey.generate("dev-9"))
         jw.clock.advance(COOLDOWN + 1)
-        back = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-9"))
+        back = await jw.ask(nc, RefreshRequest(issuer=dev.issuer, kid="dev-9"))
         assert kids(back) == ["dev-1", "dev-9"]
 
 
@@ -191,9 +189,7 @@ async def test_hanging_issuer_is_cut_at_fetch_timeout(jw: JwksTest):
             jw.clock.advance(COOLDOWN + 1)
             started = time.monotonic()
             request = RefreshRequest(issuer=dev.issuer, kid="x")
-            replies = await asyncio.wait_for(
-                asyncio.gather(*(ask(nc, jw.subjects.jwks_refresh, request) for _ in range(5))), 5
-            )
+            replies = await asyncio.wait_for(asyncio.gather(*(jw.ask(nc, request) for _ in range(5))), 5)
             elapsed = time.monotonic() - started
             assert 0.4 <= elapsed < 2.0
             assert all(r.keys == good.keys for r in replies)
@@ -210,14 +206,13 @@ async def test_unconfigured_issuer_is_refused_without_any_request(jw: JwksTest):
         # The dev issuer's own base URL serves a discovery document: were it fetched, the
         # hit counters would show it. gitlab.com is built in but disabled in these tests.
         for issuer in (dev.base_url, "https://gitlab.com", "https://evil.example"):
-            refresh = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=issuer, kid="k"))
-            get = await ask(nc, jw.subjects.jwks_get, KeySetRequest(issuer=issuer))
-            for reply in (refresh, get):
-                assert isinstance(reply, ErrorReply)
-                assert reply.code == "invalid-payload"
-                assert reply.description == f"issuer {issuer!r} is not a configured, enabled issuer"
+            reply = await jw.ask(nc, RefreshRequest(issuer=issuer, kid="k"))
+            assert isinstance(reply, ErrorReply)
+            assert reply.code == "invalid-payload"
+            assert reply.description == f"issuer {issuer!r} is not a configured, enabled issuer"
+            assert await jw.read(nc, issuer) is None
         assert dev.hits == before
-        assert await read_stored(nc, jw.root, dev.base_url) is None
+        assert await jw.read(nc, dev.base_url) is None
 
 
 async def test_cold_start_with_the_issuer_down_is_unavailable(jw: JwksTest):
@@ -227,26 +222,23 @@ async def test_cold_start_with_the_issuer_down_is_unavailable(jw: JwksTest):
         # Ready although the only issuer is down; the start fetch runs in the background.
         assert rt.ready
         await wait_for(lambda: refresh_count(rt, dev.issuer, "error") == 1)
-        reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-1"))
+        reply = await jw.ask(nc, RefreshRequest(issuer=dev.issuer, kid="dev-1"))
         assert isinstance(reply, ErrorReply)
         assert reply.code == "unavailable"
         assert "answered HTTP 500" in reply.description
-        got = await ask(nc, jw.subjects.jwks_get, KeySetRequest(issuer=dev.issuer))
-        assert isinstance(got, ErrorReply)
-        assert got.code == "unavailable"
-        assert await read_stored(nc, jw.root, dev.issuer) is None
+        assert await jw.read(nc, dev.issuer) is None
         assert dev.hits["discovery"] == 1
 
         # After the cooldown, a refresh while still down fails with the fetch's reason.
         jw.clock.advance(COOLDOWN + 1)
-        reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-1"))
+        reply = await jw.ask(nc, RefreshRequest(issuer=dev.issuer, kid="dev-1"))
         assert reply.code == "unavailable"
         assert "could not be fetched" in reply.description
         assert dev.hits["discovery"] == 2
 
         dev.mode = "ok"
         jw.clock.advance(COOLDOWN + 1)
-        reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="dev-1"))
+        reply = await jw.ask(nc, RefreshRequest(issuer=dev.issuer, kid="dev-1"))
         assert kids(reply) == ["dev-1"]
 
 
@@ -262,7 +254,7 @@ async def test_a_second_replica_shares_the_stored_set(jw: JwksTest):
             await wait_for(lambda: gauge(second, "trustpub_jwks_keys", dev.issuer) == 1)
             assert dev.hits == hits
             for _ in range(10):
-                reply = await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=dev.issuer, kid="zz"))
+                reply = await jw.ask(nc, RefreshRequest(issuer=dev.issuer, kid="zz"))
                 assert reply.keys == first.keys
             assert dev.hits == hits
 
@@ -297,7 +289,7 @@ async def test_cache_control_max_age_may_shorten_the_refresh_period(jw: JwksTest
                 for value in ("max-age=600", "max-age=86400", "no-store", ""):
                     cache_control["value"] = value
                     jw.clock.advance(COOLDOWN + 1)
-                    await ask(nc, jw.subjects.jwks_refresh, RefreshRequest(issuer=jw.dev.issuer))
+                    await jw.ask(nc, RefreshRequest(issuer=jw.dev.issuer))
         periods = [e["next_refresh_s"] for e in logs if e["event"] == "jwks_refreshed"]
         # 60 s -> the 5 min floor; 600 s as given; a day -> the 15 min interval (not the
         # 60 min ceiling); no-store -> the floor; no header -> the interval.

@@ -6,20 +6,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.bus import TestBus
 from tests.keys.keys_support import OTHER_ISSUER, IssuerServer, World
 
 from trustpub.devstack.issuer import DevIssuer, SigningKey
 
 
 @pytest.fixture
-async def world(tmp_path: Path, common: dict[str, str], nats_url: str) -> AsyncIterator[World]:
+async def world(tmp_path: Path, common: dict[str, str], bus: TestBus) -> AsyncIterator[World]:
     dev = DevIssuer()  # GitHub Actions' issuer string, keys on loopback
     other = DevIssuer(issuer=OTHER_ISSUER, keys=[SigningKey.generate("gl-1")])
     servers = {dev.issuer: IssuerServer(dev), other.issuer: IssuerServer(other)}
     for server in servers.values():
         await server.start()
+    world = World(dev=dev, other=other, servers=servers, tmp=tmp_path, common=common, bus=bus)
     try:
-        yield World(dev=dev, other=other, servers=servers, tmp=tmp_path, common=common, nats_url=nats_url)
+        yield world
     finally:
+        await world.close()
         for server in servers.values():
             await server.stop()

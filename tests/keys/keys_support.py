@@ -19,20 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgspec
-import nats
 import nats.js.errors
 from aiohttp import web
 from nats.aio.client import Client
+from tests.bus import ADMIN, Pipeline, TestBus, verification_pipeline
 from tests.conftest import AUDIENCE, running
 
 from trustpub.devstack.issuer import DevIssuer, SigningKey
 from trustpub.jwks.app import setup_with as jwks_setup
 from trustpub.jwks.config import Settings as JwksSettings
-from trustpub.messages import Subjects, TrustpubError
+from trustpub.messages import Subjects
+from trustpub.messages.endpoints import JWKS_REFRESH
 from trustpub.messages.keys import kv_key
-from trustpub.messages.v1 import KeySet, VerifiedToken, VerifyRequest
+from trustpub.messages.v1 import ErrorReply, KeySet, RefreshRequest
 from trustpub.runtime import Runtime, load
+from trustpub.runtime.keysets import open_sealed, unseal
+from trustpub.runtime.seal import Seals
 from trustpub.verifier.app import setup_with as verifier_setup
 from trustpub.verifier.config import Settings as VerifierSettings
 
@@ -108,10 +110,13 @@ class World:
     servers: dict[str, IssuerServer]
     tmp: Path
     common: dict[str, str]
-    nats_url: str
+    bus: TestBus
     jwks_clock: Clock = field(default_factory=Clock)
     verifier_clock: Clock = field(default_factory=Clock)
     attacker: SigningKey = field(default_factory=lambda: SigningKey.generate("attacker"))
+    _asking: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    _pipeline: Pipeline | None = None
+    _starting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         self.verifier_clock.t = self.jwks_clock.t  # the same time until a test moves one
@@ -189,14 +194,15 @@ class World:
 
     # -- asking -----------------------------------------------------------------------
 
-    async def verify(self, rt: Runtime, token: str, timeout: float = 5.0) -> Verdict:
-        """Ask the verifier over NATS, as the gateway does."""
-        try:
-            reply = await rt.request(
-                rt.subjects.token_verify, VerifyRequest(token=token), VerifiedToken, timeout=timeout
-            )
-        except TrustpubError as exc:
-            return Verdict(exc.code.value, exc.description)
+    async def verify(self, rt: Runtime, token: str) -> Verdict:
+        """Ask the verifier over NATS, as the gateway does (the running verifier ``rt``)."""
+        assert rt.ready
+        async with self._starting:  # one pipeline: its registry keeps what the gateway asks for
+            if self._pipeline is None:
+                self._pipeline = await self._asking.enter_async_context(verification_pipeline(self.common))
+        reply = await self._pipeline.verify(token)
+        if isinstance(reply, ErrorReply):
+            return Verdict(reply.code, reply.description)
         return Verdict("verified", claims=reply.claims)
 
     def token(self, dev: DevIssuer | None = None, *, key: SigningKey | None = None, kid: str = "") -> str:
@@ -210,13 +216,18 @@ class World:
         """A token naming a random kid, validly signed by the attacker's key."""
         return self.token(dev, key=self.attacker, kid=uuid.uuid4().hex)
 
-    @contextlib.asynccontextmanager
-    async def nats(self) -> AsyncIterator[Client]:
-        nc = await asyncio.wait_for(nats.connect(self.nats_url, connect_timeout=5), 10)
-        try:
-            yield nc
-        finally:
-            await asyncio.wait_for(nc.drain(), 10)
+    async def refresh(self, verifier: Runtime, request: RefreshRequest) -> KeySet:
+        """``jwks.refresh`` as the verifier asks it: the key set answered, its seal checked."""
+        sealed = await verifier.call(JWKS_REFRESH, request, deadline=time.time() + 5)
+        return open_sealed(verifier.seals, kv_key(request.issuer), sealed, now=self.verifier_clock)
+
+    async def close(self) -> None:
+        await self._asking.aclose()
+
+    def nats(self) -> contextlib.AbstractAsyncContextManager[Client]:
+        """The suite's own identity with the verifier's inbox: it may ask for refreshes and
+        read (and, where a test says so, write) the bucket."""
+        return self.bus.connection(ADMIN, self.subjects.root, inbox_of="verifier")
 
     async def stored(self, nc: Client, issuer: str) -> KeySet | None:
         kv = await asyncio.wait_for(nc.jetstream().key_value(self.subjects.jwks_bucket), 5)
@@ -225,7 +236,8 @@ class World:
         except nats.js.errors.KeyNotFoundError:
             return None
         assert entry.value is not None
-        return msgspec.json.decode(entry.value, type=KeySet)
+        seals = Seals.load("verifier", Path(self.common["TRUSTPUB_BUS_SECRETS_DIR"]))
+        return unseal(seals, kv_key(issuer), entry.value, now=self.verifier_clock)
 
 
 def dev_claims(dev: DevIssuer) -> dict[str, Any]:

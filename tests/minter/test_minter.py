@@ -1,29 +1,35 @@
-"""The minter over NATS: signing, published keys, inspection, key files."""
+"""The minter over NATS: signing sealed grants, published keys, burning, key files."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from jwcrypto import jwk, jws
+from tests.bus import TestBus, hand_over
 from tests.conftest import running
 
-from trustpub.messages import InvalidToken
+from trustpub.messages import DEADLINE_HEADER, InvalidToken
+from trustpub.messages.endpoints import MINT_REVOKE, TOKEN_BURN, TOKEN_KEYS, TOKEN_MINT
 from trustpub.messages.v1 import (
-    InspectReply,
-    InspectRequest,
-    KeysReply,
+    BurnRequest,
     KeysRequest,
-    MintedToken,
     MintGrant,
     MintRequest,
+    MintStatus,
+    RevokeRequest,
+    encode,
 )
 from trustpub.minter import keys
 from trustpub.minter.app import setup
 from trustpub.minter.config import Settings
-from trustpub.runtime import Runtime, load
+from trustpub.minter.tokens import Signer
+from trustpub.runtime import CommonSettings, Runtime, load
 
 
 def grant(lifetime: int = 900) -> MintGrant:
@@ -35,7 +41,24 @@ def grant(lifetime: int = 900) -> MintGrant:
         issued_at=now,
         expires_at=now + lifetime,
         provenance={"provider": "github", "repository": "octo-org/demo", "sha": "abc"},
+        issuer="https://token.actions.githubusercontent.com",
+        provider="github",
     )
+
+
+def soon() -> float:
+    return time.time() + 5
+
+
+async def nothing(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
+    pass
+
+
+@contextlib.asynccontextmanager
+async def as_service(name: str, common: dict[str, str]) -> AsyncIterator[Runtime]:
+    """A runtime of ``name`` that serves nothing: the test plays that service."""
+    async with running(Runtime(name, load(CommonSettings, common)), nothing) as rt:
+        yield rt
 
 
 @pytest.fixture
@@ -50,13 +73,14 @@ async def minter(common, tmp_path):
         yield rt, tmp_path / "minter" / "key.jwk"
 
 
-async def test_minted_token_verifies_against_published_keys(minter):
-    rt, _ = minter
+async def test_a_sealed_grant_is_signed_and_verifies_against_the_published_keys(minter, common):
     g = grant()
-    minted = await rt.request(rt.subjects.token_mint, MintRequest(grant=g), MintedToken, timeout=5)
+    async with as_service("registry", common) as registry, as_service("gateway", common) as gateway:
+        minted = await hand_over(registry, TOKEN_MINT, MintRequest(grant=g), answer_to=gateway)
+        published = await gateway.call(TOKEN_KEYS, KeysRequest(), deadline=soon())
     assert minted.token.startswith("tp-")
-    assert minted.expires == g.expires_at
-    published = await rt.request(rt.subjects.token_keys, KeysRequest(), KeysReply, timeout=5)
+    assert (minted.expires, minted.mint_id, minted.publisher_id) == (g.expires_at, g.mint_id, g.publisher_id)
+    assert (minted.provider, minted.issuer, minted.projects) == ("github", g.issuer, g.projects)
     (pub,) = published.jwks["keys"]
     assert pub["alg"] == "EdDSA"
     assert "d" not in pub
@@ -77,41 +101,92 @@ async def test_minted_token_verifies_against_published_keys(minter):
     }
 
 
-async def test_inspect_accepts_own_tokens_and_refuses_others(minter):
+async def test_an_unsealed_grant_is_refused_counted_and_never_signed(minter, bus: TestBus, subject_root):
+    """The registry's NATS credentials alone (it may publish to token.mint) sign nothing."""
     rt, _ = minter
-    minted = await rt.request(rt.subjects.token_mint, MintRequest(grant=grant()), MintedToken, timeout=5)
-    reply = await rt.request(
-        rt.subjects.token_inspect, InspectRequest(token=minted.token), InspectReply, timeout=5
-    )
-    assert reply.claims["sub"] == "pub-1"
-    head, payload, sig = minted.token.removeprefix("tp-").split(".")
+    async with (
+        bus.connection("registry", subject_root) as nc,
+        bus.connection("gateway", subject_root) as gateway,
+    ):
+        inbox = gateway.new_inbox()
+        sub = await gateway.subscribe(inbox)
+        await gateway.flush()
+        for headers in ({DEADLINE_HEADER: f"{soon():.3f}"}, {"Trustpub-Seal": "v1 registry 0000 AAAA"}):
+            await nc.publish(
+                TOKEN_MINT.subject(subject_root),
+                encode(MintRequest(grant=grant())),
+                reply=inbox,
+                headers=headers,
+            )
+        counter = rt.metrics.bus_refused
+        deadline = time.monotonic() + 10
+        while (
+            counter.labels("token.mint", "unsealed")._value.get() < 1
+            or counter.labels("token.mint", "unknown-key")._value.get() < 1
+        ):
+            assert time.monotonic() < deadline, "the minter did not count the refusals"
+            await nc.flush()
+            await asyncio.sleep(0.02)
+        # Both were refused before anything was signed: the gateway's inbox got no answer.
+        await gateway.flush()
+        assert sub.pending_msgs == 0
+
+
+async def test_burning_checks_the_token_then_asks_the_registry_sealed(minter, common):
+    revoked: list[RevokeRequest] = []
+
+    async def revoke(req: RevokeRequest) -> MintStatus:
+        revoked.append(req)
+        return MintStatus(mint_id=req.mint_id, known=True, revoked=True)
+
+    async def serve_revoke(registry: Runtime, stack: contextlib.AsyncExitStack) -> None:
+        registry.serve(MINT_REVOKE, revoke)
+
+    settings = load(CommonSettings, common)
+    async with (
+        running(Runtime("registry", settings), serve_revoke) as registry,
+        as_service("gateway", common) as gateway,
+    ):
+        minted = await hand_over(registry, TOKEN_MINT, MintRequest(grant=grant()), answer_to=gateway)
+        status = await gateway.call(TOKEN_BURN, BurnRequest(token=minted.token), deadline=soon())
+        assert status == MintStatus(mint_id=grant().mint_id, known=True, revoked=True)
+        assert revoked == [RevokeRequest(mint_id=grant().mint_id, reason="burned")]
+        with pytest.raises(InvalidToken, match="not a token minted by this service"):
+            await gateway.call(TOKEN_BURN, BurnRequest(token="tp-garbage"), deadline=soon())
+        old = MintGrant(mint_id="m", publisher_id="p", projects=[], issued_at=1, expires_at=2)
+        expired = await hand_over(registry, TOKEN_MINT, MintRequest(grant=old), answer_to=gateway)
+        with pytest.raises(InvalidToken, match="expired"):
+            await gateway.call(TOKEN_BURN, BurnRequest(token=expired.token), deadline=soon())
+    assert len(revoked) == 1  # neither garbage nor an expired token reached the registry
+
+
+def test_inspect_accepts_own_tokens_and_refuses_others():
+    signer = Signer(keys.parse(keys.generate()), prefix="tp-", issuer="trustpub", audience="index.example")
+    token = signer.mint(grant())
+    assert signer.inspect(token)["sub"] == "pub-1"
+    head, payload, sig = token.removeprefix("tp-").split(".")
     forged_claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
     forged_claims["projects"] = ["someone-else"]
     forged_payload = base64.urlsafe_b64encode(json.dumps(forged_claims).encode()).rstrip(b"=").decode()
+    other = Signer(keys.parse(keys.generate()), prefix="tp-", issuer="trustpub", audience="index.example")
+    elsewhere = Signer(signer.keys, prefix="tp-", issuer="trustpub", audience="another-index")
     for bad, why in [
         (f"tp-{head}.{forged_payload}.{sig}", "token signature does not verify"),
         (f"tp-{head}.{payload}.{sig}=", "not a token minted by this service"),
         ("pypi-AgEIcHlwaS5vcmc", "not a token minted by this service"),
         ("tp-a.b", "not a token minted by this service"),
+        (other.mint(grant()), "not a token minted by this service"),
+        (elsewhere.mint(grant()), "not a token minted by this service"),
     ]:
         with pytest.raises(InvalidToken, match=why):
-            await rt.request(rt.subjects.token_inspect, InspectRequest(token=bad), InspectReply, timeout=5)
-
-
-async def test_expired_token_is_not_inspectable(minter):
-    rt, _ = minter
-    old = MintGrant(mint_id="m", publisher_id="p", projects=[], issued_at=1, expires_at=2)
-    minted = await rt.request(rt.subjects.token_mint, MintRequest(grant=old), MintedToken, timeout=5)
-    with pytest.raises(InvalidToken, match="expired"):
-        await rt.request(
-            rt.subjects.token_inspect, InspectRequest(token=minted.token), InspectReply, timeout=5
-        )
+            signer.inspect(bad)
 
 
 async def test_key_file_is_created_private_and_reused(minter, common):
-    rt, path = minter
+    _, path = minter
     assert oct(path.stat().st_mode & 0o777) == "0o600"
-    first = await rt.request(rt.subjects.token_keys, KeysRequest(), KeysReply, timeout=5)
+    async with as_service("gateway", common) as gateway:
+        first = await gateway.call(TOKEN_KEYS, KeysRequest(), deadline=soon())
     assert keys.load("", path)[0].kid == first.jwks["keys"][0]["kid"]
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+from tests.bus import TestBus
 from tests.registry.registry_support import register, unique
 
 from trustpub.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
@@ -46,9 +47,10 @@ class Live:
 
 @contextlib.asynccontextmanager
 async def live_stack(
-    tmp: Path, nats_url: str, database_url: str, env: dict[str, str] | None = None
+    tmp: Path, bus: TestBus, database_url: str, env: dict[str, str] | None = None
 ) -> AsyncIterator[Live]:
     owner = unique("ops")
+    root = await bus.lease()
     conn = await asyncio.wait_for(db.connect(database_url), 10)
     try:
         # No numeric ids: the first exchange pins them (trustpub_publishers_pinned_total).
@@ -61,12 +63,11 @@ async def live_stack(
         issuers_file.write_text(issuer.issuers_toml() + offline_builtins_toml(issuer))
         stack = Stack(
             {
-                "TRUSTPUB_NATS_URL": nats_url,
-                "TRUSTPUB_SUBJECT_ROOT": f"ops{uuid.uuid4().hex[:10]}",
+                **bus.env,
+                "TRUSTPUB_SUBJECT_ROOT": root,
                 "TRUSTPUB_DATABASE_URL": database_url,
                 "TRUSTPUB_ISSUERS_FILE": str(issuers_file),
                 "TRUSTPUB_AUDIENCE": AUDIENCE,
-                "TRUSTPUB_MINTER_KEY_FILE": str(tmp / "minter.jwk"),
                 "TRUSTPUB_LOG_LEVEL": "warning",
                 "TRUSTPUB_DRAIN_GRACE": "0.5",
                 **(env or {}),
@@ -78,6 +79,7 @@ async def live_stack(
             yield Live(stack, issuer, owner)
         finally:
             await asyncio.to_thread(stack.stop_all)
+            bus.release(root)
 
 
 @dataclass

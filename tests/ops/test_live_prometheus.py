@@ -83,10 +83,10 @@ async def run_exchanges(live: Live) -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-async def test_every_dashboard_query_and_rule_returns_data(tmp_path, nats_url, database_url):
+async def test_every_dashboard_query_and_rule_returns_data(tmp_path, bus, database_url):
     need_binary("prometheus")
     need_module("yaml")
-    async with live_stack(tmp_path, nats_url, database_url) as live:
+    async with live_stack(tmp_path, bus, database_url) as live:
         prom = await asyncio.to_thread(
             serve_stack,
             live.stack,

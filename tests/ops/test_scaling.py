@@ -89,10 +89,10 @@ def ready(live: Live, key: str) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_verifiers_share_the_work_drain_on_sigterm_and_cost_only_held_requests_on_sigkill(
-    tmp_path, nats_url, database_url
+    tmp_path, bus, database_url
 ):
     env = {"TRUSTPUB_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT)}
-    async with live_stack(tmp_path, nats_url, database_url, env) as live:
+    async with live_stack(tmp_path, bus, database_url, env) as live:
         stack = live.stack
         await asyncio.to_thread(stack.start, "verifier", replica="-2")
 

@@ -8,11 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from tests.conftest import running
-from tests.registry.registry_support import make_registry
+from tests.registry.registry_support import registry_running
 
 from trustpub.registry import db
-from trustpub.registry.app import setup
 from trustpub.registry.cli import main
 from trustpub.runtime import Runtime
 
@@ -28,8 +26,7 @@ async def conn(database_url: str) -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def registry(common: dict[str, str], database_url: str) -> AsyncIterator[Runtime]:
-    rt = make_registry(common, database_url)
-    async with running(rt, setup):
+    async with registry_running(common, database_url) as rt:
         yield rt
 
 

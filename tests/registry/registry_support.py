@@ -3,17 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import time
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
+from tests.bus import hand_over
+from tests.conftest import running
+
 from trustpub.devstack.issuer import GITHUB_ISSUER, github_claims
-from trustpub.messages.v1 import ExplainReply, ExplainRequest, MatchRequest, MintGrant, VerifiedToken
+from trustpub.messages.endpoints import (
+    MINT_REVOKE,
+    MINT_STATUS,
+    PUBLISHER_EXPLAIN,
+    PUBLISHER_MATCH,
+    TOKEN_MINT,
+)
+from trustpub.messages.v1 import (
+    ExplainReply,
+    ExplainRequest,
+    MatchRequest,
+    MintedToken,
+    MintGrant,
+    MintRequest,
+    MintStatus,
+    MintStatusRequest,
+    RevokeRequest,
+    VerifiedToken,
+)
 from trustpub.providers import github
 from trustpub.registry import db
+from trustpub.registry.app import setup
 from trustpub.registry.config import Settings
-from trustpub.runtime import Runtime, load
+from trustpub.runtime import CommonSettings, Runtime, load
 
 AUDIENCE = "trustpub-test"
 
@@ -146,18 +172,90 @@ def make_registry(common: dict[str, str], database_url: str, **env: str) -> Runt
     return Runtime("registry", settings)
 
 
+@dataclass
+class Peers:
+    """The registry's neighbours in the pipeline, played by the test: the verifier hands it
+    verified tokens (sealed), the minter receives its grants (sealed) and hands it burns, and
+    the gateway is where every answer goes."""
+
+    verifier: Runtime
+    minter: Runtime
+    gateway: Runtime
+    grants: dict[str, MintGrant] = field(default_factory=dict)
+
+
+_PEERS: dict[int, Peers] = {}
+
+
+def peers(rt: Runtime) -> Peers:
+    return _PEERS[id(rt)]
+
+
+async def _nothing(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
+    pass
+
+
+@contextlib.asynccontextmanager
+async def registry_running(common: dict[str, str], database_url: str, **env: str) -> AsyncIterator[Runtime]:
+    """The registry service in-process, with its peers played by the test (:class:`Peers`)."""
+    rt = make_registry(common, database_url, **env)
+    settings = load(CommonSettings, common)
+    grants: dict[str, MintGrant] = {}
+
+    async def mint(req: MintRequest) -> MintedToken:
+        # Reached only with the registry's seal (the minter's adapter checks it).
+        grants[req.grant.mint_id] = req.grant
+        return MintedToken(
+            token="signed by the minter", expires=req.grant.expires_at, mint_id=req.grant.mint_id
+        )
+
+    async def minter_setup(minter: Runtime, stack: contextlib.AsyncExitStack) -> None:
+        minter.serve(TOKEN_MINT, mint)
+
+    async with (
+        running(rt, setup),
+        running(Runtime("minter", settings), minter_setup) as minter,
+        running(Runtime("verifier", settings), _nothing) as verifier,
+        running(Runtime("gateway", settings), _nothing) as gateway,
+    ):
+        _PEERS[id(rt)] = Peers(verifier, minter, gateway, grants)
+        try:
+            yield rt
+        finally:
+            del _PEERS[id(rt)]
+
+
 async def match(rt: Runtime, req: MatchRequest) -> MintGrant:
-    return await rt.request(rt.subjects.publisher_match, req, MintGrant, timeout=5)
+    """An exchange's second stage: the grant the registry committed and handed to the minter."""
+    p = peers(rt)
+    minted = await hand_over(
+        p.verifier, PUBLISHER_MATCH, req, answer_to=p.gateway, exchange_id=req.exchange_id
+    )
+    return p.grants[minted.mint_id]
 
 
 async def explain(rt: Runtime, req: MatchRequest) -> ExplainReply:
     """Ask the registry to explain the token of ``req`` (a MatchRequest built by match_request)."""
-    return await rt.request(
-        rt.subjects.publisher_explain,
-        ExplainRequest(exchange_id=req.exchange_id, token=req.token),
-        ExplainReply,
-        timeout=5,
+    p = peers(rt)
+    request = ExplainRequest(exchange_id=req.exchange_id, token=req.token)
+    reply: ExplainReply = await hand_over(p.verifier, PUBLISHER_EXPLAIN, request, answer_to=p.gateway)
+    return reply
+
+
+async def status(rt: Runtime, mint_id: str) -> MintStatus:
+    """What introspection asks: the gateway's ``mint.status``."""
+    return await peers(rt).gateway.call(
+        MINT_STATUS, MintStatusRequest(mint_id=mint_id), deadline=time.time() + 5
     )
+
+
+async def revoke(rt: Runtime, mint_id: str, reason: str = "burned") -> MintStatus:
+    """What a burn ends with: the minter's sealed ``mint.revoke``, answered to the gateway."""
+    p = peers(rt)
+    reply: MintStatus = await hand_over(
+        p.minter, MINT_REVOKE, RevokeRequest(mint_id=mint_id, reason=reason), answer_to=p.gateway
+    )
+    return reply
 
 
 def sample(rt: Runtime, name: str, **labels: str) -> float:

@@ -8,14 +8,13 @@ import asyncio
 import uuid
 
 import pytest
-from tests.conftest import running
 from tests.registry.registry_support import (
     claims_for,
-    make_registry,
     match,
     match_request,
     register,
     register_pending,
+    registry_running,
     sample,
     unique,
     wait_until,
@@ -25,7 +24,6 @@ from trustpub.messages import InvalidPendingPublisher, InvalidPublisher, ReusedT
 from trustpub.messages.v1 import MintGrant
 from trustpub.providers.rules import RegistrationError
 from trustpub.registry import db
-from trustpub.registry.app import setup
 
 
 async def audit_kinds(conn, publisher_id: str) -> list[str]:
@@ -220,16 +218,14 @@ async def test_expired_pending_is_never_matched_and_is_purged(common, database_u
         "expires_at = now() - interval '1 day' WHERE id = $1",
         uuid.UUID(pending.id),
     )
-    rt = make_registry(common, database_url)
-    async with running(rt, setup):
+    async with registry_running(common, database_url) as rt:
         with pytest.raises(InvalidPublisher) as info:
             await match(rt, match_request(claims_for(owner)))
     assert f'the pending publisher for project "{name}" expired at ' in info.value.description
     assert "register it again" in info.value.description
     assert await conn.fetchval("SELECT count(*) FROM projects WHERE name = $1", name) == 0
 
-    rt = make_registry(common, database_url, TRUSTPUB_PURGE_INTERVAL="0.1")
-    async with running(rt, setup):
+    async with registry_running(common, database_url, TRUSTPUB_PURGE_INTERVAL="0.1") as rt:
 
         async def purged() -> bool:
             return not await conn.fetchval(

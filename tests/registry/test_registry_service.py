@@ -11,23 +11,26 @@ import aiohttp
 import asyncpg
 import msgspec
 import pytest
-from tests.conftest import running
+from tests.bus import TestBus
 from tests.registry.registry_support import (
     claims_for,
+    match,
     match_request,
+    peers,
     register,
+    registry_running,
+    revoke,
+    status,
     unique,
     wait_until,
 )
 
 from trustpub.devstack.servers import free_port
 from trustpub.messages import InvalidPublisher, InvalidToken, ReusedToken, TrustpubError, Unavailable
-from trustpub.messages.v1 import ExchangeEvent, MintGrant, MintStatus, MintStatusRequest, RevokeRequest
+from trustpub.messages.endpoints import EXCHANGE_FAILED
+from trustpub.messages.v1 import ExchangeEvent, MintGrant
 from trustpub.registry import db, migrations
-from trustpub.registry.app import setup
-from trustpub.registry.config import Settings
-from trustpub.runtime import Runtime, load
-from trustpub.runtime.events import ensure_stream, publish
+from trustpub.runtime.events import ensure_stream
 
 GHES = "https://ghes.example.test/_services/token"
 
@@ -41,20 +44,10 @@ async def conn(database_url):
         await c.close()
 
 
-def make_registry(common, database_url, **env) -> Runtime:
-    settings = load(Settings, {**common, "TRUSTPUB_DATABASE_URL": database_url, **env})
-    return Runtime("registry", settings)
-
-
 @pytest.fixture
 async def registry(common, database_url):
-    rt = make_registry(common, database_url)
-    async with running(rt, setup):
+    async with registry_running(common, database_url) as rt:
         yield rt
-
-
-async def match(rt, req) -> MintGrant:
-    return await rt.request(rt.subjects.publisher_match, req, MintGrant, timeout=5)
 
 
 def sample(rt, name, **labels) -> float:
@@ -306,20 +299,14 @@ async def test_revoke_and_status(registry, conn):
     owner = unique("org")
     publisher = await register(conn, projects=[unique("pkg")], owner=owner)
     grant = await match(registry, match_request(claims_for(owner)))
-    subjects = registry.subjects
+    known = await status(registry, grant.mint_id)
+    assert (known.known, known.revoked, known.expires_at) == (True, False, grant.expires_at)
+    # What introspection compares an upload token's claims with: the record as committed.
+    assert (known.publisher_id, known.projects) == (grant.publisher_id, grant.projects)
 
-    status = await registry.request(
-        subjects.mint_status, MintStatusRequest(mint_id=grant.mint_id), MintStatus, timeout=5
-    )
-    assert (status.known, status.revoked, status.expires_at) == (True, False, grant.expires_at)
-
-    revoked = await registry.request(
-        subjects.mint_revoke, RevokeRequest(mint_id=grant.mint_id, reason="burned"), MintStatus, timeout=5
-    )
+    revoked = await revoke(registry, grant.mint_id, "burned")
     assert (revoked.known, revoked.revoked, revoked.expires_at) == (True, True, grant.expires_at)
-    again = await registry.request(
-        subjects.mint_revoke, RevokeRequest(mint_id=grant.mint_id), MintStatus, timeout=5
-    )
+    again = await revoke(registry, grant.mint_id)
     assert again.revoked
     row = await conn.fetchrow(
         "SELECT revoked_at, revoked_reason FROM mints WHERE id = $1", uuid.UUID(grant.mint_id)
@@ -333,35 +320,24 @@ async def test_revoke_and_status(registry, conn):
         )
         == 1
     )
-    status = await registry.request(
-        subjects.mint_status, MintStatusRequest(mint_id=grant.mint_id), MintStatus, timeout=5
-    )
-    assert status.revoked
+    assert (await status(registry, grant.mint_id)).revoked
 
     for unknown in (str(uuid.uuid4()), "not-a-uuid"):
         with pytest.raises(InvalidToken, match=r"^unknown token$"):
-            await registry.request(
-                subjects.mint_revoke, RevokeRequest(mint_id=unknown), MintStatus, timeout=5
-            )
-        status = await registry.request(
-            subjects.mint_status, MintStatusRequest(mint_id=unknown), MintStatus, timeout=5
-        )
-        assert not status.known
+            await revoke(registry, unknown)
+        assert not (await status(registry, unknown)).known
 
     # Removing the publisher revokes its outstanding tokens at introspection.
     other = await match(registry, match_request(claims_for(owner)))
     await db.remove_publisher(conn, publisher.id, actor="test")
-    status = await registry.request(
-        subjects.mint_status, MintStatusRequest(mint_id=other.mint_id), MintStatus, timeout=5
-    )
-    assert (status.known, status.revoked) == (True, True)
+    gone = await status(registry, other.mint_id)
+    assert (gone.known, gone.revoked) == (True, True)
 
 
 async def test_database_down_means_unavailable(common):
     # Nothing listens on this port: the service starts, is not ready, and answers 503-style.
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/trustpub"
-    rt = make_registry(common, url, TRUSTPUB_DATABASE_TIMEOUT="1")
-    async with running(rt, setup):
+    async with registry_running(common, url, TRUSTPUB_DATABASE_TIMEOUT="1") as rt:
         timeout = aiohttp.ClientTimeout(total=10)
         async with (
             aiohttp.ClientSession(timeout=timeout) as http,
@@ -377,9 +353,7 @@ async def test_database_down_means_unavailable(common):
         assert info.value.description == "the registry database is unavailable"
         assert time.monotonic() - started < 3
         with pytest.raises(Unavailable):
-            await rt.request(
-                rt.subjects.mint_status, MintStatusRequest(mint_id=str(uuid.uuid4())), MintStatus, timeout=5
-            )
+            await status(rt, str(uuid.uuid4()))
         assert (
             sample(rt, "trustpub_match_total", provider="github", outcome="unavailable", code="unavailable")
             == 1
@@ -412,8 +386,7 @@ async def test_statement_timeout_means_unavailable(common, database_url, conn):
     owner = unique("org")
     publisher = await register(conn, projects=[unique("pkg")], owner=owner, owner_id=None)
     claims = claims_for(owner)
-    rt = make_registry(common, database_url, TRUSTPUB_DATABASE_TIMEOUT="0.5")
-    async with running(rt, setup):
+    async with registry_running(common, database_url, TRUSTPUB_DATABASE_TIMEOUT="0.5") as rt:
         async with conn.transaction():
             await conn.execute("SELECT 1 FROM publishers WHERE id = $1 FOR UPDATE", uuid.UUID(publisher.id))
             started = time.monotonic()
@@ -428,7 +401,7 @@ async def test_statement_timeout_means_unavailable(common, database_url, conn):
 async def test_exchange_failed_events_are_audited_once(registry, conn):
     js = registry.nc.jetstream()
     await asyncio.wait_for(ensure_stream(js, registry.subjects), 10)
-    subject = registry.subjects.event("exchange", "failed")
+    gateway = peers(registry).gateway
     event_id = str(uuid.uuid4())
     event = ExchangeEvent(
         event_id=event_id,
@@ -441,12 +414,19 @@ async def test_exchange_failed_events_are_audited_once(registry, conn):
         provider="github",
         token_hash_prefix="0123456789abcdef",
     )
-    await publish(js, subject, event, event_id)
-    await publish(js, subject, event, event_id)  # dropped by JetStream's duplicate window
+    await gateway.publish_event(EXCHANGE_FAILED, event, event_id)
+    await gateway.publish_event(EXCHANGE_FAILED, event, event_id)  # dropped by JetStream's duplicate window
     # Re-sent under another message id: JetStream keeps it, the event id must dedupe it.
-    await asyncio.wait_for(js.publish(subject, msgspec.json.encode(event)), 5)
-    sentinel = ExchangeEvent(event_id=str(uuid.uuid4()), exchange_id="x", at=time.time(), outcome="failed")
-    await publish(js, subject, sentinel, sentinel.event_id)
+    await gateway.publish_event(EXCHANGE_FAILED, event, uuid.uuid4().hex)
+    sentinel = ExchangeEvent(
+        event_id=str(uuid.uuid4()),
+        exchange_id="x",
+        at=time.time(),
+        outcome="failed",
+        code="invalid-token",
+        provider="unknown",
+    )
+    await gateway.publish_event(EXCHANGE_FAILED, sentinel, sentinel.event_id)
 
     async def stored() -> bool:
         return bool(
@@ -482,8 +462,7 @@ async def test_purge_keeps_retained_token_ids(common, database_url, conn):
         old_key,
         live_key,
     )
-    rt = make_registry(common, database_url, TRUSTPUB_PURGE_INTERVAL="0.1")
-    async with running(rt, setup):
+    async with registry_running(common, database_url, TRUSTPUB_PURGE_INTERVAL="0.1") as rt:
         claims = claims_for(owner)
         await match(rt, match_request(claims))
 
@@ -540,3 +519,63 @@ async def test_environment_the_publisher_does_not_require_is_recorded(registry, 
         uuid.UUID(grant.mint_id),
     )
     assert "environment_ignored" not in detail
+
+
+async def test_only_what_a_gateway_says_becomes_an_audit_row_at_the_streams_time(
+    registry, conn, bus: TestBus, subject_root
+):
+    """An event is stored only with the gateway's seal and only if it names a known code and
+    provider and a configured issuer; its time is when the stream stored it, not what it says."""
+    js = registry.nc.jetstream()
+    await asyncio.wait_for(ensure_stream(js, registry.subjects), 10)
+    gateway = peers(registry).gateway
+    subject = EXCHANGE_FAILED.subject(subject_root)
+
+    def event(**fields: object) -> ExchangeEvent:
+        values: dict[str, object] = {
+            "event_id": str(uuid.uuid4()),
+            "exchange_id": unique("x"),
+            "at": time.time(),
+            "outcome": "failed",
+            "code": "invalid-token",
+            "provider": "github",
+            "issuer": "https://token.actions.githubusercontent.com",
+        }
+        values.update(fields)
+        return ExchangeEvent(**values)  # type: ignore[arg-type]
+
+    # With the gateway's NATS credentials but without its seal.
+    unsealed = event()
+    async with bus.connection("gateway", subject_root) as nc:
+        await nc.jetstream().publish(subject, msgspec.json.encode(unsealed), timeout=5)
+    refused = [
+        unsealed,
+        event(code="\x1b]0;pwned\x07"),
+        event(provider="made-up"),
+        event(issuer="https://attacker.example"),
+    ]
+    for bad in refused[1:]:
+        await gateway.publish_event(EXCHANGE_FAILED, bad, bad.event_id)
+    backdated = event(at=time.time() - 10 * 365 * 86400)
+    await gateway.publish_event(EXCHANGE_FAILED, backdated, backdated.event_id)
+
+    async def stored() -> bool:
+        return bool(
+            await conn.fetchval(
+                "SELECT count(*) FROM audit_events WHERE event_id = $1", uuid.UUID(backdated.event_id)
+            )
+        )
+
+    await wait_until(stored, timeout=15)
+    # Consumed in order: everything before the back-dated event was judged already.
+    ids = [uuid.UUID(e.event_id) for e in refused]
+    assert await conn.fetchval("SELECT count(*) FROM audit_events WHERE event_id = ANY($1::uuid[])", ids) == 0
+    at = await conn.fetchval("SELECT at FROM audit_events WHERE event_id = $1", uuid.UUID(backdated.event_id))
+    assert abs(at.timestamp() - time.time()) < 120
+    counted = {
+        reason: sample(
+            registry, "trustpub_bus_refused_total", endpoint="events.exchange.failed", reason=reason
+        )
+        for reason in ("unsealed", "unknown-code", "unknown-provider", "unknown-issuer")
+    }
+    assert counted == {"unsealed": 1, "unknown-code": 1, "unknown-provider": 1, "unknown-issuer": 1}

@@ -1,19 +1,23 @@
-"""The service runtime: the endpoint adapter's error envelope, drain, ops endpoints, config."""
+"""The service runtime: the endpoint adapter's checks and error envelope, drain, ops
+endpoints, config."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import time
 from pathlib import Path
 
 import aiohttp
 import msgspec
-import nats
 import pytest
+from tests.bus import ADMIN, TestBus
 from tests.conftest import running
 
-from trustpub.messages import InvalidPublisher, TrustpubError, Unavailable
-from trustpub.messages.v1 import ErrorReply, KeysReply, KeysRequest, VerifyRequest, encode
+from trustpub.messages import DEADLINE_HEADER, InvalidPublisher, TrustpubError, Unavailable
+from trustpub.messages.endpoints import MINT_STATUS, PUBLISHER_MATCH, TOKEN_KEYS, TOKEN_MINT, inbox_prefix
+from trustpub.messages.v1 import ErrorReply, KeysReply, KeysRequest, MintStatus, MintStatusRequest, encode
 from trustpub.runtime import CommonSettings, ConfigError, Runtime, load, serve
 from trustpub.runtime.service import any_reply
 
@@ -22,62 +26,134 @@ def settings(common: dict[str, str]) -> CommonSettings:
     return load(CommonSettings, common)
 
 
-async def test_errors_become_error_replies_without_internals(common):
-    rt = Runtime("probe", settings(common))
+def soon(seconds: float = 5) -> float:
+    return time.time() + seconds
+
+
+async def nothing(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
+    pass
+
+
+async def test_errors_become_error_replies_without_internals(common, bus: TestBus, subject_root):
     secret = "eyJhbGciOi.secret.token"
 
-    async def refuse(req: VerifyRequest) -> KeysReply:
+    async def refuse(req: KeysRequest) -> KeysReply:
         raise InvalidPublisher("valid token, but no corresponding publisher (x)")
 
-    async def crash(req: VerifyRequest) -> KeysReply:
+    async def crash(req: MintStatusRequest) -> MintStatus:
         raise RuntimeError(f"boom with {secret}")
 
-    async def setup(rt: Runtime, stack) -> None:
-        rt.endpoint(f"{rt.subjects.root}.probe.refuse", VerifyRequest, refuse)
-        rt.endpoint(f"{rt.subjects.root}.probe.crash", VerifyRequest, crash)
+    async def minter(rt: Runtime, stack) -> None:
+        rt.serve(TOKEN_KEYS, refuse)
 
-    async with running(rt, setup):
-        nc = await nats.connect(common["TRUSTPUB_NATS_URL"])
-        try:
+    async def registry(rt: Runtime, stack) -> None:
+        rt.serve(MINT_STATUS, crash)
+
+    async with (
+        running(Runtime("minter", settings(common)), minter),
+        running(Runtime("registry", settings(common)), registry),
+        running(Runtime("gateway", settings(common)), nothing) as gateway,
+    ):
+        with pytest.raises(InvalidPublisher, match="no corresponding publisher"):
+            await gateway.call(TOKEN_KEYS, KeysRequest(), deadline=soon())
+        async with bus.connection("gateway", subject_root) as nc:
             msg = await nc.request(
-                f"{rt.subjects.root}.probe.refuse", encode(VerifyRequest(token="t")), timeout=5
-            )
-            assert any_reply(msg.data) == ErrorReply(
-                code="invalid-publisher", description="valid token, but no corresponding publisher (x)"
-            )
-            msg = await nc.request(
-                f"{rt.subjects.root}.probe.crash", encode(VerifyRequest(token="t")), timeout=5
+                MINT_STATUS.subject(subject_root), encode(MintStatusRequest(mint_id="m")), timeout=5
             )
             assert any_reply(msg.data) == ErrorReply(code="internal-error", description="internal error")
             assert secret.encode() not in msg.data
-            msg = await nc.request(f"{rt.subjects.root}.probe.crash", b'{"type": "nonsense"}', timeout=5)
-            assert any_reply(msg.data).code == "internal-error"
-        finally:
-            await nc.close()
-        with pytest.raises(InvalidPublisher, match="no corresponding publisher"):
-            await rt.request(
-                f"{rt.subjects.root}.probe.refuse", VerifyRequest(token="t"), KeysReply, timeout=5
+            msg = await nc.request(MINT_STATUS.subject(subject_root), b'{"type": "nonsense"}', timeout=5)
+            assert any_reply(msg.data) == ErrorReply(
+                code="internal-error", description="malformed request message"
             )
 
 
 async def test_request_to_nobody_is_unavailable_at_once(common):
-    rt = Runtime("probe", settings(common))
-
-    async def setup(rt: Runtime, stack) -> None:
-        pass
-
-    async with running(rt, setup):
+    async with running(Runtime("gateway", settings(common)), nothing) as rt:
         started = asyncio.get_running_loop().time()
         with pytest.raises(Unavailable, match=r"no token\.keys service is running"):
-            await rt.request(rt.subjects.token_keys, KeysRequest(), KeysReply, timeout=3)
+            await rt.call(TOKEN_KEYS, KeysRequest(), deadline=soon(3))
         assert asyncio.get_running_loop().time() - started < 1
         with pytest.raises(Unavailable, match="deadline passed"):
-            await rt.request(rt.subjects.token_keys, KeysRequest(), KeysReply, timeout=0)
+            await rt.call(TOKEN_KEYS, KeysRequest(), deadline=time.time())
+
+
+def test_a_service_serves_and_calls_only_what_is_declared(common):
+    gateway = Runtime("gateway", settings(common))
+
+    async def keys(req: KeysRequest) -> KeysReply:
+        return KeysReply(jwks={})
+
+    with pytest.raises(ValueError, match="served by minter, not by gateway"):
+        gateway.serve(TOKEN_KEYS, keys)
+    verifier = Runtime("verifier", settings(common))
+    with pytest.raises(ValueError, match="verifier may not call"):
+        asyncio.run(verifier.call(TOKEN_KEYS, KeysRequest(), deadline=soon()))
+    # A later stage of a pipeline answers the pipeline's first caller, never its sender.
+    with pytest.raises(ValueError, match="verifier may not call"):
+        asyncio.run(verifier.call(PUBLISHER_MATCH, KeysRequest(), deadline=soon()))
+
+
+async def test_requests_are_refused_unanswered_unless_the_reply_goes_to_an_allowed_callers_inbox(
+    common, bus: TestBus, subject_root
+):
+    """A request naming any other reply subject would make the service publish there: it is
+    dropped and counted, and the handler never runs."""
+    handled: list[KeysRequest] = []
+
+    async def keys(req: KeysRequest) -> KeysReply:
+        handled.append(req)
+        return KeysReply(jwks={"keys": []})
+
+    async def setup(rt: Runtime, stack) -> None:
+        rt.serve(TOKEN_KEYS, keys)
+
+    async with (
+        running(Runtime("minter", settings(common)), setup) as rt,
+        bus.connection(ADMIN, subject_root) as nc,
+    ):
+        elsewhere = f"{inbox_prefix(subject_root, 'verifier')}.x1"
+        allowed = f"{inbox_prefix(subject_root, 'gateway')}.x2"
+        sub_elsewhere = await nc.subscribe(elsewhere)
+        sub_allowed = await nc.subscribe(allowed)
+        for reply in (elsewhere, TOKEN_MINT.subject(subject_root), allowed):
+            await nc.publish(TOKEN_KEYS.subject(subject_root), encode(KeysRequest()), reply=reply)
+        answer = await sub_allowed.next_msg(timeout=5)
+        assert any_reply(answer.data) == KeysReply(jwks={"keys": []})
+        assert rt.metrics.bus_refused.labels("token.keys", "reply-subject")._value.get() == 2
+        await nc.flush()
+        assert sub_elsewhere.pending_msgs == 0
+        assert len(handled) == 1
+
+
+async def test_a_request_past_its_deadline_is_answered_unavailable_without_being_handled(
+    common, bus: TestBus, subject_root
+):
+    handled: list[KeysRequest] = []
+
+    async def keys(req: KeysRequest) -> KeysReply:
+        handled.append(req)
+        return KeysReply(jwks={})
+
+    async def setup(rt: Runtime, stack) -> None:
+        rt.serve(TOKEN_KEYS, keys)
+
+    async with running(Runtime("minter", settings(common)), setup), bus.connection(ADMIN, subject_root) as nc:
+        inbox = f"{inbox_prefix(subject_root, 'gateway')}.late"
+        sub = await nc.subscribe(inbox)
+        headers = {DEADLINE_HEADER: f"{time.time() - 1:.3f}"}
+        await nc.publish(
+            TOKEN_KEYS.subject(subject_root), encode(KeysRequest()), reply=inbox, headers=headers
+        )
+        reply = any_reply((await sub.next_msg(timeout=5)).data)
+        assert isinstance(reply, ErrorReply)
+        assert (reply.code, "deadline passed" in reply.description) == ("unavailable", True)
+        assert handled == []
 
 
 async def test_drain_answers_every_request_already_in_flight(common):
     """SIGTERM's path: requests a concurrent endpoint holds still get their replies."""
-    rt = Runtime("probe", settings(common))
+    rt = Runtime("minter", settings(common))
     started = asyncio.Event()
 
     async def slow(req: KeysRequest) -> KeysReply:
@@ -86,31 +162,26 @@ async def test_drain_answers_every_request_already_in_flight(common):
         return KeysReply(jwks={"ok": True})
 
     async def setup(rt: Runtime, stack) -> None:
-        rt.endpoint(rt.subjects.token_keys, KeysRequest, slow, concurrency=16)
+        rt.serve(TOKEN_KEYS, slow, concurrency=16)
 
-    async def nothing(rt: Runtime, stack) -> None:
-        pass
-
-    client = Runtime("client", settings(common))
-    async with running(client, nothing):
+    async with running(Runtime("gateway", settings(common)), nothing) as client:
         stop = asyncio.Event()
         task = asyncio.create_task(serve(rt, setup, stop=stop))
         while not rt.ready:  # noqa: ASYNC110  (the runtime exposes readiness as a flag)
             await asyncio.sleep(0.01)
         calls = [
-            asyncio.create_task(client.request(rt.subjects.token_keys, KeysRequest(), KeysReply, timeout=5))
-            for _ in range(10)
+            asyncio.create_task(client.call(TOKEN_KEYS, KeysRequest(), deadline=soon(10))) for _ in range(10)
         ]
         await asyncio.wait_for(started.wait(), 5)
         await asyncio.sleep(0.05)
         stop.set()
-        replies = await asyncio.wait_for(asyncio.gather(*calls), 10)
+        replies = await asyncio.wait_for(asyncio.gather(*calls), 15)
         assert all(r.jwks == {"ok": True} for r in replies)
         await asyncio.wait_for(task, 10)
 
 
 async def test_ops_endpoints_report_liveness_readiness_and_metrics(common):
-    rt = Runtime("probe", settings(common))
+    rt = Runtime("minter", settings(common))
     healthy = {"value": True}
 
     async def check() -> bool:
@@ -132,7 +203,7 @@ async def test_ops_endpoints_report_liveness_readiness_and_metrics(common):
             assert (await resp.json())["checks"]["database"] is False
         async with http.get(f"{base}/metrics") as resp:
             text = await resp.text()
-        assert 'trustpub_service_ready{service="probe"} 1.0' in text
+        assert 'trustpub_service_ready{service="minter"} 1.0' in text
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

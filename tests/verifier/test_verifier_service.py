@@ -1,8 +1,10 @@
 """The verifier over NATS, with its keys from the JetStream key-value bucket.
 
 The tests write key sets into the bucket exactly as the jwks service does (the shared
-contract: key = base64url(issuer) without padding, value = a v1 KeySet), so nothing of the
-jwks service is needed or imitated, except where a test plays a jwks service that hangs.
+contract: key = base64url(issuer) without padding, value = a v1 KeySet sealed for the
+verifiers), as the jwks identity, so nothing of the jwks service is needed or imitated, except
+where a test plays a jwks service that hangs. The verifier hands what it verified to the
+registry, played here by a stand-in that keeps the verified token and answers the gateway.
 """
 
 from __future__ import annotations
@@ -11,20 +13,34 @@ import asyncio
 import base64
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import nats
 import nats.js.errors
 import pytest
 from nats.js.api import KeyValueConfig, StorageType
+from tests.bus import Pipeline, TestBus, verification_pipeline
 from tests.conftest import AUDIENCE, running
 
 from trustpub.devstack.issuer import DevIssuer, SigningKey
-from trustpub.messages import Subjects
-from trustpub.messages.v1 import ErrorReply, KeySet, VerifiedToken, VerifyRequest, encode
-from trustpub.runtime import Runtime, load
-from trustpub.runtime.service import any_reply
+from trustpub.messages import Subjects, TrustpubError
+from trustpub.messages.endpoints import JWKS_REFRESH, PUBLISHER_MATCH, TOKEN_VERIFY
+from trustpub.messages.v1 import (
+    ErrorReply,
+    KeySet,
+    MatchRequest,
+    MintedToken,
+    VerifiedToken,
+    VerifyRequest,
+    encode,
+)
+from trustpub.runtime import CommonSettings, Runtime, load
+from trustpub.runtime.keysets import seal
+from trustpub.runtime.seal import Seals
 from trustpub.verifier.app import setup
 from trustpub.verifier.config import Settings
 
@@ -35,25 +51,21 @@ def bucket_key(issuer: str) -> str:
 
 
 @pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[nats.NATS]:
-    client = await asyncio.wait_for(nats.connect(nats_url), 10)
-    try:
+async def nc(bus: TestBus, subject_root: str) -> AsyncIterator[nats.NATS]:
+    """A connection as the jwks service: the one identity that may write the bucket."""
+    async with bus.connection("jwks", subject_root) as client:
         yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture
 async def kv(nc, subject_root):
-    """The key-value bucket, created as the jwks service creates it; removed afterwards."""
+    """The key-value bucket, created as the jwks service creates it (the next lease of the
+    root removes it)."""
     js = nc.jetstream()
     bucket = Subjects(subject_root).jwks_bucket
-    store = await asyncio.wait_for(
+    return await asyncio.wait_for(
         js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)), 10
     )
-    yield store
-    with contextlib.suppress(nats.js.errors.NotFoundError):
-        await js.delete_key_value(bucket)
 
 
 @pytest.fixture
@@ -61,21 +73,33 @@ def env(common, issuers_file) -> dict[str, str]:
     return {**common, "TRUSTPUB_ISSUERS_FILE": str(issuers_file), "TRUSTPUB_REFRESH_TIMEOUT": "1"}
 
 
-async def put_keys(kv, dev: DevIssuer, keys: list[SigningKey] | None = None) -> None:
+@pytest.fixture
+def jwks_seals(common) -> Seals:
+    """The jwks service's seal keys (from the bus's secrets directory)."""
+    return Seals.load("jwks", Path(common["TRUSTPUB_BUS_SECRETS_DIR"]))
+
+
+async def put_keys(
+    kv, dev: DevIssuer, keys: list[SigningKey] | None = None, *, seals: Seals | None = None
+) -> None:
     keyset = KeySet(
         issuer=dev.issuer,
         keys=[k.public_jwk() for k in (dev.keys if keys is None else keys)],
         fetched_at=time.time(),
         checked_at=time.time(),
     )
-    await asyncio.wait_for(kv.put(bucket_key(dev.issuer), encode(keyset)), 5)
+    assert seals is not None, "key sets in the bucket are sealed by the jwks service"
+    await asyncio.wait_for(kv.put(bucket_key(dev.issuer), encode(seal(seals, keyset))), 5)
 
 
-async def verify(nc, root: str, token: str) -> VerifiedToken | ErrorReply:
-    msg = await nc.request(Subjects(root).token_verify, encode(VerifyRequest(token=token)), timeout=5)
-    reply = any_reply(msg.data)
-    assert isinstance(reply, VerifiedToken | ErrorReply)
-    return reply
+@pytest.fixture
+async def pipeline(common) -> AsyncIterator[Pipeline]:
+    async with verification_pipeline(common) as p:
+        yield p
+
+
+async def verify(pipeline: Pipeline, token: str) -> VerifiedToken | ErrorReply:
+    return await pipeline.verify(token)
 
 
 async def eventually(check, seconds: float = 5.0) -> None:
@@ -85,12 +109,14 @@ async def eventually(check, seconds: float = 5.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_verifies_with_keys_loaded_from_the_bucket(env, kv, nc, dev_issuer, subject_root):
-    await put_keys(kv, dev_issuer)
+async def test_verifies_with_keys_loaded_from_the_bucket(
+    env, kv, pipeline, jwks_seals, dev_issuer, subject_root
+):
+    await put_keys(kv, dev_issuer, seals=jwks_seals)
     rt = Runtime("verifier", load(Settings, env))
     async with running(rt, setup):
         token = dev_issuer.github_token(AUDIENCE)
-        reply = await verify(nc, subject_root, token)
+        reply = await verify(pipeline, token)
         assert isinstance(reply, VerifiedToken), reply
         assert (reply.issuer, reply.provider) == (dev_issuer.issuer, "github")
         assert reply.claims["repository"] == "octo-org/demo"
@@ -109,68 +135,79 @@ async def test_verifies_with_keys_loaded_from_the_bucket(env, kv, nc, dev_issuer
         assert f'trustpub_verifier_keys{{issuer="{dev_issuer.issuer}"}} 1.0' in text
         assert 'trustpub_verify_total{code="none",outcome="verified",provider="github"} 1.0' in text
 
-        reply = await verify(nc, subject_root, dev_issuer.github_token("pypi"))
+        reply = await verify(pipeline, dev_issuer.github_token("pypi"))
         assert reply == ErrorReply(
             code="invalid-token",
             description='aud "pypi" is not this index\'s audience "trustpub-test"',
             # Whose token it was, for the gateway's audit record (never shown to the client).
             context={"issuer": dev_issuer.issuer, "provider": "github"},
         )
-        reply = await verify(nc, subject_root, "not-a-jwt")
+        reply = await verify(pipeline, "not-a-jwt")
         assert reply == ErrorReply(
             code="invalid-payload", description="malformed JWT: expected 3 dot-separated segments, found 1"
         )
 
 
-async def test_creates_the_bucket_and_follows_its_updates(env, nc, dev_issuer, subject_root):
+async def test_waits_for_the_bucket_its_writer_creates_and_follows_its_updates(
+    env, nc, pipeline, jwks_seals, dev_issuer, subject_root
+):
+    """Verifiers only read the bucket: the service starts before the jwks service created
+    it, waits for it, and then follows every update."""
     js = nc.jetstream()
     bucket = Subjects(subject_root).jwks_bucket
     rt = Runtime("verifier", load(Settings, env))
+    service = running(rt, setup)
+    starting = asyncio.ensure_future(service.__aenter__())
     try:
-        async with running(rt, setup):
-            # The service started on an empty NATS: it created the bucket itself.
-            kv = await asyncio.wait_for(js.key_value(bucket), 5)
-            first = dev_issuer.signing_key
-            second = SigningKey.generate("dev-2")
-            token_1 = dev_issuer.token(dev_issuer_claims(dev_issuer))
+        await asyncio.sleep(0.3)
+        assert not rt.ready
+        kv = await asyncio.wait_for(
+            js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)), 10
+        )
+        await asyncio.wait_for(starting, 15)
+        first = dev_issuer.signing_key
+        second = SigningKey.generate("dev-2")
+        token_1 = dev_issuer.token(dev_issuer_claims(dev_issuer))
 
-            async def first_verifies() -> bool:
-                return isinstance(await verify(nc, subject_root, token_1), VerifiedToken)
+        async def first_verifies() -> bool:
+            return isinstance(await verify(pipeline, token_1), VerifiedToken)
 
-            await put_keys(kv, dev_issuer, [first])
-            await eventually(first_verifies)
+        await put_keys(kv, dev_issuer, [first], seals=jwks_seals)
+        await eventually(first_verifies)
 
-            # Rotation: the issuer adds a key, the jwks service writes the new set.
-            await put_keys(kv, dev_issuer, [first, second])
-            token_2 = dev_issuer.token(dev_issuer_claims(dev_issuer), key=second)
+        # Rotation: the issuer adds a key, the jwks service writes the new set.
+        await put_keys(kv, dev_issuer, [first, second], seals=jwks_seals)
+        token_2 = dev_issuer.token(dev_issuer_claims(dev_issuer), key=second)
 
-            async def second_verifies() -> bool:
-                return isinstance(await verify(nc, subject_root, token_2), VerifiedToken)
+        async def second_verifies() -> bool:
+            return isinstance(await verify(pipeline, token_2), VerifiedToken)
 
-            await eventually(second_verifies)
+        await eventually(second_verifies)
 
-            # The issuer withdraws the first key: it stops verifying.
-            await put_keys(kv, dev_issuer, [second])
-            token_1b = dev_issuer.token(dev_issuer_claims(dev_issuer))
+        # The issuer withdraws the first key: it stops verifying.
+        await put_keys(kv, dev_issuer, [second], seals=jwks_seals)
+        token_1b = dev_issuer.token(dev_issuer_claims(dev_issuer))
 
-            async def first_refused() -> bool:
-                return isinstance(await verify(nc, subject_root, token_1b), ErrorReply)
+        async def first_refused() -> bool:
+            return isinstance(await verify(pipeline, token_1b), ErrorReply)
 
-            await eventually(first_refused)
-            gauge = {"issuer": dev_issuer.issuer}
-            assert rt.registry.get_sample_value("trustpub_verifier_keys", gauge) == 1
-            assert isinstance(await verify(nc, subject_root, token_2), VerifiedToken)
+        await eventually(first_refused)
+        gauge = {"issuer": dev_issuer.issuer}
+        assert rt.registry.get_sample_value("trustpub_verifier_keys", gauge) == 1
+        assert isinstance(await verify(pipeline, token_2), VerifiedToken)
 
-            # The entry is deleted: the issuer has no keys left in this verifier.
-            await kv.delete(bucket_key(dev_issuer.issuer))
+        # The entry is deleted: the issuer has no keys left in this verifier.
+        await kv.delete(bucket_key(dev_issuer.issuer))
 
-            async def gone() -> bool:
-                return rt.registry.get_sample_value("trustpub_verifier_keys", gauge) == 0
+        async def gone() -> bool:
+            return rt.registry.get_sample_value("trustpub_verifier_keys", gauge) == 0
 
-            await eventually(gone)
+        await eventually(gone)
     finally:
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await js.delete_key_value(bucket)
+        if starting.done() and not starting.cancelled() and starting.exception() is None:
+            await service.__aexit__(None, None, None)
+        else:
+            starting.cancel()
 
 
 def dev_issuer_claims(dev: DevIssuer) -> dict:
@@ -179,44 +216,75 @@ def dev_issuer_claims(dev: DevIssuer) -> dict:
     return github_claims(AUDIENCE, issuer=dev.issuer)
 
 
-async def test_garbage_in_the_bucket_is_skipped(env, kv, nc, dev_issuer, subject_root):
-    await asyncio.wait_for(kv.put(bucket_key(dev_issuer.issuer), b"{not json"), 5)
-    await asyncio.wait_for(
-        kv.put(
-            bucket_key("https://evil.test"),
-            encode(
-                KeySet(
-                    issuer="https://evil.test",
-                    keys=[SigningKey.generate("e").public_jwk()],
-                    fetched_at=time.time(),
-                )
-            ),
-        ),
-        5,
-    )
+async def test_garbage_forgeries_and_future_sets_in_the_bucket_are_refused(
+    env, kv, pipeline, jwks_seals, dev_issuer, subject_root, tmp_path
+):
+    """Only what the jwks service sealed, under the issuer's own key and not stamped in the
+    future, is applied; everything else is refused, counted, and verifies nothing."""
+    attacker = SigningKey.generate("attacker-1")
+    now = time.time()
+
+    def keyset(**fields: object) -> KeySet:
+        values: dict[str, object] = {
+            "issuer": dev_issuer.issuer,
+            "keys": [attacker.public_jwk()],
+            "fetched_at": now,
+            "checked_at": now,
+        }
+        values.update(fields)
+        return KeySet(**values)  # type: ignore[arg-type]
+
+    # A jwks service of another deployment: sealed, but with keys this one does not hold.
+    from trustpub.runtime.bus import init_secrets  # noqa: PLC0415
+
+    init_secrets(tmp_path / "other")
+    foreign = Seals.load("jwks", tmp_path / "other")
+    entries = {
+        "not json": b"{not json",
+        "plain key set": encode(keyset()),
+        "foreign seal": encode(seal(foreign, keyset())),
+        "ten years ahead": encode(seal(jwks_seals, keyset(fetched_at=now + 10 * 365 * 86400))),
+    }
+    for value in entries.values():
+        await asyncio.wait_for(kv.put(bucket_key(dev_issuer.issuer), value), 5)
     await asyncio.wait_for(kv.put("not.base64", b"x"), 5)
     await asyncio.wait_for(kv.put(bucket_key("not an issuer"), b"x"), 5)
+    # Sealed properly, but for an issuer nobody configured.
+    evil = KeySet(issuer="https://evil.test", keys=[attacker.public_jwk()], fetched_at=now)
+    await asyncio.wait_for(kv.put(bucket_key("https://evil.test"), encode(seal(jwks_seals, evil))), 5)
     rt = Runtime("verifier", load(Settings, env))
     async with running(rt, setup):
         assert await rt.checks["keys"]()
-        await put_keys(kv, dev_issuer)
+        # The last entry of the issuer (ten years ahead) was refused: no keys held for it.
+        assert not rt.registry.get_sample_value("trustpub_verifier_keys", {"issuer": dev_issuer.issuer})
+        for reason in ("future",):
+            labels = {"endpoint": "bucket.jwks", "reason": reason}
+            assert rt.registry.get_sample_value("trustpub_bus_refused_total", labels) == 1
+        forged = dev_issuer.token(dev_issuer_claims(dev_issuer), key=attacker)
+        assert isinstance(await verify(pipeline, forged), ErrorReply)
+        await put_keys(kv, dev_issuer, seals=jwks_seals)
 
         async def verifies() -> bool:
-            return isinstance(
-                await verify(nc, subject_root, dev_issuer.github_token(AUDIENCE)), VerifiedToken
-            )
+            return isinstance(await verify(pipeline, dev_issuer.github_token(AUDIENCE)), VerifiedToken)
 
         await eventually(verifies)
+        # A later real refresh is taken (the forged future set did not outrank it), and the
+        # attacker's key verifies nothing.
+        assert isinstance(
+            await verify(pipeline, dev_issuer.token(dev_issuer_claims(dev_issuer), key=attacker)), ErrorReply
+        )
 
 
-async def test_unknown_kid_without_a_jwks_service_is_unavailable(env, kv, nc, dev_issuer, subject_root):
-    await put_keys(kv, dev_issuer)
+async def test_unknown_kid_without_a_jwks_service_is_unavailable(
+    env, kv, pipeline, jwks_seals, dev_issuer, subject_root
+):
+    await put_keys(kv, dev_issuer, seals=jwks_seals)
     rt = Runtime("verifier", load(Settings, env))
     async with running(rt, setup):
         rotated = SigningKey.generate("dev-rotated")
         token = dev_issuer.token(dev_issuer_claims(dev_issuer), key=rotated)
         started = time.monotonic()
-        reply = await verify(nc, subject_root, token)
+        reply = await verify(pipeline, token)
         assert reply == ErrorReply(
             code="unavailable",
             description=f"keys of {dev_issuer.issuer} are unavailable",
@@ -227,14 +295,18 @@ async def test_unknown_kid_without_a_jwks_service_is_unavailable(env, kv, nc, de
         assert rt.registry.get_sample_value("trustpub_verifier_key_refresh_total", labels) == 1
 
 
-async def test_hanging_jwks_service_is_bounded_by_the_refresh_timeout(env, kv, nc, dev_issuer, subject_root):
-    await put_keys(kv, dev_issuer)
+async def test_hanging_jwks_service_is_bounded_by_the_refresh_timeout(
+    env, kv, nc, pipeline, jwks_seals, dev_issuer, subject_root
+):
+    await put_keys(kv, dev_issuer, seals=jwks_seals)
 
     # A jwks service that takes requests and never answers (fault injection).
     async def never_answer(_msg) -> None:
         pass
 
-    silent = await nc.subscribe(Subjects(subject_root).jwks_refresh, cb=never_answer)
+    silent = await nc.subscribe(
+        JWKS_REFRESH.subject(subject_root), queue=JWKS_REFRESH.queue(subject_root), cb=never_answer
+    )
     await nc.flush()
     rt = Runtime("verifier", load(Settings, env))
     try:
@@ -243,9 +315,9 @@ async def test_hanging_jwks_service_is_bounded_by_the_refresh_timeout(env, kv, n
             token = dev_issuer.token(dev_issuer_claims(dev_issuer), key=rotated)
             good = dev_issuer.github_token(AUDIENCE)
             started = time.monotonic()
-            slow = asyncio.ensure_future(verify(nc, subject_root, token))
+            slow = asyncio.ensure_future(verify(pipeline, token))
             # A request waiting for keys does not hold up the others.
-            assert isinstance(await verify(nc, subject_root, good), VerifiedToken)
+            assert isinstance(await verify(pipeline, good), VerifiedToken)
             assert time.monotonic() - started < 0.9
             reply = await slow
             elapsed = time.monotonic() - started

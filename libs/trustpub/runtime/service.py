@@ -85,7 +85,7 @@ class Delivery:
         return self.deadline - time.time()
 
 
-_delivery: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar("trustpub_delivery", default=None)
+_delivery: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar("delivery", default=None)
 
 
 def current_delivery() -> Delivery | None:
@@ -310,9 +310,10 @@ class Runtime:
             TrustpubError: a stage answered with an error reply (same code).
             Unavailable: no answer before the deadline, no service is running, or the bus is
                 unreachable.
-            ValueError: this service is not among the endpoint's declared callers.
+            ValueError: this service is not among the endpoint's declared callers, or the
+                endpoint is a later stage of a pipeline (it answers the pipeline's first caller).
         """
-        if self.name not in endpoint.callers:
+        if self.name not in endpoint.callers or self.name not in reply_origins(endpoint):
             msg = f"{self.name} may not call {endpoint!r}"
             raise ValueError(msg)
         label = endpoint.label
@@ -348,25 +349,7 @@ class Runtime:
         if exchange_id:
             headers[EXCHANGE_ID_HEADER] = exchange_id
         try:
-            if not endpoint.sealed:
-                return bytes((await self.nc.request(subject, data, timeout=timeout, headers=headers)).data)
-            # A seal binds the reply subject, so this request names its own inbox.
-            inbox = self.nc.new_inbox()
-            headers[SEAL_HEADER] = self.seals.seal_message(
-                endpoint.server,
-                subject=subject,
-                reply=inbox,
-                exchange_id=exchange_id,
-                deadline=deadline_text,
-                data=data,
-            )
-            sub = await self.nc.subscribe(inbox, max_msgs=1)
-            try:
-                await self.nc.publish(subject, data, reply=inbox, headers=headers)
-                return bytes((await sub.next_msg(timeout=timeout)).data)
-            finally:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+            return bytes((await self.nc.request(subject, data, timeout=timeout, headers=headers)).data)
         except nats.errors.NoRespondersError:
             raise Unavailable(f"no {endpoint.label} service is running") from None
         except (TimeoutError, nats.errors.TimeoutError):
