@@ -19,13 +19,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,test]'
 	@touch $(STAMP)
 
-up: install ## Run the whole stack (NATS, PostgreSQL, 5 services, dev issuer) with a demo exchange; Ctrl-C stops it
+up: install ## Run the whole stack (NATS with TLS and per-service users, PostgreSQL, 5 services, dev issuer) with a demo exchange; Ctrl-C stops it
 	$(BIN)/python -m trustpub.devstack.up
 
 demo: install ## Like `up`, but stop everything after the demo exchange
 	$(BIN)/python -m trustpub.devstack.up --exit-after-demo
 
-test: install ## Run the test suite (starts its own NATS and PostgreSQL unless TRUSTPUB_TEST_*_URL are set)
+test: install ## Run the test suite (starts its own NATS, authenticated and TLS; its own PostgreSQL unless TRUSTPUB_TEST_DATABASE_URL is set)
 	$(BIN)/python -m pytest
 
 lint: install ## ruff (lint and format check) and mypy --strict

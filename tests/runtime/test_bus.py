@@ -283,3 +283,10 @@ def test_a_nats_url_with_a_password_is_redacted_in_every_log_line():
     assert redact("nats://nats.example:4222") == "nats://nats.example:4222"
     event = {"event": "nats_error", "detail": "could not connect to nats://u:hunter2@h:4222", "n": 3}
     assert "hunter2" not in json.dumps(_redact_urls(None, "warning", event))
+
+
+def test_design_md_carries_the_generated_permission_table():
+    from trustpub.messages.authorization import table  # noqa: PLC0415
+
+    design = (Path(__file__).resolve().parents[2] / "DESIGN.md").read_text()
+    assert table() in design, "DESIGN.md's permission table differs from the generated one: paste table()"

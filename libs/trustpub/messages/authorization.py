@@ -130,3 +130,18 @@ def render(
     """An ``authorization`` block for a nats-server configuration file (which reads JSON)."""
     users = [*nats_users(roots, public_keys), *extra_users]
     return "authorization: " + json.dumps({"users": users}, indent=2) + "\n"
+
+
+def table(root: str = "trustpub") -> str:
+    """The permission table as Markdown (DESIGN.md carries it; a test keeps the two equal)."""
+    lines = [
+        "| service | subscribes to | publishes to | replies |",
+        "| --- | --- | --- | --- |",
+    ]
+    for service in SERVICES:
+        perms = permissions(service, (root,))
+        subscribe = "<br>".join(f"`{s}`" for s in perms.subscribe)
+        publish = "<br>".join(f"`{s}`" for s in perms.publish)
+        replies = "once per request received" if perms.responses else "none"
+        lines.append(f"| {service} | {subscribe} | {publish} | {replies} |")
+    return "\n".join(lines) + "\n"
