@@ -109,7 +109,7 @@ async def test_only_pinned_key_ids_are_served_and_a_pinned_id_pins_its_key_mater
     async def fetch() -> KeysReply:
         return answers.pop(0)
 
-    cache = MinterKeys((pinned.kid,), fetch, max_age=0)
+    cache = MinterKeys((pinned.kid,), fetch, retry=0)
     with pytest.raises(Unavailable, match="none of the configured minter key ids"):
         await cache.jwks()
     assert await cache.jwks() == {"keys": [pinned.public_jwk]}

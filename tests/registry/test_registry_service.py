@@ -579,3 +579,40 @@ async def test_only_what_a_gateway_says_becomes_an_audit_row_at_the_streams_time
         for reason in ("unsealed", "unknown-code", "unknown-provider", "unknown-issuer")
     }
     assert counted == {"unsealed": 1, "unknown-code": 1, "unknown-provider": 1, "unknown-issuer": 1}
+
+
+async def test_cached_candidates_never_outlive_a_change(registry, conn):
+    """The hot path matches from candidates kept in memory; any change to publishers or their
+    projects moves the registry generation, and the next exchange sees the change."""
+    owner = unique("org")
+    first, second = unique("pkg"), unique("pkg")
+    publisher = await register(conn, projects=[first], owner=owner, environment="")
+    assert (await match(registry, match_request(claims_for(owner)))).projects == [first]
+    stale = sample(registry, "trustpub_match_candidates_stale_total")
+
+    # A second project linked to the same publisher: the next grant covers both.
+    await ensure_projects_linked(conn, publisher.id, second)
+    grant = await match(registry, match_request(claims_for(owner)))
+    assert sorted(grant.projects) == sorted([first, second])
+    assert sample(registry, "trustpub_match_candidates_stale_total") == stale + 1
+
+    # A more specific publisher (it names the token's environment) now wins.
+    specific = await register(conn, projects=[unique("pkg")], owner=owner, environment="release")
+    assert (await match(registry, match_request(claims_for(owner)))).publisher_id == specific.id
+
+    # Both removed: refused, and the refusal consumed nothing.
+    for p in (publisher, specific):
+        await db.remove_publisher(conn, p.id, actor="test")
+    claims = claims_for(owner)
+    with pytest.raises(InvalidPublisher):
+        await match(registry, match_request(claims))
+    assert not await conn.fetchval("SELECT count(*) FROM used_tokens WHERE token_key = $1", claims["jti"])
+
+
+async def ensure_projects_linked(conn, publisher_id: str, project: str) -> None:
+    project_id = (await db.add_project(conn, project, created_by="test")).id
+    await conn.execute(
+        "INSERT INTO publisher_projects (publisher_id, project_id) VALUES ($1, $2)",
+        uuid.UUID(publisher_id),
+        uuid.UUID(project_id),
+    )

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -27,18 +24,15 @@ from tests.bus import Pipeline, TestBus, verification_pipeline
 from tests.conftest import AUDIENCE, running
 
 from trustpub.devstack.issuer import DevIssuer, SigningKey
-from trustpub.messages import Subjects, TrustpubError
-from trustpub.messages.endpoints import JWKS_REFRESH, PUBLISHER_MATCH, TOKEN_VERIFY
+from trustpub.messages import Subjects
+from trustpub.messages.endpoints import JWKS_REFRESH
 from trustpub.messages.v1 import (
     ErrorReply,
     KeySet,
-    MatchRequest,
-    MintedToken,
     VerifiedToken,
-    VerifyRequest,
     encode,
 )
-from trustpub.runtime import CommonSettings, Runtime, load
+from trustpub.runtime import Runtime, load
 from trustpub.runtime.keysets import seal
 from trustpub.runtime.seal import Seals
 from trustpub.verifier.app import setup
@@ -196,13 +190,17 @@ async def test_waits_for_the_bucket_its_writer_creates_and_follows_its_updates(
         assert rt.registry.get_sample_value("trustpub_verifier_keys", gauge) == 1
         assert isinstance(await verify(pipeline, token_2), VerifiedToken)
 
-        # The entry is deleted: the issuer has no keys left in this verifier.
+        # A delete carries no seal (and the jwks service never deletes): refused, counted, and
+        # the keys held stay.
         await kv.delete(bucket_key(dev_issuer.issuer))
+        refused = {"endpoint": "bucket.jwks", "reason": "delete"}
 
-        async def gone() -> bool:
-            return rt.registry.get_sample_value("trustpub_verifier_keys", gauge) == 0
+        async def counted() -> bool:
+            return rt.registry.get_sample_value("trustpub_bus_refused_total", refused) == 1
 
-        await eventually(gone)
+        await eventually(counted)
+        assert rt.registry.get_sample_value("trustpub_verifier_keys", gauge) == 1
+        assert isinstance(await verify(pipeline, token_2), VerifiedToken)
     finally:
         if starting.done() and not starting.cancelled() and starting.exception() is None:
             await service.__aexit__(None, None, None)

@@ -1,7 +1,8 @@
 """The bus of a development stack: NATS with the generated authorization and TLS.
 
 Under one directory (``.run/bus`` for ``make up``, a temporary one for the tests and the
-benchmark): a development CA and the server's certificate for 127.0.0.1 and localhost, the
+benchmark): a development CA and the server's certificate for 127.0.0.1 and localhost (and any
+``server_names``: the Tiltfile's NATS is reached by its Kubernetes service name), the
 deployment's secrets as ``trustpub bus init`` writes them (each service's nkey seed, the seal
 key rings, the minter's signing key), and the nats-server configuration generated from the
 endpoint declarations. Everything is created once and reused; private keys are 0600.
@@ -28,6 +29,8 @@ from trustpub.runtime.seal import write_secret
 # Renewed when less than this is left: a `.run/` kept for months still starts.
 _RENEW_BEFORE = dt.timedelta(days=30)
 _VALIDITY = dt.timedelta(days=365)
+# The server certificate is always valid for these (`make up`, the tests, a port-forward).
+_DEFAULT_NAMES = ("localhost", "127.0.0.1")
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
@@ -36,21 +39,41 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
     ).decode()
 
 
-def _valid(path: Path) -> bool:
+def _valid(path: Path, names: tuple[str, ...] = ()) -> bool:
+    """``path`` is a certificate that does not run out soon and is valid for ``names``."""
     try:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
     except (OSError, ValueError):
         return False
+    if names:
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return False
+        if not set(_general_names(names)) <= set(san):
+            return False
     return cert.not_valid_after_utc - dt.datetime.now(dt.UTC) > _RENEW_BEFORE
 
 
-def _certificate(
+def _general_names(names: tuple[str, ...]) -> list[x509.GeneralName]:
+    """DNS names, or IP addresses for those that parse as one."""
+    out: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            out.append(x509.DNSName(name))
+    return out
+
+
+def _certificate(  # noqa: PLR0913  (what a certificate says)
     subject: str,
     public: ec.EllipticCurvePublicKey,
     signer: ec.EllipticCurvePrivateKey,
     issuer: x509.Name | None,
     *,
     ca: bool,
+    names: tuple[str, ...] = (),
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
@@ -71,9 +94,7 @@ def _certificate(
         )
     else:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName(_general_names(_DEFAULT_NAMES + names)),
             critical=False,
         ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     return builder.sign(signer, hashes.SHA256())
@@ -85,10 +106,14 @@ class DevBus:
 
     ``admin``: also create an ``admin`` NATS user without restrictions, for the test suite's
     own probes (never for ``make up``: there, no identity may do more than its declarations).
+    ``server_names``: host names (or IP addresses) the server's certificate is valid for besides
+    localhost and 127.0.0.1, e.g. a Kubernetes service name; a certificate that lacks one is
+    made again.
     """
 
     directory: Path
     admin: bool = False
+    server_names: tuple[str, ...] = ()
     _public: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -125,7 +150,7 @@ class DevBus:
         return self
 
     def _tls(self) -> None:
-        if _valid(self.ca_cert) and _valid(self.server_cert):
+        if _valid(self.ca_cert) and _valid(self.server_cert, self.server_names):
             return
         for path in (self.ca_cert, self.server_cert, self.server_key):
             path.unlink(missing_ok=True)
@@ -133,7 +158,9 @@ class DevBus:
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca = _certificate("trustpub development CA", ca_key.public_key(), ca_key, None, ca=True)
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = _certificate("localhost", key.public_key(), ca_key, ca.subject, ca=False)
+        cert = _certificate(
+            "localhost", key.public_key(), ca_key, ca.subject, ca=False, names=self.server_names
+        )
         self.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
         self.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         write_secret(self.server_key, _pem_key(key))

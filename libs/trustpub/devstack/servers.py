@@ -234,6 +234,7 @@ class PostgresServer:
             )
         try:
             wait_for_port(self.port, 30, self.proc)
+            _wait_accepting(bindir, self.port, 30)
         except DevServerError as exc:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             msg = f"PostgreSQL did not start: {exc}\n{tail}"
@@ -243,6 +244,24 @@ class PostgresServer:
     def stop(self) -> None:
         _stop(self.proc, timeout=15)
         self.proc = None
+
+
+def _wait_accepting(bindir: Path, port: int, timeout: float) -> None:
+    """Until PostgreSQL accepts connections: it listens before it has finished starting up
+    ("the database system is starting up"), and a loaded machine stretches that moment."""
+    isready = bindir / "pg_isready"
+    if not isready.exists():
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = subprocess.run(  # noqa: S603  (PostgreSQL's own tool)
+            [str(isready), "-q", "-h", "127.0.0.1", "-p", str(port)], check=False, timeout=10
+        )
+        if done.returncode == 0:
+            return
+        time.sleep(0.05)
+    msg = f"PostgreSQL on {port} does not accept connections after {timeout} s"
+    raise DevServerError(msg)
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:

@@ -41,7 +41,9 @@ class Endpoint(Generic[Req, Rep]):
     whichever stage refused). A stage with ``forwards_to`` hands its result to that endpoint
     with the caller's inbox as the reply subject, instead of answering itself. ``sealed``:
     every request carries a MAC of its sender, keyed per (sender, receiver) pair, which the
-    server checks before acting, whatever the bus let through.
+    server checks before acting, whatever the bus let through. ``sealed_reply``: the answer
+    carries the server's MAC, which the caller checks before it believes it (an answer that
+    decides something, such as whether an upload token is still active).
     """
 
     name: str
@@ -51,6 +53,7 @@ class Endpoint(Generic[Req, Rep]):
     callers: tuple[str, ...]
     forwards_to: Endpoint[Any, Rep] | None = None
     sealed: bool = False
+    sealed_reply: bool = False
 
     def subject(self, root: str) -> str:
         return f"{root}.{self.name}"
@@ -151,8 +154,9 @@ MINT_REVOKE: Endpoint[v1.RevokeRequest, v1.MintStatus] = Endpoint(
 TOKEN_BURN: Endpoint[v1.BurnRequest, v1.MintStatus] = Endpoint(
     "token.burn", v1.BurnRequest, v1.MintStatus, server=MINTER, callers=(GATEWAY,), forwards_to=MINT_REVOKE
 )
+# Introspection believes this answer ("known, not revoked"): it carries the registry's seal.
 MINT_STATUS: Endpoint[v1.MintStatusRequest, v1.MintStatus] = Endpoint(
-    "mint.status", v1.MintStatusRequest, v1.MintStatus, server=REGISTRY, callers=(GATEWAY,)
+    "mint.status", v1.MintStatusRequest, v1.MintStatus, server=REGISTRY, callers=(GATEWAY,), sealed_reply=True
 )
 # The minter's public keys; the gateway keeps only the key ids it is configured with.
 TOKEN_KEYS: Endpoint[v1.KeysRequest, v1.KeysReply] = Endpoint(
@@ -220,6 +224,8 @@ def seal_pairs() -> tuple[tuple[str, str], ...]:
     for endpoint in ENDPOINTS:
         if endpoint.sealed:
             pairs.update((caller, endpoint.server) for caller in endpoint.callers)
+        if endpoint.sealed_reply:
+            pairs.update((endpoint.server, origin) for origin in reply_origins(endpoint))
     for event in EVENTS:
         if event.sealed:
             pairs.update((p, c) for p in event.publishers for c in event.consumers)

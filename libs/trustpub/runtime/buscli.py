@@ -2,7 +2,10 @@
 
     trustpub bus init DIR                      create what is missing: nkey seeds, seal keys, minter key
     trustpub bus authorization DIR [--root R]  print nats-server's authorization block (public keys only)
-    trustpub bus kubernetes DIR [--namespace N] print the Secrets of k8s/ (one per service, the NATS users)
+    trustpub bus kubernetes DIR [--namespace N] [--root R] [--nats-namespace M] [--nats-ca CA.pem]
+                                               print what k8s/ references by name: one Secret per
+                                               service, the NATS authorization, the minter key ids
+                                               (and the CA of NATS's certificate)
 
 Everything is generated from the endpoint declarations (trustpub.messages.endpoints), so the
 permissions NATS enforces are the ones the services are written against.
@@ -47,6 +50,19 @@ def add_commands(commands: Any, parser_class: type) -> None:  # noqa: ANN401  (a
     k8s.add_argument(
         "--root", default="trustpub", help="subject root of the NATS authorization (default trustpub)"
     )
+    k8s.add_argument(
+        "--nats-namespace",
+        default=None,
+        metavar="NAMESPACE",
+        help="namespace of the trustpub-nats-auth Secret, where NATS runs (default: --namespace)",
+    )
+    k8s.add_argument(
+        "--nats-ca",
+        type=Path,
+        default=None,
+        metavar="CA.pem",
+        help="also print the trustpub-nats-ca ConfigMap: the CA that signed NATS's certificate",
+    )
 
 
 def run(args: argparse.Namespace) -> str:
@@ -60,7 +76,7 @@ def run(args: argparse.Namespace) -> str:
             return _init(args.dir)
         if args.action == "authorization":
             return authorization.render(tuple(args.roots or ("trustpub",)), public_keys(args.dir))
-        return _kubernetes(args.dir, args.namespace, args.root)
+        return _kubernetes(args)
     except (ConfigError, ValueError) as exc:
         raise BusCommandError(str(exc)) from None
     except OSError as exc:
@@ -84,9 +100,24 @@ def _files_of(service: str) -> list[str]:
     return files
 
 
-def _kubernetes(directory: Path, namespace: str, root: str) -> str:
+# The names the manifests of k8s/ reference (each Deployment mounts its own bus Secret).
+BUS_SECRET = "trustpub-bus-{service}"
+NATS_AUTH_SECRET = "trustpub-nats-auth"
+NATS_AUTH_FILE = "auth.conf"
+MINTER_KEY_IDS_CONFIGMAP = "trustpub-minter-key-ids"
+NATS_CA_CONFIGMAP = "trustpub-nats-ca"
+NATS_CA_FILE = "ca.pem"
+
+
+def _kubernetes(args: argparse.Namespace) -> str:
+    directory: Path = args.dir
+    namespace: str = args.namespace
+    nats_namespace: str | None = getattr(args, "nats_namespace", None)
+    nats_namespace = namespace if nats_namespace is None else nats_namespace
+    nats_ca: Path | None = getattr(args, "nats_ca", None)
     docs: list[dict[str, Any]] = []
     meta: dict[str, Any] = {"namespace": namespace} if namespace else {}
+    nats_meta: dict[str, Any] = {"namespace": nats_namespace} if nats_namespace else {}
     for service in SERVICES:
         data = {
             name: base64.b64encode((directory / name).read_bytes()).decode("ascii")
@@ -96,7 +127,7 @@ def _kubernetes(directory: Path, namespace: str, root: str) -> str:
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
-                "metadata": {"name": f"trustpub-bus-{service}", **meta},
+                "metadata": {"name": BUS_SECRET.format(service=service), **meta},
                 "type": "Opaque",
                 "data": data,
             }
@@ -106,18 +137,32 @@ def _kubernetes(directory: Path, namespace: str, root: str) -> str:
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "trustpub-nats-auth", **meta},
+            "metadata": {"name": NATS_AUTH_SECRET, **nats_meta},
             "type": "Opaque",
-            "stringData": {"auth.conf": authorization.render((root,), public_keys(directory))},
+            "stringData": {NATS_AUTH_FILE: authorization.render((args.root,), public_keys(directory))},
         }
     )
     docs.append(
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": "trustpub-minter-key-ids", **meta},
+            "metadata": {"name": MINTER_KEY_IDS_CONFIGMAP, **meta},
             "data": {"TRUSTPUB_MINTER_KEY_IDS": ",".join(kids)},
         }
     )
+    if nats_ca is not None:
+        # A certificate only: public, so a ConfigMap (nothing of a Secret goes in one).
+        ca = nats_ca.read_text()
+        if "PRIVATE KEY" in ca or "BEGIN CERTIFICATE" not in ca:
+            msg = f"{nats_ca}: expected the CA's certificate (PEM), and no private key"
+            raise ValueError(msg)
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": NATS_CA_CONFIGMAP, **meta},
+                "data": {NATS_CA_FILE: ca},
+            }
+        )
     # JSON is YAML: one document per object.
     return "\n".join("---\n" + json.dumps(doc, indent=2) for doc in docs)

@@ -349,7 +349,7 @@ class Runtime:
         if exchange_id:
             headers[EXCHANGE_ID_HEADER] = exchange_id
         try:
-            return bytes((await self.nc.request(subject, data, timeout=timeout, headers=headers)).data)
+            msg = await self.nc.request(subject, data, timeout=timeout, headers=headers)
         except nats.errors.NoRespondersError:
             raise Unavailable(f"no {endpoint.label} service is running") from None
         except (TimeoutError, nats.errors.TimeoutError):
@@ -361,6 +361,23 @@ class Runtime:
             nats.errors.StaleConnectionError,
         ):
             raise Unavailable("the message bus is unreachable") from None
+        if endpoint.sealed_reply:
+            try:
+                self.seals.check_message(
+                    (msg.headers or {}).get(SEAL_HEADER),
+                    allowed=(endpoint.server,),
+                    subject=subject,
+                    reply=msg.subject,
+                    exchange_id=exchange_id,
+                    deadline=deadline_text,
+                    data=msg.data,
+                    now=time.time(),
+                )
+            except SealError as exc:
+                self.metrics.bus_refused.labels(endpoint.label, exc.reason).inc()
+                log.warning("bus_reply_refused", endpoint=endpoint.label, reason=exc.reason, detail=str(exc))
+                raise Unavailable(f"the answer of {endpoint.label} could not be authenticated") from None
+        return bytes(msg.data)
 
     # -- events -----------------------------------------------------------------------
 
@@ -479,7 +496,8 @@ class _Adapter(Generic[Req]):
         self.inflight = rt.metrics.endpoint_inflight.labels(label)
         # Replies go only to the private inboxes of the services the declaration allows: a
         # request naming any other reply subject would make this service publish there.
-        self.inboxes = tuple(f"{inbox_prefix(self.root, o)}." for o in reply_origins(endpoint))
+        self.origins = {f"{inbox_prefix(self.root, o)}.": o for o in reply_origins(endpoint)}
+        self.inboxes = tuple(self.origins)
         self.next = endpoint.forwards_to
         self.next_subject = self.next.subject(self.root) if self.next is not None else ""
 
@@ -540,6 +558,10 @@ class _Adapter(Generic[Req]):
                 outcome, out = await self._handle(msg, now > deadline)
                 if outcome == "forwarded":
                     await self._forward(msg.reply, out, exchange_id, deadline_text)
+                elif self.endpoint.sealed_reply:
+                    await self.rt.nc.publish(
+                        msg.reply, out, headers=self._reply_seal(msg, out, exchange_id, deadline_text)
+                    )
                 else:
                     await self.rt.nc.publish(msg.reply, out)
         except Exception:  # noqa: BLE001  (the bus is gone: the caller's deadline answers for us)
@@ -575,6 +597,19 @@ class _Adapter(Generic[Req]):
         if isinstance(result, Forward):
             return "forwarded", encode(result.message)
         return "ok", encode(result)
+
+    def _reply_seal(self, msg: Msg, out: bytes, exchange_id: str, deadline_text: str) -> dict[str, str]:
+        """The server's seal over its answer, for the caller whose inbox it goes to."""
+        caller = next(o for prefix, o in self.origins.items() if msg.reply.startswith(prefix))
+        seal = self.rt.seals.seal_message(
+            caller,
+            subject=msg.subject,
+            reply=msg.reply,
+            exchange_id=exchange_id,
+            deadline=deadline_text,
+            data=out,
+        )
+        return {SEAL_HEADER: seal}
 
     async def _forward(self, reply: str, data: bytes, exchange_id: str, deadline_text: str) -> None:
         """Hand a stage's result to the next stage, which answers ``reply``."""

@@ -59,9 +59,7 @@ class Gateway:
     def __init__(self, rt: Runtime, settings: Settings) -> None:
         self.rt = rt
         self.settings = settings
-        self.minter_keys = MinterKeys(
-            settings.minter_key_ids, self._fetch_keys, max_age=settings.jwks_cache_seconds
-        )
+        self.minter_keys = MinterKeys(settings.minter_key_ids, self._fetch_keys)
         self.exchanges = Counter(
             "trustpub_exchange_requests_total",
             "Token exchanges answered, by provider, outcome (minted, refused, unavailable) and error code.",

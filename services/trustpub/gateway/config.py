@@ -26,7 +26,7 @@ class Settings(CommonSettings):
     max_body_bytes: int = 65536
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    # Cache of the minter's public keys served at /_/oidc/jwks.
+    # How long clients may cache /_/oidc/jwks (Cache-Control: max-age).
     jwks_cache_seconds: float = 60.0
     # The minter's key ids (RFC 7638 thumbprints, comma-separated) this gateway trusts: only
     # these are served at /_/oidc/jwks and verify upload tokens in introspection, whatever the

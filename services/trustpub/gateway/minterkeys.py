@@ -3,7 +3,10 @@
 The gateway asks the minter for its key set (``token.keys``), keeps the keys whose id is in
 ``TRUSTPUB_MINTER_KEY_IDS`` and is their own RFC 7638 thumbprint, and uses exactly those to
 serve ``/_/oidc/jwks`` and to verify upload tokens itself (introspection). A rogue answer on
-the bus can therefore neither add a key nor swap one: a key id pins its key material.
+the bus can therefore neither add a key nor swap one: a key id pins its key material. Nor can
+it withdraw one: a pinned key, once seen, is kept for good (which keys are trusted is the
+configuration's say, not the bus's), and the minter is asked again only while a pinned id has
+not been seen yet.
 """
 
 from __future__ import annotations
@@ -22,25 +25,29 @@ log = structlog.get_logger("trustpub.gateway")
 
 Fetch = Callable[[], Awaitable[KeysReply]]
 
+# While a pinned key has not been seen, the minter is asked again at most this often: often
+# enough that a lost or rogue answer costs a request or two, not the cache's whole lifetime.
+MISSING_RETRY_S = 1.0
+
 
 class MinterKeys:
-    """A cache of the pinned keys, refreshed from the minter at most every ``max_age`` s."""
+    """The pinned keys seen so far; the minter is asked only while one is missing."""
 
-    def __init__(self, pinned: tuple[str, ...], fetch: Fetch, *, max_age: float) -> None:
+    def __init__(self, pinned: tuple[str, ...], fetch: Fetch, *, retry: float = MISSING_RETRY_S) -> None:
         self.pinned = frozenset(pinned)
         self._fetch = fetch
-        self._max_age = max_age
+        self._retry = retry
         self._keys: dict[str, uploadtoken.PublicKey] = {}
         self._at = float("-inf")
         self._flight: asyncio.Task[None] | None = None
 
     async def keys(self) -> dict[str, uploadtoken.PublicKey]:
-        """The pinned keys the minter publishes (refreshed when older than ``max_age``).
+        """The pinned keys the minter published (asked again while one is missing).
 
         Raises:
             Unavailable: none of the pinned keys is known and the minter did not answer.
         """
-        if time.monotonic() - self._at > self._max_age:
+        if self.pinned - self._keys.keys() and time.monotonic() - self._at > self._retry:
             if self._flight is None:
                 self._flight = asyncio.ensure_future(self._refresh())
             flight = self._flight
@@ -70,11 +77,11 @@ class MinterKeys:
                 log.warning("minter_key_refused", kid=str(obj.get("kid"))[:80], reason=str(exc))
                 continue
             kept[key.kid] = key
-        missing = sorted(self.pinned - kept.keys())
+        self._keys = {**self._keys, **kept}
+        self._at = time.monotonic()
+        missing = sorted(self.pinned - self._keys.keys())
         if missing:
             log.warning("minter_keys_missing", kids=missing)
-        self._keys = kept
-        self._at = time.monotonic()
 
     async def jwks(self) -> dict[str, Any]:
         """The JWK Set served at ``/_/oidc/jwks``.

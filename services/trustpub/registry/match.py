@@ -11,8 +11,13 @@ One exchange is, in PostgreSQL:
 4. write the mint record and the ``exchange.succeeded`` audit row;
 
 and the grant is returned only after that committed. Steps 2 and 4 are one statement
-(data-modifying CTEs), so the common exchange costs two round trips: the candidate SELECT
-and that statement, which is atomic on its own. Pinning needs the publisher row locked
+(data-modifying CTEs), atomic on its own. The candidates of recent identities are kept in
+memory with the value of ``registry_generation`` they were read at (migration 0003: any
+change to publishers, pending publishers or their projects moves it), and that statement
+claims the token id only while the generation has not moved; when it has, it writes nothing
+and the match is made again from a fresh read. So the common exchange (a cached identity, no id
+to pin) is one round trip, and a cached candidate never outlives a change. A refusal is never
+decided from the cache. Pinning needs the publisher row locked
 (two first uses racing must not both pin), so when the chosen publisher has a field to
 pin, the whole match is redone in a transaction with the candidates ``SELECT ... FOR
 UPDATE``; a rival pin then waits, re-reads the pinned row and is judged against it. The
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -106,8 +112,9 @@ _PROJECTS = """
 """
 _PUBLISHER_FIELDS = f"""
     false AS pending, p.id, p.spec, {_PROJECTS}, ''::text AS project_name,
-    NULL::timestamptz AS expires_at, false AS expired
-"""
+    NULL::timestamptz AS expires_at, false AS expired,
+    (SELECT n FROM registry_generation) AS generation
+"""  # noqa: S608  (constant SQL)
 # Publishers and pending publishers of the token's identity, in one round trip. Expired
 # pending ones are returned too (until the purge) so that a refusal can say so; they are
 # never chosen.
@@ -116,7 +123,8 @@ SELECT {_PUBLISHER_FIELDS}
 FROM publishers p
 WHERE p.issuer = $1 AND p.provider = $2 AND p.lookup_key = $3
 UNION ALL
-SELECT true, q.id, q.spec, '{{}}'::text[], q.project_name, q.expires_at, q.expires_at <= now()
+SELECT true, q.id, q.spec, '{{}}'::text[], q.project_name, q.expires_at, q.expires_at <= now(),
+       (SELECT n FROM registry_generation)
 FROM pending_publishers q
 WHERE q.issuer = $1 AND q.provider = $2 AND q.lookup_key = $3
 """  # noqa: S608  (constant SQL)
@@ -141,11 +149,15 @@ FROM pending_publishers WHERE id = $1
 ON CONFLICT (unique_key) DO NOTHING
 RETURNING id
 """
-# Claim the token id; only if that inserted a row, write the mint and its audit row.
+# Claim the token id (only while the registry generation is still $13, when given: the
+# candidates were read at it); only if that inserted a row, write the mint and its audit row.
+# Answers how many audit rows it wrote and the generation it saw.
 _CLAIM_AND_RECORD = """
-WITH claim AS (
+WITH gen AS (
+    SELECT n FROM registry_generation
+), claim AS (
     INSERT INTO used_tokens (issuer, token_key, expires_at)
-    VALUES ($1::text, $2::text, $3::timestamptz)
+    SELECT $1::text, $2::text, $3::timestamptz FROM gen WHERE $13::bigint IS NULL OR gen.n = $13::bigint
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), mint AS (
@@ -162,7 +174,7 @@ WITH claim AS (
     FROM mint
     RETURNING 1
 )
-SELECT count(*) FROM audit
+SELECT (SELECT count(*) FROM audit) AS recorded, (SELECT n FROM gen) AS generation
 """
 
 _REVOKE = """
@@ -327,6 +339,36 @@ def _environment_ignored(
     return {"environment_ignored": environment[:255]}
 
 
+# Identities whose candidates are kept in memory (least recently used ones are forgotten):
+# a few rows each, so this bounds the registry's memory to a few megabytes.
+CANDIDATE_CACHE_SIZE = 10_000
+
+CacheKey = tuple[str, str, str]  # issuer, provider, lookup key
+
+
+class CandidateCache:
+    """The candidate rows of recent identities, with the registry generation they were read at."""
+
+    def __init__(self, size: int = CANDIDATE_CACHE_SIZE) -> None:
+        self._size = size
+        self._entries: OrderedDict[CacheKey, tuple[int, list[Mapping[str, Any]]]] = OrderedDict()
+
+    def get(self, key: CacheKey) -> tuple[int, list[Mapping[str, Any]]] | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: CacheKey, generation: int, rows: list[Mapping[str, Any]]) -> None:
+        self._entries[key] = (generation, rows)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
 @dataclass
 class Matcher:
     """The registry's request handlers; plain async functions of messages."""
@@ -335,6 +377,7 @@ class Matcher:
     settings: Settings
     metrics: RegistryMetrics
     providers: Mapping[str, ProviderRules] = field(default_factory=lambda: PROVIDERS)
+    candidates: CandidateCache = field(default_factory=CandidateCache)
 
     # -- publisher.match ------------------------------------------------------------------
 
@@ -398,11 +441,57 @@ class Matcher:
         except (OverflowError, ValueError, OSError):
             raise InvalidToken("the token's expiry is out of range") from None
 
+        done = await self._match_cached(req, provider, key, retain_until)
+        if done is None:
+            done = await self._match_fresh(req, provider, key, retain_until)
+        return self._granted(provider, done)
+
+    async def _match_cached(
+        self, req: MatchRequest, provider: ProviderRules, key: str, retain_until: datetime
+    ) -> _Done | None:
+        """The hot path: candidates from memory, one statement. None when the cache has no
+        answer it may give (not cached, a refusal, a pending publisher, an id to pin, or the
+        candidates changed since they were read): the fresh path decides."""
+        token = req.token
+        cached = self.candidates.get((token.issuer, provider.name, key))
+        if cached is None:
+            return None
+        generation, rows = cached
+        try:
+            chosen = decide(provider, token.claims, [judge(provider, row, token.claims) for row in rows])
+        except InvalidPublisher:
+            return None
+        if chosen.pending or provider.pins(chosen.spec, token.claims):
+            return None
+        _caller_still_waiting()
+        async with self.db.connection() as conn:
+            done = await self._record(
+                conn,
+                req,
+                provider,
+                chosen.id,
+                chosen.spec,
+                chosen.projects,
+                retain_until,
+                generation=generation,
+            )
+        if done is None:
+            self.candidates.clear()  # the generation moved: every cached identity may be stale
+            self.metrics.candidates_stale.inc()
+        return done
+
+    async def _match_fresh(
+        self, req: MatchRequest, provider: ProviderRules, key: str, retain_until: datetime
+    ) -> _Done:
+        token = req.token
         async with self.db.connection() as conn:
             rows = await conn.fetch(_CANDIDATES, token.issuer, provider.name, key)
+            if rows:
+                self.candidates.put((token.issuer, provider.name, key), rows[0]["generation"], rows)
             candidates = [judge(provider, row, token.claims) for row in rows]
             chosen = decide(provider, token.claims, candidates)
             _caller_still_waiting()
+            done: _Done | None
             if chosen.pending:
                 done = await self._convert(conn, req, provider, chosen, retain_until)
             elif not provider.pins(chosen.spec, token.claims):
@@ -419,6 +508,10 @@ class Matcher:
                     done = await self._record(
                         conn, req, provider, chosen.id, chosen.spec, chosen.projects, retain_until, pins=pins
                     )
+        assert done is not None  # noqa: S101  (no generation was given: nothing can be stale)
+        return done
+
+    def _granted(self, provider: ProviderRules, done: _Done) -> MintGrant:
         grant = done.grant
         self.metrics.audited("exchange.succeeded")
         if done.converted:
@@ -454,10 +547,13 @@ class Matcher:
         *,
         pins: Mapping[str, str] | None = None,
         converted: bool = False,
-    ) -> _Done:
+        generation: int | None = None,
+    ) -> _Done | None:
         """Claim the token id and write the mint record and its audit row (one statement);
         pin ``pins`` on the publisher first. Within a caller's transaction when pinning or
-        converting, so that a refused claim undoes them.
+        converting, so that a refused claim undoes them. With ``generation`` (the candidates
+        came from the cache), nothing is written and None returned if the registry generation
+        has moved since.
 
         Raises:
             ReusedToken: the token id was claimed before.
@@ -488,7 +584,7 @@ class Matcher:
                     **{f: {"old": spec.get(f), "new": v} for f, v in pins.items()},
                 },
             )
-        recorded = await conn.fetchval(
+        recorded, current = await conn.fetchrow(
             _CLAIM_AND_RECORD,
             token.issuer,
             token.token_key,
@@ -508,8 +604,11 @@ class Matcher:
                 "token_hash_prefix": token.token_hash[:16],
                 **_environment_ignored(provider, spec, token.claims),
             },
+            generation,
         )
         if not recorded:
+            if generation is not None and current != generation:
+                return None
             raise ReusedToken("invalid token: already used")
         grant = MintGrant(
             mint_id=str(mint_id),
@@ -633,7 +732,7 @@ class Matcher:
             },
         )
         projects = list(await conn.fetchval(_PUBLISHER_PROJECTS, publisher_id))
-        return await self._record(
+        done = await self._record(
             conn,
             req,
             provider,
@@ -644,6 +743,8 @@ class Matcher:
             pins=provider.pins(spec, claims),
             converted=True,
         )
+        assert done is not None  # noqa: S101  (no generation was given: nothing can be stale)
+        return done
 
     # -- publisher.explain ----------------------------------------------------------------
 

@@ -44,6 +44,12 @@ class RegistryMetrics:
             ["provider", "outcome", "code"],
             registry=registry,
         )
+        self.candidates_stale = Counter(
+            "trustpub_match_candidates_stale_total",
+            "Exchanges whose cached candidates had changed (registry generation moved): matched "
+            "again from a fresh read.",
+            registry=registry,
+        )
         self.match_duration = Histogram(
             "trustpub_match_duration_seconds",
             "Time to match a verified token to a publisher and record the mint, by provider.",

@@ -3,7 +3,7 @@
 The jwks service writes each issuer's sealed :class:`KeySet` under ``base64url(issuer)``;
 every verifier replica watches the bucket, so the hot path never asks another service for a
 key. An entry whose seal does not hold, or that is stamped in the future, is refused
-(runtime/keysets.py): logged, counted, never applied.
+(runtime/keysets.py): logged, counted, never applied; so is a delete or purge.
 """
 
 from __future__ import annotations
@@ -91,7 +91,12 @@ class BucketFeed:
 
     def _apply(self, entry: KeyValue.Entry) -> None:
         if entry.operation in _DELETED:
-            self._cache.apply_entry(entry.key, None)
+            # A delete carries no seal, and the jwks service never deletes: the keys held stay
+            # (they still age out at the staleness bound). An issuer is dropped by configuration.
+            log.warning(
+                "keyset_refused", key=shown(entry.key, 80), reason="delete", detail="a delete is not sealed"
+            )
+            self._refused("delete")
             return
         try:
             keyset = unseal(self._seals, entry.key, entry.value or b"", now=self._cache.now)

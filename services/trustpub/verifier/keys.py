@@ -224,21 +224,11 @@ class KeyCache:
             keys[kid] = key
         return keys
 
-    def remove(self, issuer: str) -> None:
-        """Forget an issuer's keys (its bucket entry was deleted)."""
-        if self._held.pop(issuer, None) is not None:
-            self._metrics.keys.labels(issuer).set(0)
-            log.info("keyset_removed", issuer=issuer)
-
-    def apply_entry(self, key: str, keyset: KeySet | None) -> None:
-        """Apply one bucket entry, its seal checked (verifier/feed.py): None means the entry
-        was deleted or purged."""
+    def apply_entry(self, key: str, keyset: KeySet) -> None:
+        """Apply one bucket entry, its seal checked (verifier/feed.py)."""
         issuer = issuer_of(key)
         if issuer is None or self._issuers.get(issuer) is None:
             log.warning("keyset_ignored", key=shown(key, 80), reason="not the key of a configured issuer")
-            return
-        if keyset is None:
-            self.remove(issuer)
             return
         if keyset.issuer != issuer:
             log.warning("keyset_ignored", issuer=issuer, reason="stored under another issuer's key")
