@@ -8,6 +8,7 @@ prove nothing.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
@@ -16,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -84,3 +85,149 @@ def metric_names(expr: str) -> set[str]:
     """``trustpub_*`` metric names a PromQL expression selects (histogram suffixes removed)."""
     names = set(re.findall(r"\btrustpub_[a-z0-9_]+", expr))
     return {re.sub(r"_(bucket|count|sum)$", "", n) for n in names}
+
+
+# --- the rendered manifests, and what the Tiltfile adds to them ------------------------------
+
+TILTFILE = REPO / "Tiltfile"
+# Where the Tiltfile keeps the dev cluster's bus secrets (git-ignored, made at `tilt up`).
+TILT_BUS_DIR = ".run/k8s-dev"
+
+
+@functools.cache
+def render(overlay: str) -> tuple[dict[str, Any], ...]:
+    """``kubectl kustomize k8s/overlays/<overlay>``, parsed."""
+    yaml = need_module("yaml")
+    done = subprocess.run(  # noqa: S603  (a kubectl found by ops_support)
+        [kubectl(), "kustomize", str(K8S / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+
+
+class Tilt:
+    """Records the Tiltfile's calls to Tilt's API."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def builtin(self, name: str, result: Any = None) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, args, kwargs))
+            if name == "local":
+                # A Blob in Tilt; here a token that k8s_yaml's arguments can be traced back to.
+                return f"<local #{len(self.called('local')) - 1}>"
+            return result if result is not None else {"tilt": name, "args": list(args), **kwargs}
+
+        call.__name__ = name
+        return call
+
+    def called(self, name: str) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        return [(a, k) for n, a, k in self.calls if n == name]
+
+
+TILT_BUILTINS = (
+    "allow_k8s_contexts",
+    "k8s_yaml",
+    "k8s_resource",
+    "port_forward",
+    "sync",
+    "run",
+    "fall_back_on",
+    "local_resource",
+    "docker_build",
+    "local",
+)
+
+
+def run_tiltfile() -> Tilt:
+    """The Tiltfile, run against stand-ins for Tilt's built-ins that record each call."""
+    starlark = need_module("starlark")
+    ast = starlark.parse("Tiltfile", TILTFILE.read_text(), starlark.Dialect.extended())
+    tilt = Tilt()
+    module = starlark.Module()
+    for name in TILT_BUILTINS:
+        module.add_callable(name, tilt.builtin(name))
+    module.add_callable("kustomize", tilt.builtin("kustomize", result="<kustomize output>"))
+
+    def load(path: str) -> Any:
+        # Tilt's official extension; Tilt fetches it, the stand-in records its calls.
+        assert path == "ext://restart_process", path
+        ext = starlark.Module()
+        ext.add_callable("docker_build_with_restart", tilt.builtin("docker_build_with_restart"))
+        return ext.freeze()
+
+    starlark.eval(module, ast, starlark.Globals.standard(), starlark.FileLoader(load))
+    return tilt
+
+
+def _host_command(argv: list[str], bus_dir: Path) -> list[str]:
+    """A Tiltfile command as run here: .venv's tools are this interpreter's, and the bus
+    directory is ``bus_dir`` instead of the repository's .run/k8s-dev."""
+    out = []
+    for n, arg in enumerate(argv):
+        if n == 0 and arg.startswith(".venv/bin/"):
+            arg = str(Path(sys.prefix) / "bin" / arg.removeprefix(".venv/bin/"))  # noqa: PLW2901
+        elif arg == TILT_BUS_DIR or arg.startswith(TILT_BUS_DIR + "/"):
+            arg = str(bus_dir) + arg.removeprefix(TILT_BUS_DIR)  # noqa: PLW2901
+        out.append(arg)
+    return out
+
+
+def tilt_made_objects(bus_dir: Path) -> tuple[dict[str, Any], ...]:
+    """What `tilt up` applies besides the dev overlay: the Tiltfile's `local` commands run as
+    Tilt runs them (in order, from the repository), with their secrets under ``bus_dir``; the
+    objects of every output that the Tiltfile gives to k8s_yaml."""
+    yaml = need_module("yaml")
+    tilt = run_tiltfile()
+    outputs: dict[str, str] = {}
+    for n, (args, _) in enumerate(tilt.called("local")):
+        command = args[0]
+        assert isinstance(command, list), f"a list, not a shell string: {command!r}"
+        done = subprocess.run(  # noqa: S603  (the Tiltfile's own commands)
+            _host_command(command, bus_dir),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, (command, done.stderr)
+        outputs[f"<local #{n}>"] = done.stdout
+    docs: list[dict[str, Any]] = []
+    for args, _ in tilt.called("k8s_yaml"):
+        if args[0] in outputs:
+            docs.extend(doc for doc in yaml.safe_load_all(outputs[args[0]]) if doc)
+    return tuple(docs)
+
+
+def _pod_references(pod: dict[str, Any]) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    for volume in pod.get("volumes", []):
+        sources = [volume, *volume.get("projected", {}).get("sources", [])]
+        found |= {
+            ("Secret", s["secret"].get("secretName", s["secret"].get("name")))
+            for s in sources
+            if "secret" in s
+        }
+        found |= {("ConfigMap", s["configMap"]["name"]) for s in sources if "configMap" in s}
+    for container in pod["containers"] + pod.get("initContainers", []):
+        refs = [e.get("valueFrom", {}) for e in container.get("env", [])] + container.get("envFrom", [])
+        found |= {("Secret", r["secretKeyRef"]["name"]) for r in refs if "secretKeyRef" in r}
+        found |= {("ConfigMap", r["configMapKeyRef"]["name"]) for r in refs if "configMapKeyRef" in r}
+        found |= {("Secret", r["secretRef"]["name"]) for r in refs if "secretRef" in r}
+        found |= {("ConfigMap", r["configMapRef"]["name"]) for r in refs if "configMapRef" in r}
+    return found
+
+
+def referenced_by_pods(docs: tuple[dict[str, Any], ...]) -> set[tuple[str, str]]:
+    """(kind, name) of every Secret and ConfigMap that a workload's pod template references."""
+    found: set[tuple[str, str]] = set()
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "StatefulSet"}:
+            found |= _pod_references(doc["spec"]["template"]["spec"])
+    return found

@@ -7,6 +7,7 @@ manifests rely on, and the wheel is built from exactly the files the Dockerfile 
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -84,6 +85,22 @@ def test_dependencies_come_from_the_constraints_file_only():
         for v in value[:-1]
     }
     assert copied == set(CONTEXT)
+
+
+def test_every_runtime_dependency_is_pinned_in_the_constraints():
+    """The deps stage installs pyproject's dependencies at the versions of constraints.txt; one
+    missing there (nkeys, say, for the bus's nkey authentication) would float."""
+    pinned = {
+        re.sub(r"[-_.]+", "-", line.split("==", 1)[0]).lower()
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.lstrip().startswith("#")
+    }
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {
+        re.sub(r"[-_.]+", "-", re.split(r"[\s;<>=!~\[]", dep, maxsplit=1)[0]).lower() for dep in dependencies
+    }
+    assert "nkeys" in names
+    assert names <= pinned, sorted(names - pinned)
 
 
 def test_base_image_is_slim_and_pinned_to_the_supported_python():
