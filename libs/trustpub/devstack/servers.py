@@ -16,6 +16,7 @@ import os
 import pwd
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -234,7 +235,7 @@ class PostgresServer:
             )
         try:
             wait_for_port(self.port, 30, self.proc)
-            _wait_accepting(bindir, self.port, 30)
+            _wait_accepting(self.port, 30)
         except DevServerError as exc:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             msg = f"PostgreSQL did not start: {exc}\n{tail}"
@@ -246,19 +247,17 @@ class PostgresServer:
         self.proc = None
 
 
-def _wait_accepting(bindir: Path, port: int, timeout: float) -> None:
+def _wait_accepting(port: int, timeout: float) -> None:
     """Until PostgreSQL accepts connections: it listens before it has finished starting up
-    ("the database system is starting up"), and a loaded machine stretches that moment."""
-    isready = bindir / "pg_isready"
-    if not isready.exists():
-        return
+    ("the database system is starting up"), and a loaded machine stretches that moment. Asks
+    as a client does: a startup message, answered with an authentication request once ready."""
+    startup = struct.pack("!i", 196608) + b"user\0postgres\0database\0postgres\0\0"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = subprocess.run(  # noqa: S603  (PostgreSQL's own tool)
-            [str(isready), "-q", "-h", "127.0.0.1", "-p", str(port)], check=False, timeout=10
-        )
-        if done.returncode == 0:
-            return
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+            conn.sendall(struct.pack("!i", len(startup) + 4) + startup)
+            if conn.recv(1) == b"R":
+                return
         time.sleep(0.05)
     msg = f"PostgreSQL on {port} does not accept connections after {timeout} s"
     raise DevServerError(msg)

@@ -185,8 +185,9 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
 
 # --- events --------------------------------------------------------------------------------------
 
-EXCHANGE_SUCCEEDED: Event[v1.ExchangeEvent] = Event(
-    "exchange", "succeeded", v1.ExchangeEvent, publishers=(GATEWAY,)
+# Batched: every successful exchange of up to a fraction of a second in one message.
+EXCHANGE_SUCCEEDED: Event[v1.ExchangeEvents] = Event(
+    "exchange", "succeeded", v1.ExchangeEvents, publishers=(GATEWAY,)
 )
 # Refused exchanges become audit rows (the registry writes the successful ones itself, in the
 # transaction that records the mint).

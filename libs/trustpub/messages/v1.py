@@ -237,6 +237,15 @@ class ExchangeEvent(_Msg, frozen=True, tag="trustpub.events.v1.exchange"):
     mint_id: str = ""
 
 
+class ExchangeEvents(_Msg, frozen=True, tag="trustpub.events.v1.exchanges"):
+    """``<root>.events.exchange.succeeded``: the successful exchanges of a short while, in one
+    message (the registry writes each one's audit row itself, in the transaction that records
+    its mint; this is the fact for others to follow, and one JetStream publish per exchange
+    cost the gateway and NATS more than the rest of the exchange's hops together)."""
+
+    events: list[ExchangeEvent]
+
+
 class KeySetRotated(_Msg, frozen=True, tag="trustpub.events.v1.jwks_rotated"):
     """``<root>.events.jwks.rotated``: an issuer's key set changed (published by jwks)."""
 

@@ -22,14 +22,13 @@ from prometheus_client import Counter, Histogram
 
 from trustpub.gateway import limits, openapi
 from trustpub.gateway.config import Settings
-from trustpub.gateway.errors import EXCHANGE_ID_RESPONSE_HEADER, error_response, from_error
+from trustpub.gateway.errors import EXCHANGE_ID_RESPONSE_HEADER, error_response, from_error, json_response
+from trustpub.gateway.events import EventPublisher
 from trustpub.gateway.explain import EXPLAIN_PATH, Explainer
 from trustpub.gateway.minterkeys import MinterKeys
 from trustpub.gateway.payload import token_from_body
 from trustpub.messages import InvalidPayload, InvalidToken, NotEnabled, TrustpubError
 from trustpub.messages.endpoints import (
-    EXCHANGE_FAILED,
-    EXCHANGE_SUCCEEDED,
     MINT_STATUS,
     TOKEN_BURN,
     TOKEN_KEYS,
@@ -73,13 +72,9 @@ class Gateway:
             buckets=LATENCY_BUCKETS,
             registry=rt.registry,
         )
-        self.events_lost = Counter(
-            "trustpub_events_unpublished_total",
-            "Exchange events that JetStream did not acknowledge after every retry.",
-            registry=rt.registry,
-        )
+        self.events = EventPublisher(rt)
         # The per-client rate limit of the exchange endpoints (limits.py).
-        self.guard = limits.ExchangeGuard(settings, self._record, rt.registry)
+        self.guard = limits.ExchangeGuard(settings, self.events.record, rt.registry)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -97,23 +92,6 @@ class Gateway:
     async def _fetch_keys(self) -> KeysReply:
         return await self.rt.call(TOKEN_KEYS, KeysRequest(), deadline=self._deadline())
 
-    def _record(self, event: ExchangeEvent) -> None:
-        """Publish the exchange's event in the background; retried, never blocking the reply."""
-        kind = EXCHANGE_SUCCEEDED if event.outcome == "succeeded" else EXCHANGE_FAILED
-
-        async def send() -> None:
-            for attempt in range(5):
-                try:
-                    await self.rt.publish_event(kind, event, event.event_id)
-                except TrustpubError:
-                    await asyncio.sleep(0.2 * 2**attempt)
-                else:
-                    return
-            self.events_lost.inc()
-            log.error("exchange_event_unpublished", event_id=event.event_id, outcome=event.outcome)
-
-        self.rt.spawn(send())
-
     # -- endpoints ----------------------------------------------------------------------
 
     async def audience(self, _: web.Request) -> web.Response:
@@ -124,7 +102,7 @@ class Gateway:
                 status=403,
                 message="Trusted publishing functionality not enabled",
             )
-        return web.json_response({"audience": self.settings.audience})
+        return json_response({"audience": self.settings.audience})
 
     async def mint_token(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -156,7 +134,7 @@ class Gateway:
                 projects=minted.projects,
                 duration_ms=round(elapsed * 1000, 2),
             )
-            self._record(
+            self.events.record(
                 ExchangeEvent(
                     event_id=uuid.uuid4().hex,
                     exchange_id=exchange_id,
@@ -169,7 +147,7 @@ class Gateway:
                     mint_id=minted.mint_id,
                 )
             )
-            return web.json_response(
+            return json_response(
                 {"success": True, "token": minted.token, "expires": minted.expires},
                 headers={EXCHANGE_ID_RESPONSE_HEADER: exchange_id},
             )
@@ -191,7 +169,7 @@ class Gateway:
             reason=exc.description[:300],
             duration_ms=round(elapsed * 1000, 2),
         )
-        self._record(
+        self.events.record(
             ExchangeEvent(
                 event_id=uuid.uuid4().hex,
                 exchange_id=exchange_id,
@@ -216,7 +194,7 @@ class Gateway:
         except TrustpubError as exc:
             return from_error(exc)
         log.info("token_burned", mint_id=status.mint_id)
-        return web.json_response({"message": "Accepted"}, status=202)
+        return json_response({"message": "Accepted"}, status=202)
 
     async def introspect(self, request: web.Request) -> web.Response:
         """RFC 7662-style introspection of a minted token, for index servers: active only when
@@ -232,7 +210,7 @@ class Gateway:
                     audience=self.settings.token_audience,
                 )
             except InvalidToken:
-                return web.json_response({"active": False})
+                return json_response({"active": False})
             status = await self.rt.call(
                 MINT_STATUS, MintStatusRequest(mint_id=str(claims.get("jti"))), deadline=self._deadline()
             )
@@ -246,8 +224,8 @@ class Gateway:
             and status.expires_at == claims.get("exp")
         )
         if not bound:
-            return web.json_response({"active": False})
-        return web.json_response({"active": True, **claims})
+            return json_response({"active": False})
+        return json_response({"active": True, **claims})
 
     async def jwks(self, _: web.Request) -> web.Response:
         """The minter's public keys that this gateway is configured to trust, so an index
@@ -257,7 +235,7 @@ class Gateway:
         except TrustpubError as exc:
             return from_error(exc)
         max_age = int(self.settings.jwks_cache_seconds)
-        return web.json_response(document, headers={"Cache-Control": f"public, max-age={max_age}"})
+        return json_response(document, headers={"Cache-Control": f"public, max-age={max_age}"})
 
 
 def _token_hash(token: str) -> str:

@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from trustpub.gateway.config import Settings
-from trustpub.gateway.errors import from_error
+from trustpub.gateway.errors import from_error, json_response
 from trustpub.gateway.limits import read_body
 from trustpub.gateway.payload import token_from_body
 from trustpub.messages import NotEnabled, TrustpubError
@@ -101,4 +101,4 @@ class Explainer:
         log.info(
             "explain_answered", provider=provider, outcome=reply.outcome, candidates=len(reply.candidates)
         )
-        return web.json_response(report(reply))
+        return json_response(report(reply))

@@ -23,7 +23,7 @@ import time
 from typing import Any, Protocol
 
 import structlog
-from jwcrypto import jws, jwt
+from jwcrypto import jws
 from jwcrypto.jwk import JWK
 
 from trustpub.messages import InternalError, InvalidPayload, InvalidToken, NotEnabled, TrustpubError
@@ -130,7 +130,6 @@ class Verifier:
         self._issuers = issuers
         self._keys = keys
         self._metrics = metrics or VerifierMetrics()
-        self._check_claims: dict[str, dict[str, Any]] = {}
 
     async def verify(self, token: str) -> VerifiedToken:
         """Verify ``token`` and return its claims.
@@ -269,43 +268,22 @@ class Verifier:
             )
         return exp
 
-    def _jwcrypto_claims(self, issuer: Issuer) -> dict[str, Any]:
-        checks = self._check_claims.get(issuer.issuer)
-        if checks is None:
-            # "exp": None is essential: without it jwcrypto accepts expired tokens
-            # (reference/security.md §1.7). aud is checked above, strictly, not here
-            # (jwcrypto accepts arrays).
-            checks = {"iss": issuer.issuer, "exp": None, "iat": None}
-            if issuer.requires_jti:
-                checks["jti"] = None
-            self._check_claims[issuer.issuer] = checks
-        return checks
-
     def _check_signature(self, token: str, key: JWK, alg: str, kid: str, issuer: Issuer) -> None:
+        """jwcrypto verifies the signature: one JWK (never a JWKSet: with a set and no kid it tries
+        every key), the algorithm pinned to the header's, which check_header matched against the
+        issuer's. The claims were checked before, on the very payload bytes the signature covers
+        (preparse keeps them), so jwcrypto's JWT layer (which would parse and check them again,
+        and copy them) is not used: a token the signature does not cover cannot get here."""
         try:
-            # One JWK, never a JWKSet (with a set and no kid jwcrypto tries every key); algs
-            # pinned to the header's alg, which check_header matched against the issuer's.
-            checker = jwt.JWT(
-                algs=[alg],
-                expected_type="JWS",
-                strict_serialization=True,
-                check_claims=self._jwcrypto_claims(issuer),
-            )
-            # Before deserialize: the constructor's path would use jwcrypto's 60 s default.
-            checker.leeway = self._leeway
-            checker.deserialize(token, key)
+            signed = jws.JWS()
+            signed.allowed_algs = [alg]
+            # Compact serialisation only: preparse admitted exactly three canonical segments.
+            signed.deserialize(token)
+            signed.verify(key, alg=alg)
         # jwcrypto raises JWException subclasses but also TypeError, OverflowError,
         # RecursionError and ValueError on hostile input: every one is an invalid token.
         except jws.InvalidJWSSignature:
             raise InvalidToken(f'the signature does not verify with key "{kid}" of {issuer.issuer}') from None
-        except jwt.JWTExpired:
-            raise InvalidToken("the token has expired") from None
-        except jwt.JWTNotYetValid:
-            raise InvalidToken("the token is not valid yet") from None
-        except jwt.JWTMissingClaim as exc:
-            raise InvalidToken(f"a required claim is missing ({exc})") from None
-        except (jwt.JWTInvalidClaimValue, jwt.JWTInvalidClaimFormat) as exc:
-            raise InvalidToken(f"a registered claim has an invalid value ({type(exc).__name__})") from None
         except jws.InvalidJWSOperation:
             raise InvalidToken(f'JWT algorithm "{alg}" is not accepted') from None
         except Exception as exc:  # noqa: BLE001  (see above: no jwcrypto failure may become a 500)

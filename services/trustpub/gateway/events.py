@@ -1,0 +1,87 @@
+"""The gateway's exchange events: a refused exchange at once (it becomes an audit row), the
+successful ones in batches.
+
+Publishing waits for JetStream's acknowledgement and is retried; it never holds up the answer
+to the client. A successful exchange already has its audit row (the registry writes it in the
+transaction that records the mint), so ``exchange.succeeded`` carries the successes of up to
+:data:`BATCH_WAIT_S` in one message: one JetStream publish per exchange cost the gateway and
+NATS more CPU than the rest of the exchange's hops together (DESIGN.md, "Performance").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import structlog
+from prometheus_client import Counter
+
+from trustpub.messages import TrustpubError
+from trustpub.messages.endpoints import EXCHANGE_FAILED, EXCHANGE_SUCCEEDED, Event
+from trustpub.messages.v1 import ExchangeEvent, ExchangeEvents
+from trustpub.runtime import Runtime
+
+log = structlog.get_logger("trustpub.gateway")
+
+BATCH_WAIT_S = 0.2
+BATCH_MAX = 500
+_ATTEMPTS = 5
+
+
+class EventPublisher:
+    """Publishes the gateway's exchange events in the background."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        self._succeeded: list[ExchangeEvent] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self.lost = Counter(
+            "trustpub_events_unpublished_total",
+            "Exchange events that JetStream did not acknowledge after every retry.",
+            registry=rt.registry,
+        )
+        # What is still batched goes out before the connection drains.
+        rt.before_drain.append(self.flush)
+
+    def record(self, event: ExchangeEvent) -> None:
+        """Publish ``event`` soon: a refusal now, a success with the next batch."""
+        if event.outcome != "succeeded":
+            self._rt.spawn(self._publish(EXCHANGE_FAILED, event, event.event_id, 1))
+            return
+        self._succeeded.append(event)
+        if len(self._succeeded) >= BATCH_MAX:
+            self._send_batch()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(BATCH_WAIT_S, self._send_batch)
+
+    async def flush(self) -> None:
+        """Send the batch now (on drain)."""
+        self._send_batch()
+
+    def _send_batch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._succeeded:
+            return
+        batch, self._succeeded = self._succeeded, []
+        self._rt.spawn(
+            self._publish(EXCHANGE_SUCCEEDED, ExchangeEvents(events=batch), uuid.uuid4().hex, len(batch))
+        )
+
+    async def _publish(
+        self,
+        event: Event[ExchangeEvent] | Event[ExchangeEvents],
+        message: ExchangeEvent | ExchangeEvents,
+        msg_id: str,
+        count: int,
+    ) -> None:
+        for attempt in range(_ATTEMPTS):
+            try:
+                await self._rt.publish_event(event, message, msg_id)
+            except TrustpubError:
+                await asyncio.sleep(0.2 * 2**attempt)
+            else:
+                return
+        self.lost.inc(count)
+        log.error("exchange_events_unpublished", event=repr(event), events=count, msg_id=msg_id)
