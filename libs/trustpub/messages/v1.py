@@ -241,7 +241,7 @@ class ExchangeEvents(_Msg, frozen=True, tag="trustpub.events.v1.exchanges"):
     """``<root>.events.exchange.succeeded``: the successful exchanges of a short while, in one
     message (the registry writes each one's audit row itself, in the transaction that records
     its mint; this is the fact for others to follow, and one JetStream publish per exchange
-    cost the gateway and NATS more than the rest of the exchange's hops together)."""
+    cost about a sixth of the exchange's CPU: DESIGN.md, "Performance")."""
 
     events: list[ExchangeEvent]
 
