@@ -52,6 +52,7 @@ from nats.aio.msg import Msg
 from prometheus_client.parser import text_string_to_metric_families
 from tests.bus import ADMIN, TestBus
 from tests.e2e.conftest import Publisher, mint, mints_count
+from tests.ops.live_support import metric_value
 
 from trustpub.devstack.issuer import SigningKey
 from trustpub.devstack.servers import free_port
@@ -154,13 +155,7 @@ def bounded(coro: Awaitable[Any], seconds: float = WAIT_S) -> Awaitable[Any]:
 
 async def metric(stack: Stack, service: str, sample: str, **labels: str) -> float:
     """The sum of a service's samples named ``sample`` whose labels include ``labels``."""
-    text = await asyncio.to_thread(stack.metrics, service)
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
+    return metric_value(await asyncio.to_thread(stack.metrics, service), sample, **labels)
 
 
 async def refusals(stack: Stack, service: str, label: str) -> dict[str, float]:

@@ -214,14 +214,7 @@ class Seals:
             SealError: missing, malformed, a sender that may not send this, a wrong MAC, or
                 a deadline that passed or lies too far ahead.
         """
-        if not header:
-            raise SealError("unsealed", "the message carries no seal")
-        fields = header.split(" ")
-        if len(fields) != 4 or fields[0] != _VERSION:
-            raise SealError("malformed", "the seal does not parse")
-        _, sender, kid, mac = fields
-        if sender not in allowed:
-            raise SealError("sender-not-allowed", f"{sender[:40]!r} may not send this")
+        sender, kid, mac = _fields(header, allowed)
         self.ring(sender, self.service).check(kid, mac, subject, reply, exchange_id, deadline, data)
         try:
             at = float(deadline)
@@ -263,13 +256,23 @@ class Seals:
         Raises:
             SealError: missing, malformed, a sender that may not send it, or a wrong MAC.
         """
-        if not header:
-            raise SealError("unsealed", "the entry carries no seal")
-        fields = header.split(" ")
-        if len(fields) != 4 or fields[0] != _VERSION:
-            raise SealError("malformed", "the seal does not parse")
-        _, sender, kid, mac = fields
-        if sender not in allowed:
-            raise SealError("sender-not-allowed", f"{sender[:40]!r} may not send this")
+        sender, kid, mac = _fields(header, allowed)
         self.check_entry(sender, kid, mac, key, data)
         return sender
+
+
+def _fields(header: str | None, allowed: tuple[str, ...]) -> tuple[str, str, str]:
+    """(sender, key id, MAC) of a seal header ``v1 <sender> <kid> <mac>``.
+
+    Raises:
+        SealError: missing, malformed, or naming a sender not in ``allowed``.
+    """
+    if not header:
+        raise SealError("unsealed", "the message carries no seal")
+    fields = header.split(" ")
+    if len(fields) != 4 or fields[0] != _VERSION:
+        raise SealError("malformed", "the seal does not parse")
+    _, sender, kid, mac = fields
+    if sender not in allowed:
+        raise SealError("sender-not-allowed", f"{sender[:40]!r} may not send this")
+    return sender, kid, mac
