@@ -23,7 +23,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from trustpub.messages import authorization
-from trustpub.runtime.bus import MINTER_KEY_FILE, init_secrets, minter_key_ids, new_user_nkey, public_keys
+from trustpub.runtime.bus import (
+    MINTER_KEY_FILE,
+    init_secrets,
+    minter_key_ids,
+    new_user_nkey,
+    public_key_of_seed,
+    public_keys,
+)
 from trustpub.runtime.seal import write_secret
 
 # Renewed when less than this is left: a `.run/` kept for months still starts.
@@ -183,8 +190,6 @@ class DevBus:
         """A nats-server configuration: TLS first, JetStream, the generated authorization."""
         extra: list[dict[str, Any]] = []
         if self.admin:
-            from trustpub.runtime.bus import public_key_of_seed  # noqa: PLC0415
-
             extra.append({"nkey": public_key_of_seed(self.admin_seed.read_text())})
         tls = {
             "cert_file": str(self.server_cert),

@@ -13,6 +13,7 @@ cannot drift apart. Nothing here does I/O.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -210,9 +211,11 @@ KEYSETS = Bucket("jwks", writer=JWKS, readers=(VERIFIER,))
 BUCKETS = (KEYSETS,)
 
 
+@functools.cache
 def reply_origins(endpoint: Endpoint[Any, Any]) -> tuple[str, ...]:
     """The services whose inbox a reply of ``endpoint`` may go to: its callers, or for a stage
-    that others forward to, the first callers of the pipeline."""
+    that others forward to, the first callers of the pipeline (the declarations never change:
+    computed once per endpoint)."""
     upstream = [e for e in ENDPOINTS if e.forwards_to is endpoint]
     if not upstream:
         return endpoint.callers

@@ -21,9 +21,10 @@ from trustpub.messages.keys import kv_key
 from trustpub.messages.v1 import KeySet, SealedKeySet, encode
 from trustpub.runtime.seal import SealError, Seals
 
-# A key set stamped later than this ahead of the reader's clock is refused: trusted, it would
-# outrank every real refresh after it ("older than the set held").
-FUTURE_SKEW_S = 5.0
+# How far the clocks of two replicas may disagree. A key set stamped later than this ahead of
+# the reader's clock is refused: trusted, it would outrank every real refresh after it ("older
+# than the set held"); the jwks service's cooldown bookkeeping allows the same slack.
+CLOCK_SLACK_S = 5.0
 
 _sealed_decoder = msgspec.json.Decoder(SealedKeySet)
 _keyset_decoder = msgspec.json.Decoder(KeySet)
@@ -86,7 +87,7 @@ def open_sealed(
     if kv_key(keyset.issuer) != key:
         raise KeySetRefused("wrong-key", "stored under another issuer's key")
     ahead = max(keyset.fetched_at, keyset.checked_at, keyset.pending_since) - now()
-    if ahead > FUTURE_SKEW_S:
+    if ahead > CLOCK_SLACK_S:
         raise KeySetRefused("future", f"stamped {ahead:.0f} s in the future")
     return keyset
 

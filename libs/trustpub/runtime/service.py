@@ -111,10 +111,9 @@ def _owner(reply: str, root: str) -> str:
 class Runtime:
     """What a running service holds: settings, NATS, metrics, health checks."""
 
-    def __init__(self, name: str, settings: CommonSettings, version: str = "1.0.0") -> None:
+    def __init__(self, name: str, settings: CommonSettings) -> None:
         self.name = name
         self.settings = settings
-        self.version = version
         self.subjects = Subjects(settings.subject_root)
         self.registry = CollectorRegistry()
         self.metrics = RuntimeMetrics(self.registry, name)
@@ -581,6 +580,8 @@ class _Adapter(Generic[Req]):
             return "error", encode(late_reply)
         try:
             result = await self.handler(self.decoder.decode(msg.data))
+            if isinstance(result, Forward) and self.next is None:
+                raise TypeError(f"{self.endpoint!r} forwards nowhere, yet its handler returned a Forward")  # noqa: TRY301
         except TrustpubError as exc:
             outcome = "internal" if isinstance(exc, InternalError) else "error"
             return outcome, encode(
@@ -614,9 +615,7 @@ class _Adapter(Generic[Req]):
     async def _forward(self, reply: str, data: bytes, exchange_id: str, deadline_text: str) -> None:
         """Hand a stage's result to the next stage, which answers ``reply``."""
         nxt = self.next
-        if nxt is None:
-            msg = f"{self.endpoint!r} declares no stage to hand its result to"
-            raise InternalError(msg)
+        assert nxt is not None  # noqa: S101  (_handle forwards only where the declaration does)
         headers = {EXCHANGE_ID_HEADER: exchange_id, DEADLINE_HEADER: deadline_text}
         if nxt.sealed:
             headers[SEAL_HEADER] = self.rt.seals.seal_message(

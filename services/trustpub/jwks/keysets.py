@@ -52,14 +52,12 @@ from trustpub.jwks.validate import ValidKeys
 from trustpub.messages import InvalidPayload, Unavailable
 from trustpub.messages.v1 import KeySet, KeySetRotated
 from trustpub.providers.issuers import Issuer, IssuerRegistry
+from trustpub.runtime.keysets import CLOCK_SLACK_S
 
 log = structlog.get_logger("trustpub.jwks")
 
 # Periodic refreshes are spread by +-10 %: replicas started together do not fetch together.
 JITTER = 0.1
-# A checked_at written by another replica further in the future than this is a clock that
-# is off, not a recent attempt: it must not hold this replica in cooldown.
-CLOCK_SLACK_S = 5.0
 # A claim lives for the fetch timeout plus this: long enough for the claimant to store its
 # result (one KV write), short enough that a replica that died mid-fetch delays the others
 # by seconds only.
@@ -225,6 +223,8 @@ class KeySets:
     def _cooldown_left(self, issuer: str, current: KeySet | None) -> float:
         now = self.now()
         attempts = [self._attempted.get(issuer, float("-inf"))]
+        # A checked_at further ahead than the clock slack is a clock that is off, not a
+        # recent attempt: it must not hold this replica in cooldown.
         if current is not None and current.checked_at <= now + CLOCK_SLACK_S:
             # Another replica's attempt counts too: several replicas make one cooldown.
             attempts.append(current.checked_at)
