@@ -206,6 +206,40 @@ async def test_ops_endpoints_report_liveness_readiness_and_metrics(common):
         assert 'trustpub_service_ready{service="minter"} 1.0' in text
 
 
+async def test_readyz_answers_while_start_up_adds_checks():
+    # Start-up registers checks (runtime/service.py: connect adds "nats") while the ops server
+    # already answers probes: a check added during a probe must not fail that probe.
+    rt = Runtime("minter", CommonSettings(ops_host="127.0.0.1", ops_port=0))
+    rt.set_ready(True)
+
+    async def late() -> bool:
+        return True
+
+    async def adds_a_check() -> bool:
+        rt.checks["late"] = late
+        return True
+
+    async def adds_an_advisory() -> bool:
+        rt.advisories["late"] = late
+        return True
+
+    rt.checks["first"] = adds_a_check
+    rt.advisories["first"] = adds_an_advisory
+    async with rt.ops_server(), aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{rt.ops_port}/readyz"
+        async with http.get(url) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        assert body["checks"] == {"first": True}
+        assert body["advisories"] == {"first": True}
+        # The next probe runs what was added.
+        async with http.get(url) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        assert body["checks"] == {"first": True, "late": True}
+        assert body["advisories"] == {"first": True, "late": True}
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Sample(CommonSettings):
     timeout: float = 5.0

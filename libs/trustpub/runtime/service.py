@@ -427,8 +427,9 @@ class Runtime:
             return web.json_response({"status": "ok", "service": self.name})
 
         async def readyz(_: web.Request) -> web.Response:
+            # Snapshots: start-up may add a check while one of these is awaited.
             results: dict[str, bool] = {}
-            for name, check in self.checks.items():
+            for name, check in list(self.checks.items()):
                 try:
                     results[name] = await asyncio.wait_for(check(), timeout=2)
                 except Exception:  # noqa: BLE001  (a failing check is "not ready", never a 500)
@@ -437,7 +438,7 @@ class Runtime:
             body: dict[str, object] = {"ready": ok, "service": self.name, "checks": results}
             if self.advisories:
                 advised: dict[str, bool] = {}
-                for name, check in self.advisories.items():
+                for name, check in list(self.advisories.items()):
                     try:
                         advised[name] = await asyncio.wait_for(check(), timeout=2)
                     except Exception:  # noqa: BLE001  (reported as false, never a 500)
