@@ -13,6 +13,7 @@ import pytest
 from jwcrypto import jwk, jws
 from tests.conftest import AUDIENCE
 from tests.e2e.conftest import Publisher, bounded, mint, mints_count, register
+from tests.registry.registry_support import wait_until
 
 from trustpub.devstack.issuer import SigningKey, b64u, compact, enc_json
 
@@ -66,15 +67,31 @@ async def test_happy_path_mints_a_token_that_verifies_against_published_keys(
         row = await conn.fetchrow(
             "SELECT projects, exchange_id FROM mints WHERE id = $1::uuid", claims["jti"]
         )
-        audit = await conn.fetchval(
-            "SELECT count(*) FROM audit_events WHERE kind = 'exchange.succeeded' AND mint_id = $1::uuid",
+        granted = await conn.fetchval(
+            "SELECT count(*) FROM audit_events WHERE kind = 'mint.granted' AND mint_id = $1::uuid",
             claims["jti"],
+        )
+
+        # The answer is audited once, and the mint record is marked delivered: single use
+        # from now on (both from the gateway's batched event, moments later).
+        async def delivered() -> bool:
+            return bool(
+                await conn.fetchval(
+                    "SELECT delivered_at IS NOT NULL FROM mints WHERE id = $1::uuid", claims["jti"]
+                )
+            )
+
+        await wait_until(delivered, timeout=30)
+        answered = await conn.fetch(
+            "SELECT kind, mint_id::text FROM audit_events WHERE exchange_id = $1 AND kind LIKE 'exchange.%'",
+            headers["X-Trustpub-Exchange-Id"],
         )
     finally:
         await conn.close()
     assert row["projects"] == [publisher.project]
     assert row["exchange_id"] == headers["X-Trustpub-Exchange-Id"]
-    assert audit == 1
+    assert granted == 1
+    assert [tuple(r) for r in answered] == [("exchange.succeeded", claims["jti"])]
 
 
 async def test_legacy_github_path_is_the_same_exchange(http, stack, publisher):

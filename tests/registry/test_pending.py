@@ -61,7 +61,7 @@ async def test_first_exchange_creates_the_project_and_converts(registry, conn):
         "pending.created",
         "pending.converted",
         "publisher.pinned",
-        "exchange.succeeded",
+        "mint.granted",
     ]
     converted = await conn.fetchrow(
         "SELECT * FROM audit_events WHERE kind = 'pending.converted' AND publisher_id = $1",

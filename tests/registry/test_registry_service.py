@@ -82,12 +82,12 @@ async def test_happy_path_grant_mint_and_audit(registry, conn):
     assert mint["revoked_at"] is None
 
     audit = await conn.fetchrow(
-        "SELECT * FROM audit_events WHERE kind = 'exchange.succeeded' AND mint_id = $1",
+        "SELECT * FROM audit_events WHERE kind = 'mint.granted' AND mint_id = $1",
         uuid.UUID(grant.mint_id),
     )
     assert audit["exchange_id"] == req.exchange_id
     assert str(audit["publisher_id"]) == publisher.id
-    assert audit["outcome"] == "succeeded"
+    assert audit["outcome"] == "granted"
     assert audit["detail"] == {
         "issuer": req.token.issuer,
         "provider": "github",
@@ -99,7 +99,7 @@ async def test_happy_path_grant_mint_and_audit(registry, conn):
     assert used["expires_at"].timestamp() == claims["exp"] + 90
 
     assert sample(registry, "trustpub_match_total", provider="github", outcome="granted", code="") == 1
-    assert sample(registry, "trustpub_audit_events_total", kind="exchange.succeeded") == 1
+    assert sample(registry, "trustpub_audit_events_total", kind="mint.granted") == 1
     assert sample(registry, "trustpub_match_duration_seconds_count", provider="github") == 1
 
 
@@ -140,7 +140,7 @@ async def test_concurrent_presentations_give_one_grant(registry, conn):
     assert await conn.fetchval("SELECT count(*) FROM mints WHERE token_key = $1", claims["jti"]) == 1
     assert (
         await conn.fetchval(
-            "SELECT count(*) FROM audit_events WHERE kind = 'exchange.succeeded' AND mint_id = $1",
+            "SELECT count(*) FROM audit_events WHERE kind = 'mint.granted' AND mint_id = $1",
             uuid.UUID(grants[0].mint_id),
         )
         == 1
@@ -447,7 +447,7 @@ async def test_exchange_failed_events_are_audited_once(registry, conn):
     assert sample(registry, "trustpub_audit_events_total", kind="exchange.failed") == 2
 
     async def drained() -> bool:
-        return registry.registry.get_sample_value("trustpub_audit_backlog") == 0
+        return registry.registry.get_sample_value("trustpub_audit_backlog", {"event": "exchange.failed"}) == 0
 
     await wait_until(drained, timeout=10)
 
@@ -506,7 +506,7 @@ async def test_environment_the_publisher_does_not_require_is_recorded(registry, 
     await register(conn, projects=[unique("pkg")], owner=owner, environment="")
     grant = await match(registry, match_request(claims_for(owner, environment="release")))
     detail = await conn.fetchval(
-        "SELECT detail FROM audit_events WHERE kind = 'exchange.succeeded' AND mint_id = $1",
+        "SELECT detail FROM audit_events WHERE kind = 'mint.granted' AND mint_id = $1",
         uuid.UUID(grant.mint_id),
     )
     assert detail["environment_ignored"] == "release"
@@ -515,7 +515,7 @@ async def test_environment_the_publisher_does_not_require_is_recorded(registry, 
     await register(conn, projects=[unique("pkg")], owner=owner, environment="release")
     grant = await match(registry, match_request(claims_for(owner, environment="release")))
     detail = await conn.fetchval(
-        "SELECT detail FROM audit_events WHERE kind = 'exchange.succeeded' AND mint_id = $1",
+        "SELECT detail FROM audit_events WHERE kind = 'mint.granted' AND mint_id = $1",
         uuid.UUID(grant.mint_id),
     )
     assert "environment_ignored" not in detail

@@ -68,12 +68,13 @@ async def test_errors_become_error_replies_without_internals(common, bus: TestBu
             )
 
 
-async def test_request_to_nobody_is_unavailable_at_once(common):
+async def test_request_to_nobody_is_unavailable_by_its_deadline(common):
     async with running(Runtime("gateway", settings(common)), nothing) as rt:
         started = asyncio.get_running_loop().time()
         with pytest.raises(Unavailable, match=r"no token\.keys service is running"):
-            await rt.call(TOKEN_KEYS, KeysRequest(), deadline=soon(3))
-        assert asyncio.get_running_loop().time() - started < 1
+            await rt.call(TOKEN_KEYS, KeysRequest(), deadline=soon(1))
+        # Asked again until the deadline (a stage may be resubscribing), never past it.
+        assert asyncio.get_running_loop().time() - started < 3
         with pytest.raises(Unavailable, match="deadline passed"):
             await rt.call(TOKEN_KEYS, KeysRequest(), deadline=time.time())
 
@@ -126,9 +127,10 @@ async def test_requests_are_refused_unanswered_unless_the_reply_goes_to_an_allow
         assert len(handled) == 1
 
 
-async def test_a_request_past_its_deadline_is_answered_unavailable_without_being_handled(
+async def test_a_request_past_its_deadline_is_dropped_unhandled_and_counted(
     common, bus: TestBus, subject_root
 ):
+    # Its caller answered at the deadline: work done now would be for no one.
     handled: list[KeysRequest] = []
 
     async def keys(req: KeysRequest) -> KeysReply:
@@ -138,17 +140,61 @@ async def test_a_request_past_its_deadline_is_answered_unavailable_without_being
     async def setup(rt: Runtime, stack) -> None:
         rt.serve(TOKEN_KEYS, keys)
 
-    async with running(Runtime("minter", settings(common)), setup), bus.connection(ADMIN, subject_root) as nc:
-        inbox = f"{inbox_prefix(subject_root, 'gateway')}.late"
-        sub = await nc.subscribe(inbox)
-        headers = {DEADLINE_HEADER: f"{time.time() - 1:.3f}"}
-        await nc.publish(
-            TOKEN_KEYS.subject(subject_root), encode(KeysRequest()), reply=inbox, headers=headers
+    async with (
+        running(Runtime("minter", settings(common)), setup) as minter,
+        bus.connection(ADMIN, subject_root) as nc,
+    ):
+        inbox = inbox_prefix(subject_root, "gateway")
+        sub = await nc.subscribe(f"{inbox}.>")
+        subject = TOKEN_KEYS.subject(subject_root)
+        late = {DEADLINE_HEADER: f"{time.time() - 1:.3f}"}
+        await nc.publish(subject, encode(KeysRequest()), reply=f"{inbox}.late", headers=late)
+        # A request in time behind it is answered: the late one was dropped, not answered.
+        in_time = {DEADLINE_HEADER: f"{soon():.3f}"}
+        await nc.publish(subject, encode(KeysRequest()), reply=f"{inbox}.in-time", headers=in_time)
+        msg = await sub.next_msg(timeout=10)
+        assert msg.subject == f"{inbox}.in-time"
+        assert isinstance(any_reply(msg.data), KeysReply)
+        assert len(handled) == 1
+        expired = minter.registry.get_sample_value(
+            "trustpub_requests_expired_total", {"endpoint": "token.keys"}
         )
-        reply = any_reply((await sub.next_msg(timeout=5)).data)
-        assert isinstance(reply, ErrorReply)
-        assert (reply.code, "deadline passed" in reply.description) == ("unavailable", True)
-        assert handled == []
+        assert expired == 1
+
+
+async def test_no_responders_is_asked_again_until_the_deadline(common):
+    # A stage not subscribed yet (NATS restarted, the service restarting): the caller asks
+    # again with backoff, and is answered once the stage is there.
+    gateway = Runtime("gateway", settings(common))
+
+    async def keys(req: KeysRequest) -> KeysReply:
+        return KeysReply(jwks={"keys": []})
+
+    async def setup(rt: Runtime, stack) -> None:
+        rt.serve(TOKEN_KEYS, keys)
+
+    async with running(gateway, nothing):
+        call = asyncio.create_task(gateway.call(TOKEN_KEYS, KeysRequest(), deadline=soon(30)))
+
+        def retried() -> float:
+            return (
+                gateway.registry.get_sample_value(
+                    "trustpub_requests_retried_total", {"endpoint": "token.keys"}
+                )
+                or 0
+            )
+
+        while retried() < 2:
+            assert not call.done(), call
+            await asyncio.sleep(0.02)
+        async with running(Runtime("minter", settings(common)), setup):
+            reply = await asyncio.wait_for(call, 30)
+        assert reply.jwks == {"keys": []}
+        # With nobody there until the deadline: unavailable, at the deadline.
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match=r"no token\.keys service is running"):
+            await gateway.call(TOKEN_KEYS, KeysRequest(), deadline=soon(1))
+        assert time.monotonic() - started >= 0.5
 
 
 async def test_drain_answers_every_request_already_in_flight(common):

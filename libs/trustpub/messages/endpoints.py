@@ -187,11 +187,19 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
 # --- events --------------------------------------------------------------------------------------
 
 # Batched: every successful exchange of up to a fraction of a second in one message.
+# A delivered exchange: the registry marks its mint record delivered (single use from then on)
+# and writes its audit row (DESIGN.md, "Exactly once, as the publisher sees it").
 EXCHANGE_SUCCEEDED: Event[v1.ExchangeEvents] = Event(
-    "exchange", "succeeded", v1.ExchangeEvents, publishers=(GATEWAY,)
+    "exchange",
+    "succeeded",
+    v1.ExchangeEvents,
+    publishers=(GATEWAY,),
+    consumers=(REGISTRY,),
+    sealed=True,
+    durable="registry_delivery",
 )
-# Refused exchanges become audit rows (the registry writes the successful ones itself, in the
-# transaction that records the mint).
+# An exchange answered with a refusal: its audit row, and the release of a mint record granted
+# to it, if any, that it did not deliver.
 EXCHANGE_FAILED: Event[v1.ExchangeEvent] = Event(
     "exchange",
     "failed",

@@ -238,10 +238,10 @@ class ExchangeEvent(_Msg, frozen=True, tag="trustpub.events.v1.exchange"):
 
 
 class ExchangeEvents(_Msg, frozen=True, tag="trustpub.events.v1.exchanges"):
-    """``<root>.events.exchange.succeeded``: the successful exchanges of a short while, in one
-    message (the registry writes each one's audit row itself, in the transaction that records
-    its mint; this is the fact for others to follow, and one JetStream publish per exchange
-    cost about a sixth of the exchange's CPU: DESIGN.md, "Performance")."""
+    """``<root>.events.exchange.succeeded``: the delivered exchanges of a short while, in one
+    message; the registry marks each one's mint record delivered and writes its audit row (one
+    JetStream publish per exchange cost about a sixth of the exchange's CPU: DESIGN.md,
+    "Performance")."""
 
     events: list[ExchangeEvent]
 

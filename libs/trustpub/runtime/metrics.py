@@ -55,6 +55,20 @@ class RuntimeMetrics:
             ["endpoint", "reason"],
             registry=registry,
         )
+        self.retried = Counter(
+            "trustpub_requests_retried_total",
+            "Requests sent again before their deadline because no service answered on the "
+            "subject (not subscribed yet) or the bus was reconnecting, by endpoint.",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.expired = Counter(
+            "trustpub_requests_expired_total",
+            "Requests dropped unhandled: their deadline had passed when their turn came, so "
+            "their caller had answered already.",
+            ["endpoint"],
+            registry=registry,
+        )
         self.ready = Gauge(
             "trustpub_service_ready",
             "1 while this service instance is ready to take work.",

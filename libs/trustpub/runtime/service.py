@@ -64,6 +64,15 @@ HealthCheck = Callable[[], Awaitable[bool]]
 _reply_decoder = msgspec.json.Decoder(Reply)
 # A request without a deadline header (none of trustpub's own) gets this much time.
 DEFAULT_DEADLINE_S = 5.0
+# Requests an endpoint holds while it is busy: past this, NATS's client drops new ones (their
+# callers answer 503 at their deadline, with nothing done). Queued longer than a deadline, a
+# request would be dropped unhandled anyway; 2,048 is seconds of the measured peak rate
+# (DESIGN.md, "Performance").
+QUEUE_LIMIT = 2048
+QUEUE_LIMIT_BYTES = 16 * 1024 * 1024
+# A request that found no responder is asked again after this, doubling up to the maximum.
+RETRY_BACKOFF_S = 0.05
+RETRY_BACKOFF_MAX_S = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +195,11 @@ class Runtime:
         """Subscribe every endpoint in its queue group."""
         for endpoint, cb in self._endpoints:
             sub = await self.nc.subscribe(
-                endpoint.subject(self.subjects.root), queue=endpoint.queue(self.subjects.root), cb=cb
+                endpoint.subject(self.subjects.root),
+                queue=endpoint.queue(self.subjects.root),
+                cb=cb,
+                pending_msgs_limit=QUEUE_LIMIT,
+                pending_bytes_limit=QUEUE_LIMIT_BYTES,
             )
             self._subscriptions.append(sub)
         if self._endpoints:
@@ -347,19 +360,33 @@ class Runtime:
         headers = {DEADLINE_HEADER: deadline_text}
         if exchange_id:
             headers[EXCHANGE_ID_HEADER] = exchange_id
-        try:
-            msg = await self.nc.request(subject, data, timeout=timeout, headers=headers)
-        except nats.errors.NoRespondersError:
-            raise Unavailable(f"no {endpoint.label} service is running") from None
-        except (TimeoutError, nats.errors.TimeoutError):
-            raise Unavailable(f"{endpoint.label} did not answer within {timeout:.1f} s") from None
-        except (
-            nats.errors.ConnectionClosedError,
-            nats.errors.ConnectionReconnectingError,
-            nats.errors.OutboundBufferLimitError,
-            nats.errors.StaleConnectionError,
-        ):
-            raise Unavailable("the message bus is unreachable") from None
+        backoff = RETRY_BACKOFF_S
+        while True:
+            try:
+                msg = await self.nc.request(subject, data, timeout=timeout, headers=headers)
+                break
+            except (nats.errors.NoRespondersError, nats.errors.ConnectionReconnectingError) as exc:
+                # A stage is not subscribed (yet), or the bus is coming back: after a NATS
+                # restart the services resubscribe within moments, a restarted one within
+                # seconds. Ask again until the deadline; the exchange id is the same, so a stage
+                # that did its part already does not do it twice (DESIGN.md, "Exactly once, as
+                # the publisher sees it").
+                if deadline - time.time() <= backoff:
+                    if isinstance(exc, nats.errors.NoRespondersError):
+                        raise Unavailable(f"no {endpoint.label} service is running") from None
+                    raise Unavailable("the message bus is unreachable") from None
+                self.metrics.retried.labels(endpoint.label).inc()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
+                timeout = deadline - time.time()
+            except (TimeoutError, nats.errors.TimeoutError):
+                raise Unavailable(f"{endpoint.label} did not answer within {timeout:.1f} s") from None
+            except (
+                nats.errors.ConnectionClosedError,
+                nats.errors.OutboundBufferLimitError,
+                nats.errors.StaleConnectionError,
+            ):
+                raise Unavailable("the message bus is unreachable") from None
         if endpoint.sealed_reply:
             try:
                 self.seals.check_message(
@@ -550,12 +577,18 @@ class _Adapter(Generic[Req]):
                 reply_owner=_owner(msg.reply, self.root),
             )
             return
+        if now > deadline:
+            # The caller answered at its deadline already: work done now would be for no one
+            # (a grant committed now would be one the client never sees).
+            self.rt.metrics.expired.labels(self.endpoint.label).inc()
+            log.info("request_expired", endpoint=self.endpoint.label, exchange_id=exchange_id)
+            return
         outcome = "ok"
         self.inflight.inc()
         token = _delivery.set(Delivery(exchange_id, deadline))
         try:
             with structlog.contextvars.bound_contextvars(exchange_id=exchange_id):
-                outcome, out = await self._handle(msg, now > deadline)
+                outcome, out = await self._handle(msg)
                 if outcome == "forwarded":
                     await self._forward(msg.reply, out, exchange_id, deadline_text)
                 elif self.endpoint.sealed_reply:
@@ -571,14 +604,9 @@ class _Adapter(Generic[Req]):
             _delivery.reset(token)
             self.observe[outcome].observe(time.perf_counter() - started)
 
-    async def _handle(self, msg: Msg, late: bool) -> tuple[str, bytes]:  # noqa: FBT001
+    async def _handle(self, msg: Msg) -> tuple[str, bytes]:
         """(outcome, bytes to send): the reply, the message to hand on, or an error reply."""
         label = self.endpoint.label
-        if late:
-            late_reply = ErrorReply(
-                code="unavailable", description="the caller's deadline passed before it was handled"
-            )
-            return "error", encode(late_reply)
         try:
             result = await self.handler(self.decoder.decode(msg.data))
             if isinstance(result, Forward) and self.next is None:

@@ -50,6 +50,8 @@ log = structlog.get_logger("trustpub.gateway")
 
 
 _HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "invalid-payload"}
+# How long a 503 waits for its release to be stored before it is answered anyway.
+SETTLE_TIMEOUT_S = 1.0
 
 
 class Gateway:
@@ -120,7 +122,7 @@ class Gateway:
                     exchange_id=exchange_id,
                 )
             except TrustpubError as exc:
-                return self._refused(exc, exchange_id, token, started)
+                return await self._refused(exc, exchange_id, token, started)
             provider = minted.provider or "unknown"
             self.exchanges.labels(provider, "minted", "").inc()
             elapsed = time.perf_counter() - started
@@ -152,7 +154,9 @@ class Gateway:
                 headers={EXCHANGE_ID_RESPONSE_HEADER: exchange_id},
             )
 
-    def _refused(self, exc: TrustpubError, exchange_id: str, token: str, started: float) -> web.Response:
+    async def _refused(
+        self, exc: TrustpubError, exchange_id: str, token: str, started: float
+    ) -> web.Response:
         response = from_error(exc)
         outcome = "unavailable" if response.status == 503 else "refused"
         # Whose token it was: what the stage that refused it knew (verifier or registry).
@@ -169,19 +173,23 @@ class Gateway:
             reason=exc.description[:300],
             duration_ms=round(elapsed * 1000, 2),
         )
-        self.events.record(
-            ExchangeEvent(
-                event_id=uuid.uuid4().hex,
-                exchange_id=exchange_id,
-                at=time.time(),
-                outcome="failed",
-                code=code,
-                description=exc.description[:500],
-                issuer=issuer,
-                provider=provider,
-                token_hash_prefix=_token_hash(token)[:16] if token else "",
-            )
+        event = ExchangeEvent(
+            event_id=uuid.uuid4().hex,
+            exchange_id=exchange_id,
+            at=time.time(),
+            outcome="failed",
+            code=code,
+            description=exc.description[:500],
+            issuer=issuer,
+            provider=provider,
+            token_hash_prefix=_token_hash(token)[:16] if token else "",
         )
+        if response.status == 503 and token:
+            # A grant may have been committed for this exchange: release it before the
+            # client can retry (DESIGN.md, "Exactly once, as the publisher sees it").
+            await self.events.settle(event, timeout=SETTLE_TIMEOUT_S)
+        else:
+            self.events.record(event)
         response.headers[EXCHANGE_ID_RESPONSE_HEADER] = exchange_id
         return response
 

@@ -70,5 +70,17 @@ def from_error(exc: TrustpubError) -> web.Response:
     if status == 503:
         # An internal error's detail stays in the log of the service that had it.
         desc = exc.description if exc.code is ErrorCode.UNAVAILABLE else "internal error; try again"
-        return error_response("unavailable", desc, status=503, headers={"Retry-After": "1"})
+        return error_response("unavailable", desc, status=503, headers={"Retry-After": retry_after(exc)})
     return error_response(exc.code.value, exc.description, status=status)
+
+
+# The longest Retry-After a stage may ask for: a lease's grace (registry/match.py) and then some.
+MAX_RETRY_AFTER_S = 30
+
+
+def retry_after(exc: TrustpubError) -> str:
+    """Seconds until a retry can succeed: what the stage that refused said, else 1."""
+    asked = exc.context.get("retry_after", "")
+    if asked.isdigit() and 1 <= int(asked) <= MAX_RETRY_AFTER_S:
+        return asked
+    return "1"

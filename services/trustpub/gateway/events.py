@@ -1,11 +1,12 @@
-"""The gateway's exchange events: a refused exchange at once (it becomes an audit row), the
-successful ones in batches.
+"""The gateway's exchange events: a refused exchange at once, the delivered ones in batches.
+The registry makes each an audit row and applies it to the mint record: delivered (single use
+from then on) or released (DESIGN.md, "Exactly once, as the publisher sees it").
 
-Publishing waits for JetStream's acknowledgement and is retried; it never holds up the answer
-to the client. A successful exchange already has its audit row (the registry writes it in the
-transaction that records the mint), so ``exchange.succeeded`` carries the successes of up to
-:data:`BATCH_WAIT_S` in one message: one JetStream publish per exchange cost about a sixth of
-the exchange's CPU, in the gateway and in NATS (DESIGN.md, "Performance").
+Publishing waits for JetStream's acknowledgement and is retried. Only a 503, which may follow
+a committed grant, waits for its event to be stored before it is answered (:meth:`settle`);
+nothing else holds up the answer to the client. ``exchange.succeeded`` carries the deliveries
+of up to :data:`BATCH_WAIT_S` in one message: one JetStream publish per exchange cost about a
+sixth of the exchange's CPU, in the gateway and in NATS (DESIGN.md, "Performance").
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ class EventPublisher:
             self._send_batch()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(BATCH_WAIT_S, self._send_batch)
+
+    async def settle(self, event: ExchangeEvent, timeout: float) -> None:
+        """Publish a refusal now and wait (up to ``timeout``) until it is stored: an answer
+        that may follow a committed grant goes out only after its release, so that the
+        client's retry finds the mint record released (DESIGN.md, "Exactly once, as the
+        publisher sees it"). Past ``timeout`` it is retried in the background."""
+        try:
+            await self._rt.publish_event(EXCHANGE_FAILED, event, event.event_id, timeout=timeout)
+        except TrustpubError:
+            self._rt.spawn(self._publish(EXCHANGE_FAILED, event, event.event_id, 1))
 
     async def flush(self) -> None:
         """Send the batch now (on drain)."""

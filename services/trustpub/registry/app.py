@@ -7,6 +7,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import msgspec
@@ -18,12 +19,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from trustpub.messages import ErrorCode, Unavailable
 from trustpub.messages.endpoints import (
     EXCHANGE_FAILED,
+    EXCHANGE_SUCCEEDED,
     MINT_REVOKE,
     MINT_STATUS,
     PUBLISHER_EXPLAIN,
     PUBLISHER_MATCH,
+    Event,
 )
-from trustpub.messages.v1 import ExchangeEvent, MatchRequest, MintRequest
+from trustpub.messages.v1 import ExchangeEvent, ExchangeEvents, MatchRequest, MintRequest
 from trustpub.providers.issuers import IssuerRegistry
 from trustpub.registry.config import Settings
 from trustpub.registry.db import Database, purge_expired_pending, purge_used_tokens
@@ -45,14 +48,36 @@ MAX_DESCRIPTION = 1000
 # Non-UUID event ids are mapped to a UUID deterministically, so redelivery stays idempotent.
 _EVENT_NAMESPACE = uuid.UUID("5f0c7a52-6f1e-4d57-9a51-0d4f1bb1f0a4")
 
-_INSERT_EVENTS = """
-INSERT INTO audit_events (event_id, at, kind, exchange_id, publisher_id, mint_id, outcome, code, detail)
-SELECT e, a, k, x, p, m, o, c, d::jsonb
-FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
-            $7::text[], $8::text[], $9::text[]) AS t(e, a, k, x, p, m, o, c, d)
-ON CONFLICT (event_id) DO NOTHING
-RETURNING 1
+# A batch of answered exchanges: their audit rows (once each, by event id) and what they mean
+# for the mint records (DESIGN.md, "Exactly once, as the publisher sees it"): a delivered one
+# is single use from now on; a refused one releases the record granted to it, undelivered.
+_STORE_EVENTS = """
+WITH e AS (
+    SELECT *
+    FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
+                $7::text[], $8::text[], $9::text[]) AS t(e, a, k, x, p, m, o, c, d)
+), delivered AS (
+    UPDATE mints SET delivered_at = e.a
+    FROM e
+    WHERE e.k = 'exchange.succeeded' AND mints.id = e.m AND mints.delivered_at IS NULL
+    RETURNING 1
+), released AS (
+    UPDATE mints SET released_at = now()
+    WHERE attempt_exchange_id = ANY(SELECT x FROM e WHERE k = 'exchange.failed' AND x <> '')
+      AND delivered_at IS NULL AND released_at IS NULL
+    RETURNING 1
+), audit AS (
+    INSERT INTO audit_events (event_id, at, kind, exchange_id, publisher_id, mint_id, outcome, code, detail)
+    SELECT e, a, k, x, p, m, o, c, d::jsonb FROM e
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM audit) AS audited, (SELECT count(*) FROM delivered) AS delivered,
+       (SELECT count(*) FROM released) AS released
 """
+# How far a delivered exchange's own time may precede the stream's: the gateway batches
+# deliveries for gateway/events.py's BATCH_WAIT_S; older claims are clamped to this.
+MAX_BATCH_AGE_S = 5.0
 
 
 async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
@@ -81,7 +106,8 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
         purge_loop(db, settings.purge_interval, metrics), "purge used tokens, expired pending publishers"
     )
     issuers = IssuerRegistry.load(settings.issuers_file)
-    rt.background(AuditConsumer(rt, db, metrics, issuers).run(), "audit consumer")
+    rt.background(AuditConsumer(rt, db, metrics, issuers, EXCHANGE_FAILED).run(), "audit consumer")
+    rt.background(AuditConsumer(rt, db, metrics, issuers, EXCHANGE_SUCCEEDED).run(), "delivery consumer")
 
 
 async def purge_loop(db: Database, interval: float, metrics: RegistryMetrics | None = None) -> None:
@@ -133,24 +159,36 @@ AUDIT_PROVIDERS = frozenset(PROVIDERS) | {"unknown"}
 
 
 class AuditConsumer:
-    """Stores ``exchange.failed`` events in ``audit_events``, each once.
+    """Stores the gateway's exchange events in ``audit_events``, each once, and applies them
+    to the mint records: ``exchange.failed`` (one event per message) or ``exchange.succeeded``
+    (batches), one consumer per event.
 
     A durable pull consumer on the events stream; a batch is acknowledged only after its
     insert committed, so a database outage means redelivery, not loss, and the event id
     (``ON CONFLICT DO NOTHING``) makes redelivery harmless. An event is stored only if it
     carries the gateway's seal and says only what a gateway says (a known code and provider,
-    a configured issuer); its time is the stream's, not what the message claims. Anything
-    else is terminated, counted and logged, never stored.
+    a configured issuer); its time is the stream's (a delivered exchange's own time, when a
+    little earlier: it waited in a batch), not what the message claims. Anything else is
+    terminated, counted and logged, never stored.
     """
 
-    def __init__(self, rt: Runtime, db: Database, metrics: RegistryMetrics, issuers: IssuerRegistry) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        db: Database,
+        metrics: RegistryMetrics,
+        issuers: IssuerRegistry,
+        event: Event[ExchangeEvent] | Event[ExchangeEvents] = EXCHANGE_FAILED,
+    ) -> None:
         self.rt = rt
         self.db = db
         self.metrics = metrics
         self.issuers = issuers
-        self.subject = EXCHANGE_FAILED.subject(rt.subjects.root)
-        self.durable = rt.subjects.durable(EXCHANGE_FAILED.durable)
-        self._decoder = msgspec.json.Decoder(ExchangeEvent)
+        self.event = event
+        self.kind = f"exchange.{event.fact}"
+        self.subject = event.subject(rt.subjects.root)
+        self.durable = rt.subjects.durable(event.durable)
+        self._decoder: msgspec.json.Decoder[ExchangeEvent | ExchangeEvents] = msgspec.json.Decoder(event.type)
         self._sub: Any = None
 
     async def run(self) -> None:
@@ -191,7 +229,9 @@ class AuditConsumer:
                     await self.store(msgs)
                 if not msgs or time.monotonic() - backlog_at >= 1.0:
                     info = await sub.consumer_info()
-                    self.metrics.audit_backlog.set((info.num_pending or 0) + (info.num_ack_pending or 0))
+                    self.metrics.audit_backlog.labels(self.kind).set(
+                        (info.num_pending or 0) + (info.num_ack_pending or 0)
+                    )
                     backlog_at = time.monotonic()
                 delay = AUDIT_RETRY_DELAY_S
             except asyncio.CancelledError:
@@ -204,7 +244,8 @@ class AuditConsumer:
                 delay = min(delay * 2, 30.0)
 
     async def store(self, msgs: Sequence[Msg]) -> int:
-        """Insert a batch of events; ack them after the commit. Returns the rows inserted.
+        """Insert a batch of events and apply them to the mint records; ack them after the
+        commit. Returns the audit rows inserted.
 
         Raises:
             Unavailable: the database is down; the events were negatively acknowledged
@@ -214,72 +255,94 @@ class AuditConsumer:
         cols: list[list[Any]] = [[] for _ in range(9)]
         for msg in msgs:
             try:
-                event = self._accept(msg)
+                events = self._accept(msg)
             except _Refused as exc:
                 # A message that can never be stored must not block the ones behind it.
-                self.rt.metrics.bus_refused.labels("events.exchange.failed", exc.reason).inc()
+                self.rt.metrics.bus_refused.labels(f"events.{self.kind}", exc.reason).inc()
                 log.warning("audit_event_refused", reason=exc.reason, detail=str(exc)[:200])
                 await msg.term()
                 continue
             good.append(msg)
-            detail = {
-                "description": event.description[:MAX_DESCRIPTION],
-                "issuer": event.issuer,
-                "provider": event.provider,
-                "token_hash_prefix": event.token_hash_prefix[:16],
-            }
-            for key, raw in (("publisher_id", event.publisher_id), ("mint_id", event.mint_id)):
-                if raw and _maybe_uuid(raw) is None:
-                    detail[key] = raw[:100]
-            row = (
-                _event_uuid(event, msg.data),
-                msg.metadata.timestamp,  # when the stream stored it: the gateway publishes at once
-                "exchange.failed",
-                event.exchange_id,
-                _maybe_uuid(event.publisher_id),
-                _maybe_uuid(event.mint_id),
-                event.outcome or "failed",
-                event.code,
-                msgspec.json.encode(detail).decode(),
-            )
-            for col, value in zip(cols, row, strict=True):
-                col.append(value)
+            stored_at = msg.metadata.timestamp  # when the stream stored it
+            for event in events:
+                for col, value in zip(cols, self._row(event, msg.data, stored_at), strict=True):
+                    col.append(value)
         if not good:
             return 0
         try:
             async with self.db.connection() as conn:
-                inserted = len(await conn.fetch(_INSERT_EVENTS, *cols))
+                row = await conn.fetchrow(_STORE_EVENTS, *cols)
         except Unavailable:
             for msg in good:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=AUDIT_RETRY_DELAY_S)
             raise
-        self.metrics.audited("exchange.failed", inserted)
+        self.metrics.audited(self.kind, row["audited"])
+        self.metrics.delivery_marks.labels("delivered").inc(row["delivered"])
+        self.metrics.delivery_marks.labels("released").inc(row["released"])
         for msg in good:
             await msg.ack()
-        return inserted
+        return int(row["audited"])
 
-    def _accept(self, msg: Msg) -> ExchangeEvent:
-        """The event, if it is one a gateway published.
+    def _row(self, event: ExchangeEvent, raw: bytes, stored_at: datetime) -> tuple[Any, ...]:
+        detail = {
+            "description": event.description[:MAX_DESCRIPTION],
+            "issuer": event.issuer,
+            "provider": event.provider,
+            "token_hash_prefix": event.token_hash_prefix[:16],
+        }
+        if self.kind == "exchange.succeeded":
+            del detail["description"]
+        for key, value in (("publisher_id", event.publisher_id), ("mint_id", event.mint_id)):
+            if value and _maybe_uuid(value) is None:
+                detail[key] = value[:100]
+        at = stored_at
+        if self.kind == "exchange.succeeded":
+            # Batched: the event's own time, if it is a plausible one.
+            claimed = stored_at.timestamp() - event.at
+            if 0 <= claimed <= MAX_BATCH_AGE_S:
+                at = datetime.fromtimestamp(event.at, UTC)
+        return (
+            _event_uuid(event, raw),
+            at,
+            self.kind,
+            event.exchange_id,
+            _maybe_uuid(event.publisher_id),
+            _maybe_uuid(event.mint_id),
+            self.event.fact if self.kind == "exchange.succeeded" else (event.outcome or "failed"),
+            event.code,
+            msgspec.json.encode(detail).decode(),
+        )
+
+    def _accept(self, msg: Msg) -> list[ExchangeEvent]:
+        """The events of a message a gateway published.
 
         Raises:
             _Refused: not sealed by a gateway, malformed, or saying what no gateway says.
         """
         try:
-            self.rt.check_event(EXCHANGE_FAILED, msg)
+            self.rt.check_event(self.event, msg)
         except SealError as exc:
             raise _Refused(exc.reason, str(exc)) from None
         try:
-            event = self._decoder.decode(msg.data)
+            decoded = self._decoder.decode(msg.data)
         except msgspec.MsgspecError as exc:
             raise _Refused("malformed", str(exc)) from None
-        if event.code not in AUDIT_CODES:
+        events = decoded.events if isinstance(decoded, ExchangeEvents) else [decoded]
+        for event in events:
+            self._check(event)
+        return events
+
+    def _check(self, event: ExchangeEvent) -> None:
+        if self.kind == "exchange.succeeded":
+            if event.outcome != "succeeded" or event.code or _maybe_uuid(event.mint_id) is None:
+                raise _Refused("malformed", "a delivered exchange names its mint record and no error")
+        elif event.code not in AUDIT_CODES:
             raise _Refused("unknown-code", f"code {event.code[:40]!r} is not one trustpub answers")
         if event.provider not in AUDIT_PROVIDERS:
             raise _Refused("unknown-provider", f"provider {event.provider[:40]!r} is not one trustpub knows")
         if event.issuer and self.issuers.get(event.issuer) is None:
             raise _Refused("unknown-issuer", f"issuer {event.issuer[:80]!r} is not configured")
-        return event
 
 
 class _Refused(Exception):

@@ -24,6 +24,7 @@ import structlog
 
 from trustpub.messages import Unavailable
 from trustpub.providers.rules import RegistrationError, Spec, quote
+from trustpub.runtime import current_delivery
 
 log = structlog.get_logger("trustpub.registry.db")
 
@@ -170,9 +171,17 @@ class Database:
         """
         if self._pool is None:
             raise Unavailable(UNAVAILABLE)
-        async with self._slots:
+        # A request waits for a connection only while its caller still waits for the answer.
+        delivery = current_delivery()
+        wait = self._timeout if delivery is None else min(self._timeout, delivery.remaining)
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=max(wait, 0.0))
+        except TimeoutError:
+            raise Unavailable(UNAVAILABLE) from None
+        try:
             try:
-                conn = await self._pool.acquire(timeout=self._timeout)
+                wait = self._timeout if delivery is None else min(self._timeout, delivery.remaining)
+                conn = await self._pool.acquire(timeout=max(wait, 0.001))
             except (*OUTAGE_ERRORS, asyncpg.PostgresError) as exc:
                 log.warning("database_unavailable", error=type(exc).__name__, detail=str(exc))
                 raise Unavailable(UNAVAILABLE) from exc
@@ -189,6 +198,8 @@ class Database:
             finally:
                 with contextlib.suppress(*OUTAGE_ERRORS):
                     await self._pool.release(conn, timeout=self._timeout)
+        finally:
+            self._slots.release()
 
     async def ping(self) -> bool:
         """Readiness: ``SELECT 1`` through the pool.

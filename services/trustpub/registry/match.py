@@ -37,6 +37,7 @@ pending publisher is deleted (committed, as PyPI does) and the exchange refused.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -98,6 +99,17 @@ REPLAY_MARGIN_S = 60
 # limited to about 2.7 kB, and the verifier should have refused it already).
 MAX_TOKEN_KEY = 255
 MAX_REASON = 200
+# A grant is committed only while this much of the exchange's deadline is left: signing and
+# answering take milliseconds, so a grant committed later would most likely reach a gateway
+# that has answered 503 (DESIGN.md, "Exactly once, as the publisher sees it").
+COMMIT_MARGIN_S = 0.25
+# How long after an undelivered attempt's lease ended, with neither a delivery nor a release
+# reported by its gateway, the registry waits before granting the record again: a gateway
+# reports within a fraction of a second unless it died (same section).
+RELEASE_GRACE_S = 10.0
+# The lease of a grant made outside a request (tests calling the matcher directly).
+DEFAULT_LEASE_S = 5.0
+LATE = "the exchange's deadline passed before the publisher was matched"
 
 PROVIDERS: Mapping[str, ProviderRules] = {
     github.NAME: github.PROVIDER,
@@ -150,31 +162,72 @@ ON CONFLICT (unique_key) DO NOTHING
 RETURNING id
 """
 # Claim the token id (only while the registry generation is still $13, when given: the
-# candidates were read at it); only if that inserted a row, write the mint and its audit row.
-# Answers how many audit rows it wrote and the generation it saw.
+# candidates were read at it, and only before $14, the last instant a grant can still be
+# minted and delivered within the exchange's deadline; clock_timestamp(), not now(): the
+# statement may have waited for a lock); only if that inserted a row, write the mint record,
+# leased to this exchange until its deadline $15, and its ``mint.granted`` audit row.
+# Answers how many audit rows it wrote, the generation it saw and whether it came too late.
 _CLAIM_AND_RECORD = """
 WITH gen AS (
-    SELECT n FROM registry_generation
+    SELECT n, clock_timestamp() >= $14::timestamptz AS late FROM registry_generation
 ), claim AS (
     INSERT INTO used_tokens (issuer, token_key, expires_at)
-    SELECT $1::text, $2::text, $3::timestamptz FROM gen WHERE $13::bigint IS NULL OR gen.n = $13::bigint
+    SELECT $1::text, $2::text, $3::timestamptz FROM gen
+    WHERE ($13::bigint IS NULL OR gen.n = $13::bigint) AND NOT gen.late
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), mint AS (
     INSERT INTO mints (id, exchange_id, publisher_id, issuer, token_key, projects, provenance,
-                       issued_at, expires_at)
+                       issued_at, expires_at, attempt_exchange_id, lease_until)
     SELECT $4::uuid, $5::text, $6::uuid, $1::text, $2::text, $7::text[], $8::jsonb,
-           $9::timestamptz, $10::timestamptz
+           $9::timestamptz, $10::timestamptz, $5::text, $15::timestamptz
     FROM claim
     RETURNING id
 ), audit AS (
     INSERT INTO audit_events (event_id, at, kind, exchange_id, publisher_id, mint_id, outcome, detail)
-    SELECT $11::uuid, $9::timestamptz, 'exchange.succeeded', $5::text, $6::uuid, mint.id, 'succeeded',
+    SELECT $11::uuid, $9::timestamptz, 'mint.granted', $5::text, $6::uuid, mint.id, 'granted',
            $12::jsonb
     FROM mint
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM audit) AS recorded, (SELECT n FROM gen) AS generation
+SELECT (SELECT count(*) FROM audit) AS recorded, gen.n AS generation, gen.late FROM gen
+"""
+
+# The token id was claimed before: grant its mint record again, to this exchange, when no
+# token of it was delivered and no other exchange may still deliver one (DESIGN.md, "Exactly
+# once, as the publisher sees it"): the holder of the lease is this same exchange (its gateway
+# retried), or the holder's gateway answered without delivering (``released_at``), or the
+# lease ended more than $7 seconds ago and neither a delivery nor a release was reported.
+_REGRANT = """
+WITH m AS (
+    UPDATE mints
+    SET attempt_exchange_id = $3::text, lease_until = $4::timestamptz, released_at = NULL,
+        attempts = mints.attempts + (mints.attempt_exchange_id <> $3::text)::int
+    FROM (SELECT attempt_exchange_id AS previous FROM mints
+          WHERE issuer = $1::text AND token_key = $2::text) p
+    WHERE issuer = $1::text AND token_key = $2::text AND publisher_id = $5::uuid
+      AND delivered_at IS NULL AND revoked_at IS NULL AND expires_at > clock_timestamp()
+      AND clock_timestamp() < $6::timestamptz
+      AND (attempt_exchange_id = $3::text OR released_at IS NOT NULL
+           OR lease_until + make_interval(secs => $7::float8) <= clock_timestamp())
+    RETURNING mints.id, mints.publisher_id, mints.projects, mints.provenance, mints.issued_at,
+              mints.expires_at, mints.attempts, mints.exchange_id, p.previous <> $3::text AS new_attempt
+), audit AS (
+    -- The same exchange asking again (its gateway retried) is not a new grant.
+    INSERT INTO audit_events (event_id, kind, exchange_id, publisher_id, mint_id, outcome, detail)
+    SELECT $8::uuid, 'mint.regranted', $3::text, m.publisher_id, m.id, 'granted',
+           $9::jsonb || jsonb_build_object('attempt', m.attempts, 'first_exchange_id', m.exchange_id)
+    FROM m WHERE m.new_attempt
+    RETURNING 1
+)
+SELECT m.*, (SELECT count(*) FROM audit) AS recorded FROM m
+"""
+# Why a claimed token was not granted again.
+_MINT_OF_TOKEN = """
+SELECT publisher_id, delivered_at, revoked_at, released_at, expires_at <= clock_timestamp() AS expired,
+       clock_timestamp() >= $3::timestamptz AS late,
+       extract(epoch FROM lease_until - clock_timestamp())::float8 AS lease_left
+FROM mints WHERE issuer = $1 AND token_key = $2
 """
 
 _REVOKE = """
@@ -202,6 +255,21 @@ WHERE m.id = $1
 """
 
 
+def _lease() -> tuple[datetime, datetime]:
+    """(the last instant a grant may be committed, the end of its lease): the exchange's
+    deadline, less the time it takes to sign and deliver the token for the former."""
+    delivery = current_delivery()
+    deadline = delivery.deadline if delivery is not None else time.time() + DEFAULT_LEASE_S
+    return _utc(deadline - COMMIT_MARGIN_S), _utc(deadline)
+
+
+def _statement_timeout() -> float | None:
+    """The statement that would commit a grant is cancelled when the caller gives up (a lock
+    held on the hot tables must not make it commit a grant that is answered 503)."""
+    delivery = current_delivery()
+    return None if delivery is None else max(delivery.remaining, 0.01)
+
+
 def _caller_still_waiting() -> None:
     """Claim nothing for a caller that gave up: the gateway answered 503 at its deadline, and
     a token id claimed now would be spent for a client that never sees the upload token.
@@ -210,8 +278,8 @@ def _caller_still_waiting() -> None:
         Unavailable: the exchange's deadline has passed.
     """
     delivery = current_delivery()
-    if delivery is not None and delivery.remaining <= 0:
-        raise Unavailable("the exchange's deadline passed before the publisher was matched")
+    if delivery is not None and delivery.remaining <= COMMIT_MARGIN_S:
+        raise Unavailable(LATE)
 
 
 def _no_publisher(reason: str) -> str:
@@ -314,6 +382,7 @@ class _Done:
     grant: MintGrant
     pins: dict[str, str]
     converted: bool = False
+    regranted: bool = False
 
 
 def _environment_ignored(
@@ -513,7 +582,8 @@ class Matcher:
 
     def _granted(self, provider: ProviderRules, done: _Done) -> MintGrant:
         grant = done.grant
-        self.metrics.audited("exchange.succeeded")
+        if not done.regranted:
+            self.metrics.audited("mint.granted")
         if done.converted:
             self.metrics.pending_converted.labels(provider.name).inc()
             for kind in ("pending.converted", "project.created"):
@@ -584,7 +654,8 @@ class Matcher:
                     **{f: {"old": spec.get(f), "new": v} for f, v in pins.items()},
                 },
             )
-        recorded, current = await conn.fetchrow(
+        commit_by, lease_until = _lease()
+        recorded, current, late = await conn.fetchrow(
             _CLAIM_AND_RECORD,
             token.issuer,
             token.token_key,
@@ -605,11 +676,16 @@ class Matcher:
                 **_environment_ignored(provider, spec, token.claims),
             },
             generation,
+            commit_by,
+            lease_until,
+            timeout=_statement_timeout(),
         )
         if not recorded:
             if generation is not None and current != generation:
                 return None
-            raise ReusedToken("invalid token: already used")
+            if late:
+                raise Unavailable(LATE)
+            return await self._regrant(conn, req, provider, publisher_id, commit_by, lease_until)
         grant = MintGrant(
             mint_id=str(mint_id),
             publisher_id=str(publisher_id),
@@ -621,6 +697,79 @@ class Matcher:
             provider=provider.name,
         )
         return _Done(grant=grant, pins=pins, converted=converted)
+
+    async def _regrant(  # noqa: PLR0913, PLR0917  (the pieces of one exchange)
+        self,
+        conn: asyncpg.Connection,
+        req: MatchRequest,
+        provider: ProviderRules,
+        publisher_id: uuid.UUID,
+        commit_by: datetime,
+        lease_until: datetime,
+    ) -> _Done:
+        """The token id was claimed before: the same mint record again, when nothing of it
+        was delivered and no other exchange may still deliver it (``_REGRANT``).
+
+        Raises:
+            ReusedToken: a token of the record was delivered, or the record is revoked,
+                expired or another publisher's.
+            Unavailable: another exchange of this token ended moments ago and its gateway has
+                not said yet whether it delivered (``retry_after`` in the context says when
+                to present the token again), or this exchange's deadline is too close.
+        """
+        token = req.token
+        row = await conn.fetchrow(
+            _REGRANT,
+            token.issuer,
+            token.token_key,
+            req.exchange_id,
+            lease_until,
+            publisher_id,
+            commit_by,
+            RELEASE_GRACE_S,
+            uuid.uuid4(),
+            {"issuer": token.issuer, "provider": provider.name, "token_hash_prefix": token.token_hash[:16]},
+            timeout=_statement_timeout(),
+        )
+        if row is not None:
+            if row["new_attempt"]:
+                self.metrics.regranted.labels(provider.name).inc()
+                self.metrics.audited("mint.regranted")
+                log.info("mint_regranted", mint_id=str(row["id"]), attempt=row["attempts"])
+            grant = MintGrant(
+                mint_id=str(row["id"]),
+                publisher_id=str(row["publisher_id"]),
+                projects=list(row["projects"]),
+                issued_at=int(row["issued_at"].timestamp()),
+                expires_at=int(row["expires_at"].timestamp()),
+                provenance=dict(row["provenance"]),
+                issuer=token.issuer,
+                provider=provider.name,
+            )
+            return _Done(grant=grant, pins={}, regranted=True)
+        state = await conn.fetchrow(_MINT_OF_TOKEN, token.issuer, token.token_key, commit_by)
+        if (
+            state is None
+            or state["delivered_at"] is not None
+            or state["revoked_at"] is not None
+            or state["expired"]
+            or state["publisher_id"] != publisher_id
+        ):
+            raise ReusedToken("invalid token: already used")
+        if state["late"]:
+            raise Unavailable(LATE)
+        lease_left = state["lease_left"]
+        if lease_left > 0 and state["released_at"] is None:
+            # Another exchange of this token is in flight (or a replay right after a success
+            # whose delivery is not recorded yet): PyPI's answer to a second presentation.
+            raise ReusedToken("invalid token: already used")
+        wait = max(1, math.ceil(lease_left + RELEASE_GRACE_S))
+        error = Unavailable(
+            "an earlier exchange of this token ended moments ago and has not yet reported whether "
+            f"it delivered its upload token; present the same token again in {wait} s"
+        )
+        error.context["retry_after"] = str(wait)
+        raise error
 
     async def _convert(
         self,

@@ -12,6 +12,9 @@ AUDIT_KINDS = frozenset(
     {
         "exchange.succeeded",
         "exchange.failed",
+        "mint.granted",
+        "mint.regranted",
+        "mint.released",
         "publisher.created",
         "publisher.linked",
         "publisher.removed",
@@ -63,6 +66,20 @@ class RegistryMetrics:
             ["provider"],
             registry=registry,
         )
+        self.regranted = Counter(
+            "trustpub_mints_regranted_total",
+            "Mint records granted again to a later presentation of the same token, none of "
+            "their tokens having been delivered, by provider.",
+            ["provider"],
+            registry=registry,
+        )
+        self.delivery_marks = Counter(
+            "trustpub_mint_delivery_reports_total",
+            "Gateway reports applied to mint records, by kind: delivered (a token of the "
+            "record reached its client) or released (an exchange answered without one).",
+            ["kind"],
+            registry=registry,
+        )
         self.publishers_pinned = Counter(
             "trustpub_publishers_pinned_total",
             "Publishers whose ids were pinned on first use, by provider.",
@@ -83,7 +100,8 @@ class RegistryMetrics:
         )
         self.audit_backlog = Gauge(
             "trustpub_audit_backlog",
-            "Events of the audit consumer not yet stored (undelivered plus unacknowledged).",
+            "Events of an audit consumer not yet stored (undelivered plus unacknowledged), by event.",
+            ["event"],
             registry=registry,
         )
 
