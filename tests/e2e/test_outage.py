@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
+import json
 import os
 import signal
 import ssl
 import time
+from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.e2e.conftest import bounded, mint
+from tests.registry.registry_support import wait_until
 
 from trustpub.devstack.servers import free_port
 
@@ -109,3 +114,83 @@ async def test_gateway_serves_https_when_given_a_certificate(stack, publisher, t
 async def test_sigterm_drains_the_gateway_cleanly(stack):
     assert stack.stop("gateway") == 0
     stack.start("gateway")
+
+
+async def _mint_record(database_url: str, jti: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(database_url, timeout=5)
+    try:
+        row = await conn.fetchrow(
+            "SELECT id::text, attempts, delivered_at IS NOT NULL AS delivered "
+            "FROM mints WHERE token_key = $1",
+            jti,
+        )
+        return dict(row) if row is not None else {}
+    finally:
+        await conn.close()
+
+
+async def test_a_mint_stalled_past_the_deadline_does_not_burn_the_token(http, stack, stack_env, publisher):
+    # The registry committed the grant, the minter was stopped past the deadline: the client
+    # got 503. Its retry with the same OIDC token gets the upload token of that same record.
+    token = publisher.token()
+    jti = _claims_of(token)["jti"]
+    pid = stack.procs["minter"].popen.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status, body, headers = await bounded(mint(http, stack, token))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert status == 503, body
+    first_exchange = headers["X-Trustpub-Exchange-Id"]
+    record = await _mint_record(stack_env["TRUSTPUB_DATABASE_URL"], jti)
+    assert record["attempts"] == 1
+    assert not record["delivered"]
+
+    status, body, headers = await bounded(mint(http, stack, token), 60)
+    assert status == 200, body
+    minted = _claims_of(body["token"].removeprefix("trustpub-"))
+    assert minted["jti"] == record["id"]
+
+    async def delivered() -> bool:
+        return bool((await _mint_record(stack_env["TRUSTPUB_DATABASE_URL"], jti))["delivered"])
+
+    await wait_until(delivered, timeout=30)
+    record = await _mint_record(stack_env["TRUSTPUB_DATABASE_URL"], jti)
+    assert record["attempts"] == 2
+    # Each answer audited once, and delivered now: the token is single use again.
+    conn = await asyncpg.connect(stack_env["TRUSTPUB_DATABASE_URL"], timeout=5)
+    try:
+
+        async def audited() -> bool:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM audit_events "
+                "WHERE exchange_id = ANY($1::text[]) AND kind LIKE 'exchange.%'",
+                [first_exchange, headers["X-Trustpub-Exchange-Id"]],
+            )
+            return n >= 2
+
+        await wait_until(audited, timeout=30)
+        rows = await conn.fetch(
+            "SELECT exchange_id, kind FROM audit_events WHERE exchange_id = ANY($1::text[]) ORDER BY id",
+            [first_exchange, headers["X-Trustpub-Exchange-Id"]],
+        )
+    finally:
+        await conn.close()
+    kinds = sorted(
+        (r["exchange_id"] == first_exchange, r["kind"]) for r in rows if r["kind"] != "publisher.pinned"
+    )
+    assert kinds == sorted(
+        [
+            (True, "mint.granted"),
+            (True, "exchange.failed"),
+            (False, "mint.regranted"),
+            (False, "exchange.succeeded"),
+        ]
+    )
+    status, body, _ = await bounded(mint(http, stack, token))
+    assert (status, body["errors"][0]["code"]) == (422, "invalid-reuse-token")
+
+
+def _claims_of(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
