@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from tests.bus import hand_over
+from tests.bus import ADMIN, hand_over
 from tests.registry.registry_support import (
     claims_for,
     match,
@@ -30,7 +30,7 @@ from tests.registry.registry_support import (
 
 from trustpub.messages import ReusedToken, Unavailable
 from trustpub.messages.endpoints import EXCHANGE_FAILED, EXCHANGE_SUCCEEDED, PUBLISHER_MATCH
-from trustpub.messages.v1 import ExchangeEvent, ExchangeEvents, MatchRequest, MintGrant
+from trustpub.messages.v1 import ExchangeEvent, ExchangeEvents, MatchRequest, MintGrant, encode
 from trustpub.registry import db
 from trustpub.registry.match import RELEASE_GRACE_S
 from trustpub.runtime import Runtime
@@ -275,3 +275,38 @@ async def _waiting_for_lock(conn: asyncpg.Connection) -> Any:
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'trustpub-registry' "
         "AND wait_event_type = 'Lock'"
     )
+
+
+async def test_a_forged_delivery_report_marks_nothing(registry, conn, bus):
+    # Only the gateway's sealed report marks a record delivered: one without its seal (here
+    # from the suite's admin identity, which NATS lets publish anywhere) is refused and counted.
+    owner = unique("org")
+    await register(conn, projects=[unique("pkg")], owner=owner)
+    first = match_request(claims_for(owner))
+    grant = await match(registry, first)
+    event = ExchangeEvent(
+        event_id=str(uuid.uuid4()),
+        exchange_id=uuid.uuid4().hex,
+        at=time.time(),
+        outcome="succeeded",
+        issuer=GITHUB,
+        provider="github",
+        mint_id=grant.mint_id,
+    )
+    subject = EXCHANGE_SUCCEEDED.subject(registry.subjects.root)
+    async with bus.connection(ADMIN, registry.subjects.root) as nc:
+        await nc.jetstream().publish(subject, encode(ExchangeEvents(events=[event])))
+
+    async def refused() -> bool:
+        return (
+            sample(
+                registry,
+                "trustpub_bus_refused_total",
+                endpoint="events.exchange.succeeded",
+                reason="unsealed",
+            )
+            == 1
+        )
+
+    await wait_until(refused, timeout=30)
+    assert (await mint_row(conn, grant.mint_id))["delivered_at"] is None
