@@ -407,16 +407,12 @@ async def test_missing_kid(verifier, keys):
 @pytest.mark.parametrize(
     "kid",
     [
-        "../../../../../../dev/null",
-        "/dev/null",
-        "..\\..\\windows\\win.ini",
-        "x' UNION SELECT '1';--",
-        "*)(uid=*",
-        "|sleep 10",
-        "$(sleep 10)",
         "a\nb",
         "\u0000",
         "\u001b[2J",
+        "k\u00e9y",  # not ASCII
+        "\u212aey",  # Kelvin sign
+        "tab\there",
         "",
         "A" * 129,
         "A" * 10000,
@@ -425,45 +421,48 @@ async def test_missing_kid(verifier, keys):
 async def test_kid_with_bad_characters_or_length(verifier, keys, kid):
     description = await rejected(verifier, sign(keys, gh(), {"alg": "RS256", "kid": kid}), InvalidToken)
     assert description.startswith("JWT header kid ")
-    assert "is not 1 to 128 characters among A-Z a-z 0-9 . _ -" in description
+    assert "is not 1 to 128 printable ASCII characters" in description
     assert "\n" not in description
     assert "\u001b" not in description
 
 
 @pytest.mark.parametrize(
-    ("kid", "shown"), [(5, "an integer"), ([], "an array"), ({}, "an object"), (True, "a boolean")]
+    "kid",
+    [
+        "bilbo.baggins@hobbiton.example",  # RFC 7520's example RSA key
+        "nv0Qz4vJ+2k/xw3Q8Lc1ZQ==",  # base64 with + / =, as hosted issuers use
+        "key 1 (2026)",
+        "~!#$%^&*()[]{}<>?,;:'\"\\|`",
+        "A" * 128,
+    ],
 )
-async def test_kid_not_a_string(verifier, keys, kid, shown):
-    description = await rejected(verifier, sign(keys, gh(), {"alg": "RS256", "kid": kid}), InvalidToken)
-    assert description == f"JWT header kid must be a string, the token carried {shown}"
+async def test_any_printable_ascii_kid_is_a_key_id(keys, kid):
+    # RFC 7517 allows any string: a self-managed issuer with such key ids can publish.
+    key = SigningKey(kid=kid, private=keys[GITHUB].private)
+    verifier = make_verifier({**keys, GITHUB: key})
+    token = compact(key, {"alg": "RS256", "kid": kid, "typ": "JWT"}, gh())
+    result = await verifier.verify(token)
+    assert result.issuer == GITHUB
 
 
 @pytest.mark.parametrize(
-    ("name", "value"),
+    "kid",
     [
-        ("jku", "http://127.0.0.1:9/jwks"),
-        ("x5u", "http://127.0.0.1:9/cert.pem"),
-        ("jwk", {"kty": "RSA", "n": "AQAB", "e": "AQAB"}),
-        ("x5c", ["MIIB"]),
-        ("crit", ["exp"]),
-        ("zip", "DEF"),
-        ("enc", "A256GCM"),
-        ("b64", False),
-        ("cty", "JWT"),
+        "../../../../../../dev/null",
+        "/dev/null",
+        "..\\..\\windows\\win.ini",
+        "x' UNION SELECT '1';--",
+        "*)(uid=*",
+        "|sleep 10",
+        "$(sleep 10)",
+        "https://attacker.example/keys",
     ],
 )
-async def test_forbidden_headers(verifier, keys, name, value):
-    token = sign(keys, gh(), {**H0, name: value})
-    description = await rejected(verifier, token, InvalidToken)
-    assert description == (
-        f'JWT header "{name}" is not accepted: a token\'s header may only carry alg, kid, typ and x5t'
-    )
-
-
-@pytest.mark.parametrize("typ", ["at+jwt", "JWE", "jwt", 1])
-async def test_typ_other_than_jwt(verifier, keys, typ):
-    description = await rejected(verifier, sign(keys, gh(), {**H0, "typ": typ}), InvalidToken)
-    assert description.startswith('JWT header typ must be "JWT" or absent')
+async def test_a_hostile_printable_kid_is_only_a_key_it_does_not_know(verifier, keys, kid):
+    # Only a lookup key: never a path, a URL or a query; quoted wherever it is shown.
+    description = await rejected(verifier, sign(keys, gh(), {"alg": "RS256", "kid": kid}), InvalidToken)
+    assert description.startswith("key id ")
+    assert "is not among the published keys of" in description
 
 
 async def test_unknown_kid(verifier, keys):

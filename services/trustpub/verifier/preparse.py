@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trustpub.messages import InvalidPayload, InvalidToken, strictjson
+from trustpub.messages.keys import KID_RE, KID_RULE
 from trustpub.providers.issuers import Issuer
 
 # Nesting deeper than this is refused: real tokens are flat objects (GitHub's nests nothing),
@@ -34,8 +35,6 @@ _SEGMENT_NAMES = ("header", "payload", "signature")
 # material the operator did not configure, changes how the token is processed, or belongs
 # to JWE, and is refused.
 ALLOWED_HEADERS = frozenset({"alg", "kid", "typ", "x5t"})
-# kid is an opaque map key; a bounded, safe alphabet keeps it harmless in logs and messages.
-KID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +183,5 @@ def check_header(header: dict[str, Any], issuer: Issuer) -> tuple[str, str]:
     if not isinstance(kid, str):
         raise InvalidToken(f"JWT header kid must be a string, the token carried {json_type(kid)}")
     if not KID_RE.fullmatch(kid):
-        raise InvalidToken(
-            f'JWT header kid "{shown(kid, 40)}" is not 1 to 128 characters among A-Z a-z 0-9 . _ -'
-        )
+        raise InvalidToken(f'JWT header kid "{shown(kid, 40)}" is not {KID_RULE}')
     return alg, kid
