@@ -157,6 +157,10 @@ def test_strict_json_accepts_a_real_document(good):
         ("http://10.0.0.1/jwks", True, False),
         ("file:///etc/passwd", True, False),
         ("https://127.0.0.1:99999/jwks", True, False),
+        # The issuer's own port only: another port of its host may be another service.
+        ("https://token.actions.githubusercontent.com:8443/.well-known/jwks", False, False),
+        ("https://token.actions.githubusercontent.com:443/.well-known/jwks", False, True),
+        ("https://token.actions.githubusercontent.com:abc/jwks", False, False),
         (None, False, False),
         ("", False, False),
     ],
@@ -196,6 +200,8 @@ def test_operator_configures_extra_keys_hosts():
     check_jwks_uri("https://keys.example.net/jwks", iss)
     with pytest.raises(FetchError):
         check_jwks_uri("https://evil.example.net/jwks", iss)
+    with pytest.raises(FetchError):
+        check_jwks_uri("https://keys.example.net:8443/jwks", iss)
     # jwks_url may name the extra host; discovery_url may not.
     IssuerRegistry.from_entries(
         [{**_SSO, "jwks_hosts": ["keys.example.net"], "jwks_url": "https://keys.example.net/jwks"}]
@@ -232,3 +238,24 @@ def test_kv_key_is_unpadded_base64url():
     assert kv_key(GITHUB) == "aHR0cHM6Ly90b2tlbi5hY3Rpb25zLmdpdGh1YnVzZXJjb250ZW50LmNvbQ"
     assert kv_key("https://gitlab.com") != kv_key("https://gitlab.com/")
     assert "=" not in kv_key("a")
+
+
+def test_an_issuer_on_its_own_port_keeps_its_keys_there():
+    reg = IssuerRegistry.from_entries([{"issuer": "https://sso.example.com:8443", "provider": "gitlab"}])
+    iss = reg.get("https://sso.example.com:8443")
+    assert iss is not None
+    check_jwks_uri("https://sso.example.com:8443/oauth/discovery/keys", iss)
+    for other in ("https://sso.example.com/keys", "https://sso.example.com:9443/keys"):
+        with pytest.raises(FetchError, match="hosts and ports"):
+            check_jwks_uri(other, iss)
+    # The operator's own configuration is held to the same rule.
+    with pytest.raises(ConfigError, match="own host and port"):
+        IssuerRegistry.from_entries(
+            [
+                {
+                    "issuer": "https://sso.example.com",
+                    "provider": "gitlab",
+                    "jwks_url": "https://sso.example.com:8443/k",
+                }
+            ]
+        )

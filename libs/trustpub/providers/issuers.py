@@ -117,18 +117,45 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _check_url(url: str, iss: Issuer, *, what: str, same_host: bool) -> None:
+def origins(iss: Issuer, *, keys: bool) -> frozenset[tuple[str, int]]:
+    """The (host, port) pairs an https URL of ``iss`` may point at: the issuer's own host and
+    port, and for its keys also the ``jwks_hosts`` on port 443. A discovery document served by
+    the issuer names its keys' URL, so the port is part of the check: another port on the same
+    host may be another service (DESIGN.md, "Keys of identity providers")."""
+    own = urlsplit(iss.issuer)
+    pairs = {(own.hostname or "", own.port or 443)}
+    if keys:
+        pairs.update((host, 443) for host in iss.jwks_hosts)
+    return frozenset(pairs)
+
+
+def https_origin(url: str) -> tuple[str, int] | None:
+    """(host, port) of an https URL without credentials; None for anything else.
+
+    Raises:
+        ValueError: the URL does not parse (a malformed port, say).
+    """
     parts = urlsplit(url)
-    host = parts.hostname or ""
+    if parts.scheme != "https" or parts.username is not None or parts.password is not None:
+        return None
+    return (parts.hostname or "", parts.port or 443)
+
+
+def _check_url(url: str, iss: Issuer, *, what: str, same_host: bool) -> None:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        origin = https_origin(url)
+    except ValueError:
+        msg = f"issuer {iss.issuer!r}: {what} {url!r} is not a URL"
+        raise ConfigError(msg) from None
     if parts.username or parts.password or not host:
         msg = f"issuer {iss.issuer!r}: {what} {url!r} must be an absolute URL without credentials"
         raise ConfigError(msg)
-    if parts.scheme == "https":
-        own = {urlsplit(iss.issuer).hostname or ""}
-        if what == "jwks_url":
-            own.update(iss.jwks_hosts)
-        if same_host and host not in own and not (iss.allow_loopback_http and _is_loopback(host)):
-            msg = f"issuer {iss.issuer!r}: {what} {url!r} must be on the issuer's own host"
+    if origin is not None:
+        allowed = origins(iss, keys=what == "jwks_url")
+        if same_host and origin not in allowed and not (iss.allow_loopback_http and _is_loopback(host)):
+            msg = f"issuer {iss.issuer!r}: {what} {url!r} must be on the issuer's own host and port"
             raise ConfigError(msg)
         return
     if parts.scheme == "http" and iss.allow_loopback_http and _is_loopback(host):

@@ -18,7 +18,7 @@ import aiohttp
 
 from trustpub.jwks.validate import KeySetRefused, ValidKeys, validate_key_set
 from trustpub.messages import strictjson
-from trustpub.providers.issuers import Issuer
+from trustpub.providers.issuers import Issuer, https_origin, origins
 
 # security.md §4.3: connect within 2 s; the total (fetch_timeout) bounds the rest.
 CONNECT_TIMEOUT_S = 2.0
@@ -158,21 +158,22 @@ def check_jwks_uri(uri: object, iss: Issuer) -> None:
     try:
         parts = urlsplit(uri)
         host = parts.hostname or ""
-        _ = parts.port  # raises ValueError for a malformed port
+        origin = https_origin(uri)  # raises ValueError for a malformed port
     except ValueError:
         raise FetchError(f"jwks_uri {_show(uri)} is not a URL", result="refused") from None
     if parts.username is not None or parts.password is not None or not host:
         raise FetchError(f"jwks_uri {_show(uri)} must be an absolute URL, no credentials", result="refused")
     if iss.allow_loopback_http and _is_loopback(host) and parts.scheme in ("http", "https"):
         return  # development and tests only: the operator opted in for this issuer
-    own = urlsplit(iss.issuer).hostname or ""
-    # The issuer's own host, or one the operator configured for its keys (Google's keys are on
-    # www.googleapis.com): a discovery document cannot send the fetch anywhere else.
-    if parts.scheme == "https" and (host == own or host in iss.jwks_hosts):
+    # The issuer's own host and port, or a host the operator configured for its keys (Google's
+    # keys are on www.googleapis.com) on 443: a discovery document cannot send the fetch
+    # anywhere else, another port of the issuer's host included.
+    allowed = origins(iss, keys=True)
+    if origin in allowed:
         return
-    allowed = ", ".join(repr(h) for h in (own, *iss.jwks_hosts))
+    shown = ", ".join(f"'{h}:{p}'" for h, p in sorted(allowed))
     raise FetchError(
-        f"jwks_uri {_show(uri)} is not https on the issuer's hosts ({allowed})", result="refused"
+        f"jwks_uri {_show(uri)} is not https on the issuer's hosts and ports ({shown})", result="refused"
     )
 
 
