@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import msgspec
 import pytest
 from tests.registry.registry_support import (
     AUDIENCE,
@@ -29,7 +30,7 @@ async def counts(conn) -> tuple[int, int, int, int]:
     return (
         await conn.fetchval("SELECT count(*) FROM used_tokens"),
         await conn.fetchval("SELECT count(*) FROM mints"),
-        await conn.fetchval("SELECT count(*) FROM audit_events"),
+        await conn.fetchval("SELECT count(*) FROM audit_events WHERE kind <> 'exchange.explained'"),
         await conn.fetchval("SELECT count(*) FROM projects"),
     )
 
@@ -61,8 +62,16 @@ async def test_explain_would_mint_and_consumes_nothing(registry, conn):
     assert rules["workflow_ref"].actual == f"{owner}/demo/.github/workflows/release.yml@refs/tags/v1.0.0"
     assert all(r.ok for r in candidate.rules)
 
-    # Nothing written: no token id claimed, no mint, no audit row, nothing pinned.
+    # Nothing written but its audit row: no token id claimed, no mint, nothing pinned.
     assert await counts(conn) == before
+    audit = await conn.fetchrow("SELECT * FROM audit_events WHERE exchange_id = $1", req.exchange_id)
+    assert (audit["kind"], audit["outcome"], str(audit["publisher_id"])) == (
+        "exchange.explained",
+        "would-mint",
+        publisher.id,
+    )
+    assert audit["detail"]["identity"] == f"repository {owner}/demo"
+    assert (audit["detail"]["candidates"], audit["detail"]["reported_in_full"]) == (1, 1)
     assert (await db.get_publisher(conn, publisher.id)).spec["owner_id"] is None
     # The very same token still exchanges; explained afterwards, it is reported used.
     grant = await match(registry, req)
@@ -71,10 +80,17 @@ async def test_explain_would_mint_and_consumes_nothing(registry, conn):
     assert (used.outcome, used.code, used.token_used) == ("refused", "invalid-reuse-token", True)
 
 
-async def test_explain_lists_every_rule_of_every_candidate(registry, conn):
+async def test_explain_reports_in_full_only_the_publishers_the_token_was_meant_for(registry, conn):
     owner = unique("org")
     release = await register(conn, projects=[unique("pkg")], owner=owner, workflow="release.yml")
-    other = await register(conn, projects=[unique("pkg")], owner=owner, workflow="other.yml", environment="")
+    secret_project = unique("unreleased")
+    other = await register(
+        conn, projects=[secret_project], owner=owner, workflow="deploy-prod.yml", environment=""
+    )
+    future = unique("future")
+    await register_pending(
+        conn, project=future, owner=owner, registrant=unique("ann"), workflow="nightly.yml"
+    )
     # Another repository's publisher is never shown.
     stranger = await register(conn, projects=[unique("pkg")], owner=unique("org"))
     req = match_request(claims_for(owner, environment="staging"))
@@ -83,21 +99,43 @@ async def test_explain_lists_every_rule_of_every_candidate(registry, conn):
 
     assert reply.outcome == "refused"
     assert reply.code == "invalid-publisher"
-    with pytest.raises(InvalidPublisher) as info:
-        await match(registry, req)
-    # The explanation carries exactly what the exchange answers.
-    assert reply.description == info.value.description
-    ids = {c.publisher_id: c for c in reply.candidates}
-    assert set(ids) == {release.id, other.id}
-    assert stranger.id not in ids
-    env = next(r for r in ids[release.id].rules if r.rule == "environment")
+    # The publisher for this workflow, in full: every rule, expected and actual.
+    full = [c for c in reply.candidates if not c.withheld]
+    assert [c.publisher_id for c in full] == [release.id]
+    env = next(r for r in full[0].rules if r.rule == "environment")
     assert (env.ok, env.expected, env.actual) == (False, "release", "staging")
     assert env.description == 'environment "staging" does not match the registered environment "release"'
-    wf = next(r for r in ids[other.id].rules if r.rule == "workflow_ref")
-    assert not wf.ok
-    assert 'does not name the registered workflow "other.yml"' in wf.description
-    assert len(ids[release.id].rules) == len(ids[other.id].rules) >= 10
+    assert len(full[0].rules) >= 10
+    # The others (another workflow of the same repository, a pending publisher): that they
+    # exist and which rule differs, nothing else: no id, project, pending name or workflow.
+    withheld = [c for c in reply.candidates if c.withheld]
+    assert len(withheld) == 2
+    for c in withheld:
+        assert (c.publisher_id, c.projects, c.pending_project, c.pins) == ("", [], "", {})
+        assert [(r.rule, r.ok, r.expected, r.actual) for r in c.rules] == [("workflow_ref", False, "", "")]
+    shown = msgspec.json.encode(reply).decode()
+    for secret in (other.id, secret_project, future, "deploy-prod.yml", "nightly.yml", stranger.id):
+        assert secret not in shown, secret
+    assert "2 other publisher(s) of repository" in reply.description
+    assert 'does not match the registered environment "release"' in reply.description
     assert not any(c.chosen for c in reply.candidates)
+    # The exchange itself refuses the same token.
+    with pytest.raises(InvalidPublisher):
+        await match(registry, req)
+
+
+async def test_explain_of_a_workflow_nobody_registered_names_nothing(registry, conn):
+    owner = unique("org")
+    await register(conn, projects=[unique("pkg")], owner=owner, workflow="release.yml")
+    reply = await explain(registry, match_request(claims_for(owner, workflow="ci.yml")))
+    assert reply.outcome == "refused"
+    assert [c.withheld for c in reply.candidates] == [True]
+    assert reply.description == (
+        f"valid token, but no corresponding publisher (no publisher of repository {owner}/demo names "
+        f"this token's workflow_ref; 1 other publisher(s) of repository {owner}/demo were registered "
+        "for another workflow_ref)"
+    )
+    assert "release.yml" not in reply.description
 
 
 async def test_explain_pending_and_malformed_tokens(registry, conn):

@@ -106,6 +106,8 @@ class ExplainCandidate(_Msg, frozen=True, tag="trustpub.publisher.v1.explain_can
     pins: dict[str, str] = {}
     # Seconds the minted token would live.
     token_lifetime: int = 0
+    # A publisher of the identity that the token was not meant for: only which rules differ.
+    withheld: bool = False
 
 
 class ExplainReply(_Msg, frozen=True, tag="trustpub.publisher.v1.explain_reply"):

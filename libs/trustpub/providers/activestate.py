@@ -145,6 +145,7 @@ PROVIDER = rules.ProviderRules(
     lookup_key=lookup_key,
     identity=identity,
     provenance=provenance,
+    addressed_by=("actor_id",),
 )
 # Module-level names for callers that think in terms of one provider.
 evaluate = PROVIDER.evaluate

@@ -344,6 +344,7 @@ PROVIDER = rules.ProviderRules(
     provenance=provenance,
     narrowing_field="environment",
     pinned_fields=_PINNED_FIELDS,
+    addressed_by=("workflow_ref", "job_workflow_ref"),
 )
 # Module-level names for callers that think in terms of one provider.
 evaluate = PROVIDER.evaluate

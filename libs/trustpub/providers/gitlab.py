@@ -275,6 +275,7 @@ PROVIDER = rules.ProviderRules(
     provenance=provenance,
     narrowing_field="environment",
     pinned_fields=_PINNED_FIELDS,
+    addressed_by=("ci_config_ref_uri",),
 )
 # Module-level names for callers that think in terms of one provider.
 evaluate = PROVIDER.evaluate

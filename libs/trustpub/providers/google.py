@@ -147,6 +147,7 @@ PROVIDER = rules.ProviderRules(
     identity=identity,
     provenance=provenance,
     narrowing_field="sub",
+    addressed_by=("email",),
 )
 # Module-level names for callers that think in terms of one provider.
 evaluate = PROVIDER.evaluate

@@ -68,6 +68,14 @@ class ProviderRules:
     narrowing_field: str | None = None
     # (spec field, claim) pairs that registration may leave open, pinned on first use.
     pinned_fields: tuple[tuple[str, str], ...] = ()
+    # The rules that say which of an identity's publishers a token was meant for (its workflow
+    # file, pipeline file, account): explain reports in full only the publishers that pass them
+    # (DESIGN.md, "Explain").
+    addressed_by: tuple[str, ...] = ()
+
+    def addresses(self, results: Sequence[RuleResult]) -> bool:
+        """Whether a token judged ``results`` against a publisher was plausibly meant for it."""
+        return all(r.ok for r in results if r.rule in self.addressed_by)
 
     def evaluate(self, spec: Spec, claims: Claims) -> list[RuleResult]:
         """Every rule of the table against ``claims``; one result per rule."""

@@ -20,6 +20,8 @@ class Settings(CommonSettings):
     audience: str = "trustpub"
     # Global switch: off answers audience with 403 and mint-token with not-enabled.
     enabled: bool = True
+    # POST /_/oidc/explain (gateway/explain.py); off answers 404.
+    explain_enabled: bool = True
     # End-to-end deadline of one exchange: every service hop gets what is left of it.
     request_timeout: float = 5.0
     # A GitHub token is ~1-2 KiB; 64 KiB leaves room and bounds parsing work.

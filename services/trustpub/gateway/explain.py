@@ -3,9 +3,12 @@
 The token is verified first, as for an exchange (a bad signature, a wrong audience or an
 expired token is refused with the usual error shape), then the registry judges it against
 every publisher of the token's own identity (same issuer, same repository or project or
-account) and reports each rule: expected, actual, pass or fail. Nothing is written: the
-token id is not claimed, so the same token can be exchanged afterwards; no exchange event is
-published. Publishers of other identities are never shown.
+account). It reports in full (ids, projects, each rule: expected, actual, pass or fail) only
+the publishers the token was plausibly meant for (same workflow file, pipeline file, account);
+of the others only that they exist and which of those rules differs (DESIGN.md, "Explain").
+The token id is not claimed, so the same token can be exchanged afterwards; every explanation
+is audited (``exchange.explained``). Publishers of other identities are never shown. Operators
+switch it off with ``TRUSTPUB_EXPLAIN_ENABLED=false`` (404).
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import structlog
 from aiohttp import web
 
 from trustpub.gateway.config import Settings
-from trustpub.gateway.errors import from_error, json_response
+from trustpub.gateway.errors import EXCHANGE_ID_RESPONSE_HEADER, error_response, from_error, json_response
 from trustpub.gateway.limits import read_body
 from trustpub.gateway.payload import token_from_body
 from trustpub.messages import NotEnabled, TrustpubError
 from trustpub.messages.endpoints import TOKEN_EXPLAIN
 from trustpub.messages.v1 import ExplainCandidate, ExplainReply, VerifyRequest
-from trustpub.runtime import Runtime
+from trustpub.runtime import Runtime, new_exchange_id
 
 log = structlog.get_logger("trustpub.gateway")
 
@@ -34,6 +37,8 @@ def report(reply: ExplainReply) -> dict[str, Any]:
     """The public JSON shape of an explanation (stable; the NATS message may grow)."""
 
     def candidate(c: ExplainCandidate) -> dict[str, Any]:
+        if c.withheld:
+            return {"withheld": True, "differs": [r.rule for r in c.rules]}
         return {
             "publisher_id": c.publisher_id,
             "pending": c.pending,
@@ -80,7 +85,12 @@ class Explainer:
         self.settings = settings
 
     async def handle(self, request: web.Request) -> web.Response:
+        if not self.settings.explain_enabled:
+            return error_response(
+                "not-found", "explain is switched off on this index", status=404, message="Not Found"
+            )
         deadline = time.time() + self.settings.request_timeout
+        exchange_id = new_exchange_id()
         provider = "unknown"
         try:
             if not self.settings.enabled:
@@ -91,14 +101,28 @@ class Explainer:
             )
             token = token_from_body(body)
             # The verifier hands the verified token to the registry's read-only judgement.
-            reply = await self.rt.call(TOKEN_EXPLAIN, VerifyRequest(token=token), deadline=deadline)
+            with structlog.contextvars.bound_contextvars(exchange_id=exchange_id):
+                reply = await self.rt.call(
+                    TOKEN_EXPLAIN, VerifyRequest(token=token), deadline=deadline, exchange_id=exchange_id
+                )
             provider = reply.provider
         except TrustpubError as exc:
             response = from_error(exc)
             provider = exc.context.get("provider", provider)
-            log.info("explain_refused", provider=provider, code=exc.code.value, reason=exc.description[:300])
+            log.info(
+                "explain_refused",
+                provider=provider,
+                code=exc.code.value,
+                reason=exc.description[:300],
+                exchange_id=exchange_id,
+            )
+            response.headers[EXCHANGE_ID_RESPONSE_HEADER] = exchange_id
             return response
         log.info(
-            "explain_answered", provider=provider, outcome=reply.outcome, candidates=len(reply.candidates)
+            "explain_answered",
+            provider=provider,
+            outcome=reply.outcome,
+            candidates=len(reply.candidates),
+            exchange_id=exchange_id,
         )
-        return json_response(report(reply))
+        return json_response(report(reply), headers={EXCHANGE_ID_RESPONSE_HEADER: exchange_id})

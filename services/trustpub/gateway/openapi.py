@@ -149,6 +149,11 @@ _PATHS: dict[str, dict[str, Any]] = {
     "/_/oidc/explain": {
         "post": {
             "summary": "Dry run of an exchange: which publisher would match, and why not",
+            "description": (
+                "Reports in full only the publishers the token was plausibly meant for (same "
+                "workflow file, pipeline file or account); of the others only that they exist and "
+                "which rule differs. Audited (exchange.explained). Operators may switch it off."
+            ),
             "operationId": "explain",
             "requestBody": _token_body("The CI platform's OIDC token"),
             "responses": {
@@ -156,6 +161,7 @@ _PATHS: dict[str, dict[str, Any]] = {
                     "description": "The verdict.",
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
+                "404": _error("Explain is switched off on this index (TRUSTPUB_EXPLAIN_ENABLED)."),
                 **_transport_errors(audited=False),
             },
         }

@@ -898,20 +898,22 @@ class Matcher:
     # -- publisher.explain ----------------------------------------------------------------
 
     async def explain(self, req: ExplainRequest) -> ExplainReply:
-        """What ``match`` would decide for this token and why, rule by rule, for every
-        candidate of the token's own identity. Reads only: claims no token id, pins
-        nothing, creates nothing.
+        """What ``match`` would decide for this token and why, rule by rule, for the
+        candidates of the token's own identity that it was plausibly meant for; of the others
+        only that they exist and which rule differs (DESIGN.md, "Explain"). Claims no token
+        id, pins nothing, creates nothing; audited as ``exchange.explained``.
 
         Raises:
             Unavailable: the database did not answer.
         """
         token = req.token
         label = provider_label(token.provider)
-        reply = await self._explain(token)
+        reply = await self._explain(req)
         log.info("explained", provider=label, outcome=reply.outcome, code=reply.code)
         return reply
 
-    async def _explain(self, token: VerifiedToken) -> ExplainReply:
+    async def _explain(self, req: ExplainRequest) -> ExplainReply:
+        token = req.token
         claims = token.claims
         provider = self.providers.get(token.provider)
         identity = provider.identity(claims) if provider is not None else token.provider
@@ -919,30 +921,109 @@ class Matcher:
         try:
             provider, key = self._prepare(token)
         except InvalidPublisher as exc:
-            return ExplainReply(
+            reply = ExplainReply(
                 **base, outcome="refused", code=exc.code.value, description=exc.description, candidates=[]
             )
+            async with self.db.connection() as conn:
+                await self._audit_explained(conn, req, reply, addressed=0)
+            return reply
         async with self.db.connection() as conn:
             rows = await conn.fetch(_CANDIDATES, token.issuer, provider.name, key)
             used = bool(await conn.fetchval(_TOKEN_USED, token.issuer, token.token_key))
             candidates = [judge(provider, row, claims) for row in rows]
+            addressed = [c for c in candidates if provider.addresses(c.results)]
             chosen: Candidate | None = None
             try:
                 chosen = decide(provider, claims, candidates)
             except InvalidPublisher as exc:
-                outcome, code, description = "refused", exc.code.value, exc.description
+                outcome, code = "refused", exc.code.value
+                description = self._withheld_description(provider, claims, candidates, addressed, exc)
             else:
                 outcome, code, description = await self._verdict(conn, chosen, used)
-        base["token_used"] = used
-        reports = [self._report(provider, c, claims, chosen=c is chosen) for c in candidates]
-        return ExplainReply(
-            **base,
-            outcome=outcome,
-            code=code,
-            description=description,
-            candidates=reports,
-            publisher_id=str(chosen.id) if chosen is not None and outcome != "refused" else "",
+            base["token_used"] = used
+            reports = [
+                self._report(provider, c, claims, chosen=c is chosen)
+                if c in addressed
+                else self._withheld(provider, c)
+                for c in candidates
+            ]
+            reply = ExplainReply(
+                **base,
+                outcome=outcome,
+                code=code,
+                description=description,
+                candidates=reports,
+                publisher_id=str(chosen.id) if chosen is not None and outcome != "refused" else "",
+            )
+            await self._audit_explained(conn, req, reply, addressed=len(addressed))
+        return reply
+
+    def _withheld_description(
+        self,
+        provider: ProviderRules,
+        claims: Mapping[str, Any],
+        candidates: Sequence[Candidate],
+        addressed: Sequence[Candidate],
+        refusal: InvalidPublisher,
+    ) -> str:
+        """The refusal, told from the publishers the token was meant for; of the others only
+        how many there are and which rules differ."""
+        others = [c for c in candidates if c not in addressed]
+        if not others:
+            return refusal.description
+        differing = sorted(
+            {r.rule for c in others for r in c.results if not r.ok and r.rule in provider.addressed_by}
         )
+        tail = (
+            f"{len(others)} other publisher(s) of {provider.identity(claims)} were registered for another "
+            f"{' / '.join(differing)}"
+        )
+        if not addressed:
+            what = " / ".join(differing)
+            return _no_publisher(
+                f"no publisher of {provider.identity(claims)} names this token's {what}; {tail}"
+            )
+        failures = failure_descriptions([r for c in addressed for r in c.results])
+        return _no_publisher("; ".join([*failures, tail]))
+
+    @staticmethod
+    def _withheld(provider: ProviderRules, c: Candidate) -> ExplainCandidate:
+        """A publisher the token was not meant for: that it exists and which rules differ."""
+        return ExplainCandidate(
+            publisher_id="",
+            pending=False,
+            projects=[],
+            passed=False,
+            chosen=False,
+            specificity=0,
+            rules=[
+                ExplainRule(rule=r.rule, ok=False, expected="", actual="", description="differs")
+                for r in c.results
+                if not r.ok and r.rule in provider.addressed_by
+            ],
+            withheld=True,
+        )
+
+    async def _audit_explained(
+        self, conn: asyncpg.Connection, req: ExplainRequest, reply: ExplainReply, *, addressed: int
+    ) -> None:
+        await insert_audit(
+            conn,
+            "exchange.explained",
+            exchange_id=req.exchange_id,
+            publisher_id=reply.publisher_id or None,
+            outcome=reply.outcome,
+            code=reply.code,
+            detail={
+                "issuer": reply.issuer,
+                "provider": reply.provider,
+                "identity": reply.identity[:300],
+                "token_hash_prefix": req.token.token_hash[:16],
+                "candidates": len(reply.candidates),
+                "reported_in_full": addressed,
+            },
+        )
+        self.metrics.audited("exchange.explained")
 
     async def _verdict(self, conn: asyncpg.Connection, chosen: Candidate, used: bool) -> tuple[str, str, str]:  # noqa: FBT001
         reused = ("refused", ReusedToken.code.value, "invalid token: already used")

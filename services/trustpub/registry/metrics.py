@@ -12,6 +12,7 @@ AUDIT_KINDS = frozenset(
     {
         "exchange.succeeded",
         "exchange.failed",
+        "exchange.explained",
         "mint.granted",
         "mint.regranted",
         "mint.released",

@@ -29,11 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwcrypto import jwk
 
 from trustpub.messages import InvalidToken, TrustpubError, Unavailable
-from trustpub.messages.keys import kv_key
+from trustpub.messages.keys import KID_RE, kv_key
 from trustpub.messages.v1 import KeySet
 from trustpub.providers.issuers import Issuer, IssuerRegistry
 from trustpub.verifier.metrics import VerifierMetrics
-from trustpub.verifier.preparse import KID_RE, shown
+from trustpub.verifier.preparse import shown
 
 log = structlog.get_logger("trustpub.verifier.keys")
 
