@@ -18,10 +18,13 @@ from jwcrypto import jwk
 from nats.aio.client import Client
 from tests.bus import ADMIN, TestBus
 from tests.conftest import running
+from tests.waiting import WAIT_S, bounded
+from tests.waiting import until as eventually
 
 from trustpub.devstack.issuer import DevIssuer
 from trustpub.jwks.app import setup_with
 from trustpub.jwks.config import Settings
+from trustpub.jwks.keysets import KeySets
 from trustpub.messages import Subjects
 from trustpub.messages.endpoints import JWKS_REFRESH
 from trustpub.messages.keys import kv_key
@@ -84,7 +87,7 @@ class JwksTest:
         verifier does) and read the bucket directly."""
         return self.bus.connection(ADMIN, self.root, inbox_of="verifier")
 
-    async def ask(self, nc: Client, request: RefreshRequest, timeout: float = 5.0) -> KeySet | ErrorReply:
+    async def ask(self, nc: Client, request: RefreshRequest, timeout: float = WAIT_S) -> KeySet | ErrorReply:
         """``jwks.refresh``: the key set answered (its seal checked, as a verifier does) or the error."""
         reply = await ask(nc, JWKS_REFRESH.subject(self.root), request, timeout)
         if isinstance(reply, SealedKeySet):
@@ -95,9 +98,15 @@ class JwksTest:
     async def read(self, nc: Client, issuer: str) -> KeySet | None:
         return await read_stored(nc, self.root, issuer, self.seals, self.clock)
 
-    async def stored(self, until: Callable[[KeySet], bool] = lambda _: True, timeout: float = 10.0) -> KeySet:
+    async def stored(
+        self, until: Callable[[KeySet], bool] = lambda _: True, timeout: float = WAIT_S
+    ) -> KeySet:
+        """The dev issuer's set in the bucket, once it satisfies ``until`` and the running
+        jwks services have settled (:func:`settled`): a test may then move the clock."""
         async with self.nats() as nc:
-            return await wait_stored(nc, self.root, self.dev.issuer, until, timeout, self.seals, self.clock)
+            ks = await wait_stored(nc, self.root, self.dev.issuer, until, timeout, self.seals, self.clock)
+        await settled()
+        return ks
 
 
 def jwks_env(common: dict[str, str], issuers_file: Path, **overrides: str) -> dict[str, str]:
@@ -124,17 +133,34 @@ def direct_issuers_file(tmp_path: Path, dev: DevIssuer) -> Path:
     return path
 
 
+# The KeySets of each jwks service running in this test (see settled).
+_RUNNING: dict[Runtime, KeySets] = {}
+
+
 @contextlib.asynccontextmanager
 async def jwks_service(
     env: dict[str, str], clock: Callable[[], float] | None = None
 ) -> AsyncIterator[Runtime]:
     rt = Runtime("jwks", load(Settings, env))
-    setup = setup_with(now=clock or time.time)
-    async with running(rt, setup) as started:
-        yield started
+    setup = setup_with(now=clock or time.time, keysets_to=lambda ks: _RUNNING.__setitem__(rt, ks))
+    try:
+        async with running(rt, setup) as started:
+            yield started
+    finally:
+        _RUNNING.pop(rt, None)
 
 
-async def ask(nc: Client, subject: str, msg: msgspec.Struct, timeout: float = 5.0) -> Any:
+async def settled(rt: Runtime | None = None) -> None:
+    """Until the jwks service ``rt`` (every running one by default) has finished its start
+    fetches and has no fetch in flight. A set in the bucket is not that: the fetch that stored
+    it still announces the change, and a refresh asked meanwhile joins that fetch and gets its
+    result, however far the test has moved the clock since."""
+    services = [_RUNNING[rt]] if rt is not None else list(_RUNNING.values())
+    for keysets in services:
+        await bounded(keysets.settled())
+
+
+async def ask(nc: Client, subject: str, msg: msgspec.Struct, timeout: float = WAIT_S) -> Any:
     """Send one request; the decoded reply (a KeySet or an ErrorReply)."""
     reply = await nc.request(subject, encode(msg), timeout=timeout)
     return any_reply(reply.data)
@@ -145,9 +171,9 @@ async def read_stored(
 ) -> KeySet | None:
     """The issuer's entry in the bucket, its seal checked as a verifier checks it."""
     js = nc.jetstream()
-    kv = await asyncio.wait_for(js.key_value(Subjects(root).jwks_bucket), 5)
+    kv = await bounded(js.key_value(Subjects(root).jwks_bucket))
     try:
-        entry = await asyncio.wait_for(kv.get(kv_key(issuer)), 5)
+        entry = await bounded(kv.get(kv_key(issuer)))
     except nats.js.errors.KeyNotFoundError:
         return None
     assert entry.value is not None
@@ -175,12 +201,8 @@ async def wait_stored(
         await asyncio.sleep(0.02)
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+async def wait_for(cond: Callable[[], bool], timeout: float = WAIT_S) -> None:
+    await eventually(cond, timeout=timeout)
 
 
 def kids(ks: KeySet) -> list[str]:

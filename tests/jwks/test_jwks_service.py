@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 from tests.jwks.jwks_support import JwksTest, jwks_service, kids, serve_briefly, wait_for
+from tests.waiting import WAIT_S, bounded
 
 from trustpub.devstack.issuer import DevIssuer, SigningKey
 from trustpub.messages.v1 import ErrorReply, KeySet, KeySetRotated, RefreshRequest
@@ -80,9 +81,9 @@ async def test_unknown_kid_refreshes_once_and_returns_the_new_key(jw: JwksTest):
         assert refresh_count(rt, dev.issuer, "ok") == 2
 
         # The first set's own event (old_kids []) may arrive after the subscription: skip it.
-        event = msgspec.json.decode((await rotated.next_msg(timeout=5)).data, type=KeySetRotated)
+        event = msgspec.json.decode((await rotated.next_msg(timeout=WAIT_S)).data, type=KeySetRotated)
         if event.old_kids == []:
-            event = msgspec.json.decode((await rotated.next_msg(timeout=5)).data, type=KeySetRotated)
+            event = msgspec.json.decode((await rotated.next_msg(timeout=WAIT_S)).data, type=KeySetRotated)
         assert (event.issuer, event.old_kids, event.new_kids) == (dev.issuer, ["dev-1"], ["dev-1", "dev-2"])
         assert event.replaced_kids == []
 
@@ -112,7 +113,7 @@ async def test_periodic_refresh_drops_a_withdrawn_key_within_one_period(jw: Jwks
     async with jwks_service(env, time.time):
         await jw.stored()
         jw.dev.keys[:] = [SigningKey.generate("dev-3")]
-        ks = await jw.stored(lambda ks: kids(ks) == ["dev-3"], timeout=5)
+        ks = await jw.stored(lambda ks: kids(ks) == ["dev-3"])
         assert ks.keys == [jw.dev.keys[0].public_jwk()]
 
 
@@ -123,7 +124,7 @@ async def test_flood_of_random_kids_makes_at_most_one_fetch(jw: JwksTest):
         jw.clock.advance(COOLDOWN + 1)
         before = dict(dev.hits)
         requests = [RefreshRequest(issuer=dev.issuer, kid=uuid.uuid4().hex) for _ in range(50)]
-        replies = await asyncio.wait_for(asyncio.gather(*(jw.ask(nc, r) for r in requests)), 15)
+        replies = await bounded(asyncio.gather(*(jw.ask(nc, r) for r in requests)))
         assert all(isinstance(r, KeySet) and r.keys == first.keys for r in replies)
         assert dev.hits["jwks"] - before["jwks"] == 1
         assert dev.hits["discovery"] - before["discovery"] == 1
@@ -189,9 +190,13 @@ async def test_hanging_issuer_is_cut_at_fetch_timeout(jw: JwksTest):
             jw.clock.advance(COOLDOWN + 1)
             started = time.monotonic()
             request = RefreshRequest(issuer=dev.issuer, kid="x")
-            replies = await asyncio.wait_for(asyncio.gather(*(jw.ask(nc, request) for _ in range(5))), 5)
+            with capture_logs() as logs:
+                # The handler hangs for an hour: any answer at all is the fetch cut short.
+                replies = await bounded(asyncio.gather(*(jw.ask(nc, request) for _ in range(5))))
             elapsed = time.monotonic() - started
-            assert 0.4 <= elapsed < 2.0
+            assert elapsed >= 0.4  # not before the fetch timeout (no upper bound: CI is slow)
+            [failed] = [e for e in logs if e["event"] == "jwks_fetch_failed"]
+            assert failed["reason"].endswith("no answer within 0.5 s")
             assert all(r.keys == good.keys for r in replies)
             assert refresh_count(rt, dev.issuer, "error") == 1
             assert dev.hits["discovery"] == 2  # the start, then one fetch shared by all five

@@ -24,10 +24,13 @@ from aiohttp import web
 from nats.aio.client import Client
 from tests.bus import ADMIN, Pipeline, TestBus, verification_pipeline
 from tests.conftest import AUDIENCE, running
+from tests.waiting import WAIT_S, bounded
+from tests.waiting import until as eventually
 
 from trustpub.devstack.issuer import DevIssuer, SigningKey
 from trustpub.jwks.app import setup_with as jwks_setup
 from trustpub.jwks.config import Settings as JwksSettings
+from trustpub.jwks.keysets import KeySets
 from trustpub.messages import Subjects
 from trustpub.messages.endpoints import JWKS_REFRESH
 from trustpub.messages.keys import kv_key
@@ -117,6 +120,7 @@ class World:
     _asking: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     _pipeline: Pipeline | None = None
     _starting: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _keysets: dict[Runtime, KeySets] = field(default_factory=dict)  # of each running jwks service
 
     def __post_init__(self) -> None:
         self.verifier_clock.t = self.jwks_clock.t  # the same time until a test moves one
@@ -166,8 +170,12 @@ class World:
     @contextlib.asynccontextmanager
     async def jwks(self, env: dict[str, str] | None = None) -> AsyncIterator[Runtime]:
         rt = Runtime("jwks", load(JwksSettings, env or self.env()))
-        async with running(rt, jwks_setup(now=self.jwks_clock)) as started:
-            yield started
+        setup = jwks_setup(now=self.jwks_clock, keysets_to=lambda ks: self._keysets.__setitem__(rt, ks))
+        try:
+            async with running(rt, setup) as started:
+                yield started
+        finally:
+            self._keysets.pop(rt, None)
 
     @contextlib.asynccontextmanager
     async def verifier(self, env: dict[str, str] | None = None) -> AsyncIterator[Runtime]:
@@ -184,13 +192,12 @@ class World:
             async with self.verifier(env) as verifier:
                 yield jwks, verifier
 
-    async def settled(self, jwks: Runtime, timeout: float = 5.0) -> None:
-        """Wait until the jwks service's start fetch of each issuer that is up has landed."""
-        up = [d for d in (self.dev, self.other) if d.mode == "ok" and self.servers[d.issuer].running]
-        for dev in up:
-            await until(
-                lambda d=dev: sample(jwks, "trustpub_jwks_keys", issuer=d.issuer) is not None, timeout
-            )
+    async def settled(self, jwks: Runtime, timeout: float = WAIT_S) -> None:
+        """Wait until the jwks service's start fetch of each issuer has finished (stored and
+        announced, or failed) and no fetch is in flight. Not "a set is in the bucket": the
+        fetch that stored it still announces the change, and a refresh asked meanwhile joins
+        that fetch and gets its result, however far the test has moved the clocks since."""
+        await bounded(self._keysets[jwks].settled(), timeout)
 
     # -- asking -----------------------------------------------------------------------
 
@@ -218,7 +225,7 @@ class World:
 
     async def refresh(self, verifier: Runtime, request: RefreshRequest) -> KeySet:
         """``jwks.refresh`` as the verifier asks it: the key set answered, its seal checked."""
-        sealed = await verifier.call(JWKS_REFRESH, request, deadline=time.time() + 5)
+        sealed = await verifier.call(JWKS_REFRESH, request, deadline=time.time() + WAIT_S)
         return open_sealed(verifier.seals, kv_key(request.issuer), sealed, now=self.verifier_clock)
 
     async def close(self) -> None:
@@ -230,9 +237,9 @@ class World:
         return self.bus.connection(ADMIN, self.subjects.root, inbox_of="verifier")
 
     async def stored(self, nc: Client, issuer: str) -> KeySet | None:
-        kv = await asyncio.wait_for(nc.jetstream().key_value(self.subjects.jwks_bucket), 5)
+        kv = await bounded(nc.jetstream().key_value(self.subjects.jwks_bucket))
         try:
-            entry = await asyncio.wait_for(kv.get(kv_key(issuer)), 5)
+            entry = await bounded(kv.get(kv_key(issuer)))
         except nats.js.errors.KeyNotFoundError:
             return None
         assert entry.value is not None
@@ -258,18 +265,13 @@ def refreshes(rt: Runtime, issuer: str, result: str) -> float:
     return sample(rt, "trustpub_jwks_refresh_total", issuer=issuer, result=result) or 0.0
 
 
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            msg = f"condition not met within {timeout} s"
-            raise AssertionError(msg)
-        await asyncio.sleep(0.01)
+async def until(cond: Callable[[], bool], timeout: float = WAIT_S) -> None:
+    await eventually(cond, timeout=timeout)
 
 
 async def readyz(rt: Runtime) -> tuple[int, dict[str, Any]]:
     """What a probe sees on the service's ops port."""
-    timeout = aiohttp.ClientTimeout(total=5)
+    timeout = aiohttp.ClientTimeout(total=WAIT_S)
     async with (
         aiohttp.ClientSession(timeout=timeout) as http,
         http.get(f"http://127.0.0.1:{rt.ops_port}/readyz") as resp,

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from tests.keys.keys_support import COOLDOWN, World, readyz, refreshes, sample, until
+from tests.waiting import bounded
 
 from trustpub.devstack.issuer import SigningKey
 
@@ -23,18 +24,13 @@ async def test_f6_issuer_down_with_a_warm_cache(world: World):
         world.advance(COOLDOWN + 1)
         hits = dev.hits["discovery"]
 
-        started = time.monotonic()
         forged = [world.forged() for _ in range(20)]
         known = [world.token() for _ in range(20)]
-        verdicts = await asyncio.wait_for(
-            asyncio.gather(*(world.verify(verifier, t) for t in forged + known)), 10
-        )
-        elapsed = time.monotonic() - started
+        verdicts = await bounded(asyncio.gather(*(world.verify(verifier, t) for t in forged + known)))
         # Known kids keep verifying; an unknown kid cannot be looked up: 503, not 422.
         assert all(v.verified for v in verdicts[20:])
         assert {v.code for v in verdicts[:20]} == {"unavailable"}
         assert verdicts[0].description.endswith(OUTAGE)
-        assert elapsed < 2.0
         # One attempt for the whole burst, and the last good set is kept, with the reason.
         assert dev.hits["discovery"] == hits + 1
         assert refreshes(jwks, dev.issuer, "error") == 1
@@ -79,9 +75,16 @@ async def test_f6_issuer_down_with_a_warm_cache(world: World):
         assert "is not among the published keys" in verdict.description
 
 
+# F7's fetch budget: long enough that the known kids below are all answered while the fetch
+# hangs, however loaded the machine (each takes milliseconds); the verifier's refresh deadline
+# is above it, so the token that waits for the fetch gets the fetch's verdict.
+HANG_S = 3.0
+
+
 async def test_f7_slow_issuer_is_cut_and_known_kids_are_not_delayed(world: World):
     dev = world.dev
-    async with world.both(world.env(fetch_timeout="0.5")) as (jwks, verifier):
+    env = world.env(fetch_timeout=f"{HANG_S:g}", refresh_timeout=f"{3 * HANG_S:g}")
+    async with world.both(env) as (jwks, verifier):
         world.advance(COOLDOWN + 1)
         dev.mode = "hang"  # accepts the request and never answers
         hits = dev.hits["discovery"]
@@ -89,25 +92,23 @@ async def test_f7_slow_issuer_is_cut_and_known_kids_are_not_delayed(world: World
         slow = asyncio.ensure_future(world.verify(verifier, world.forged()))
         await until(lambda: dev.hits["discovery"] == hits + 1)  # the refresh is hanging now
 
-        # While it hangs, known kids (and the other issuer) answer at once.
-        latencies = []
+        # While it hangs, known kids (and the other issuer) answer: none waits for the fetch,
+        # which is still hanging after all of them.
         for token in [world.token() for _ in range(20)] + [world.token(world.other)]:
-            t0 = time.monotonic()
             assert (await world.verify(verifier, token)).verified
-            latencies.append(time.monotonic() - t0)
         assert not slow.done()
-        assert max(latencies) < 0.2, latencies
+        assert refreshes(jwks, dev.issuer, "error") == 0
 
         # The fetch is cut at fetch_timeout; the token that waited for it gets 503.
-        verdict = await asyncio.wait_for(slow, 5)
+        verdict = await bounded(slow)
         elapsed = time.monotonic() - started
         assert verdict.code == "unavailable"
         assert verdict.description.endswith(OUTAGE)
-        assert 0.45 <= elapsed < 1.5
+        assert elapsed >= 0.9 * HANG_S  # no upper bound: a loaded machine stretches any duration
         assert refreshes(jwks, dev.issuer, "error") == 1
         fetch_time = sample(jwks, "trustpub_jwks_fetch_duration_seconds_sum", issuer=dev.issuer)
         assert fetch_time is not None
-        assert fetch_time >= 0.5
+        assert fetch_time >= HANG_S
         # Nothing is left running: no fetch task outlives its budget.
         assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("jwks-fetch")]
 

@@ -23,7 +23,7 @@ from trustpub.messages.endpoints import JWKS_REFRESH, JWKS_ROTATED
 from trustpub.messages.v1 import KeySetRotated, RefreshRequest, SealedKeySet
 from trustpub.providers.issuers import IssuerRegistry
 from trustpub.runtime import Runtime
-from trustpub.runtime.events import ensure_stream
+from trustpub.runtime.events import StreamBounds, ensure_stream
 from trustpub.runtime.keysets import open_bucket, seal
 from trustpub.runtime.service import Setup
 
@@ -37,11 +37,12 @@ class _RotationEvents:
 
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
+        self._bounds = StreamBounds.of(rt.settings)
         self._stream_ready = False
 
     async def __call__(self, event: KeySetRotated) -> None:
         if not self._stream_ready:
-            await ensure_stream(self._rt.nc.jetstream(), self._rt.subjects)
+            await ensure_stream(self._rt.nc.jetstream(), self._rt.subjects, self._bounds)
             self._stream_ready = True
         await self._rt.publish_event(JWKS_ROTATED, event, event.event_id)
 
@@ -51,16 +52,23 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     await _setup(rt, stack, now=time.time)
 
 
-def setup_with(*, now: Callable[[], float]) -> Setup:
-    """:func:`setup` with another clock (unix seconds), so tests can move time."""
+def setup_with(*, now: Callable[[], float], keysets_to: Callable[[KeySets], None] | None = None) -> Setup:
+    """:func:`setup` with another clock (unix seconds), so tests can move time; ``keysets_to``
+    is handed the service's :class:`KeySets` (a test waits for :meth:`KeySets.settled`)."""
 
     async def configured(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
-        await _setup(rt, stack, now=now)
+        await _setup(rt, stack, now=now, keysets_to=keysets_to)
 
     return configured
 
 
-async def _setup(rt: Runtime, stack: contextlib.AsyncExitStack, *, now: Callable[[], float]) -> None:
+async def _setup(
+    rt: Runtime,
+    stack: contextlib.AsyncExitStack,
+    *,
+    now: Callable[[], float],
+    keysets_to: Callable[[KeySets], None] | None = None,
+) -> None:
     settings = cast("Settings", rt.settings)
     issuers = IssuerRegistry.load(settings.issuers_file, disabled_providers=settings.disabled_providers)
     js = rt.nc.jetstream()
@@ -91,6 +99,8 @@ async def _setup(rt: Runtime, stack: contextlib.AsyncExitStack, *, now: Callable
         on_rotated=_RotationEvents(rt),
         now=now,
     )
+    if keysets_to is not None:
+        keysets_to(keysets)
 
     async def refresh(req: RefreshRequest) -> SealedKeySet:
         # Answered sealed, exactly as the bucket holds it: the verifier checks it the same way.

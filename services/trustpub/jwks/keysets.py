@@ -123,6 +123,8 @@ class KeySets:
         self._latest: dict[str, KeySet] = {}
         self._last_error: dict[str, str] = {}
         self._max_age: dict[str, float] = {}
+        # Set when an issuer's start fetch has finished (stored and announced, or failed).
+        self._started: dict[str, asyncio.Event] = {}
         self.metrics = JwksMetrics(registry, self._ages)
 
     # -- endpoints ----------------------------------------------------------------------
@@ -183,11 +185,25 @@ class KeySets:
             return False
         return self.now() - stored.keyset.fetched_at <= self._staleness
 
+    async def settled(self) -> None:
+        """Until the start fetch of every enabled issuer has finished, and no fetch is in
+        flight: each result stored, its change announced (or the failure recorded).
+
+        A refresh request that arrives while a fetch is in flight joins it and gets its
+        result, however long ago (by :attr:`now`) that fetch began; a test that moves the
+        clock waits for this first, since a set in the bucket does not mean its fetch is
+        over (announcing the change is the fetch's last step).
+        """
+        await asyncio.gather(*(started.wait() for started in list(self._started.values())))
+        while self._inflight:
+            await asyncio.wait(list(self._inflight.values()))
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Refresh every enabled issuer now and periodically, until the block ends."""
         enabled = [i for i in self.issuers if i.enabled]
         log.info("jwks_issuers", issuers=[i.issuer for i in enabled])
+        self._started = {i.issuer: asyncio.Event() for i in enabled}
         loops = [asyncio.create_task(self._loop(i), name=f"jwks-refresh {i.issuer}") for i in enabled]
         try:
             yield
@@ -435,6 +451,7 @@ class KeySets:
                 await self._periodic(iss, initial=not delay)
             except Exception:  # the loop outlives any one failure
                 log.exception("jwks_periodic_failed", issuer=iss.issuer)
+            self._started[iss.issuer].set()
             delay = self._period(iss.issuer) * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311  (jitter, not a secret)
 
     async def _periodic(self, iss: Issuer, *, initial: bool) -> None:

@@ -83,10 +83,15 @@ class BucketFeed:
 
     async def _bucket_when_created(self) -> KeyValue:
         # Verifiers only read the bucket: they may not create it (the generated permissions).
+        waiting = False
         while True:
             try:
                 return await open_bucket(self._js, self._bucket, create=False)
             except nats.js.errors.BucketNotFoundError:
+                if not waiting:
+                    # Once: a verifier started before any jwks service says what it waits for.
+                    log.info("keysets_bucket_missing", bucket=self._bucket, waiting_for="the jwks service")
+                    waiting = True
                 await asyncio.sleep(BUCKET_POLL_S)
 
     def _apply(self, entry: KeyValue.Entry) -> None:
