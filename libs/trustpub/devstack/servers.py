@@ -12,6 +12,7 @@ user (or a ``trustpub-pg`` system user created for it).
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import pwd
 import shutil
@@ -19,6 +20,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,16 +164,35 @@ def _run_as() -> list[str]:
 
 
 def _chown_for(prefix: list[str], path: Path) -> None:
+    """Give ``path``, the server's own folder, to the user it runs as (0700).
+
+    That user must traverse every parent. Only the stack's own scratch folders (a ``.run``
+    folder and what is below it, or a folder below the system's temporary folder) are opened
+    for it (o+x: traverse, not list); any other folder in the way is an error, never changed.
+    """
     if not prefix:
         return
     user = prefix[2]
     pw = pwd.getpwnam(user)
     os.chown(path, pw.pw_uid, pw.pw_gid)
-    # Every parent must be traversable by that user.
+    path.chmod(0o700)
+    groups = {pw.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+    scratch = Path(tempfile.gettempdir()).resolve()
     for parent in path.resolve().parents:
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            parent.chmod(mode | 0o001)
+        st = parent.stat()
+        if st.st_mode & 0o001 or (st.st_uid == pw.pw_uid and st.st_mode & 0o100):
+            continue
+        if st.st_gid in groups and st.st_mode & 0o010:
+            continue
+        if ".run" in parent.parts or scratch in parent.parents:
+            parent.chmod(st.st_mode | 0o001)
+            continue
+        msg = (
+            f"PostgreSQL runs as {user}, which cannot reach {path}: {parent} is not traversable "
+            "for it, and trustpub changes no folder outside its own; run as another user than "
+            "root, use a checkout that user can reach, or set TRUSTPUB_DATABASE_URL"
+        )
+        raise DevServerError(msg)
 
 
 @dataclass
