@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import string
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -109,6 +110,20 @@ _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 def ascii_lower(value: str) -> str:
     """Lower-case ASCII letters only; every other character is left as it is."""
     return value.translate(_ASCII_LOWER)
+
+
+def describe_char(c: str) -> str:
+    """One character for a message, escaped: ``U+017F (LATIN SMALL LETTER LONG S)``."""
+    name = unicodedata.name(c, "")
+    return f"U+{ord(c):04X} ({name})" if name else f"U+{ord(c):04X}"
+
+
+def first_non_ascii(value: str) -> str | None:
+    """The first character of ``value`` outside ASCII, described with its position, or None."""
+    for position, c in enumerate(value, 1):
+        if not c.isascii():
+            return f"{describe_char(c)} at position {position}"
+    return None
 
 
 def quote(value: object) -> str:

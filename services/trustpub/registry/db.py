@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import string
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -23,7 +24,7 @@ import orjson
 import structlog
 
 from trustpub.messages import Unavailable
-from trustpub.providers.rules import RegistrationError, Spec, quote
+from trustpub.providers.rules import RegistrationError, Spec, describe_char, first_non_ascii, quote
 from trustpub.runtime import current_delivery
 
 log = structlog.get_logger("trustpub.registry.db")
@@ -51,17 +52,56 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.InternalClientError,
 )
 
-# PEP 508 / packaging's project name pattern.
-_PROJECT_NAME = re.compile(r"[A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9]", re.IGNORECASE)
+# PEP 508's name: ASCII letters and digits, with ".", "_" and "-" inside. Explicit ASCII
+# ranges and no IGNORECASE, so no other character can match (DESIGN.md, "Names are ASCII").
+_PROJECT_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+_NAME_RULE = (
+    "project names are ASCII letters, digits, '.', '_' and '-', starting and ending with a letter "
+    "or digit (PEP 508)"
+)
 
 
 class NotFound(LookupError):
     """A project or publisher named in the request does not exist; the message says which."""
 
 
+def check_project_name(name: str) -> str:
+    """The name without surrounding ASCII whitespace, if it is a valid project name.
+
+    The one check of a project name, wherever one comes in: ``project add``, ``--project``,
+    ``--pending-project``, lookups. A name with any other character is refused, never folded
+    (DESIGN.md, "Names are ASCII").
+
+    Raises:
+        RegistrationError: it is not valid; the message names the offending character.
+    """
+    name = name.strip(string.whitespace)
+    if _PROJECT_NAME.fullmatch(name):
+        return name
+    if not name:
+        raise RegistrationError(f"a project name is required: {_NAME_RULE}")
+    non_ascii = first_non_ascii(name)
+    if non_ascii is not None:
+        why = f"{non_ascii} is not ASCII"
+    else:
+        position, c = next(
+            ((i, c) for i, c in enumerate(name, 1) if not (c.isalnum() or c in "._-")), (0, "")
+        )
+        why = (
+            f"{describe_char(c)} at position {position} is not allowed"
+            if c
+            else "it must start and end with a letter or digit"
+        )
+    raise RegistrationError(f"project name {quote(name)} is not valid: {why}; {_NAME_RULE}")
+
+
 def normalize_name(name: str) -> str:
-    """PEP 503 normalization of a project name."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    """PEP 503 normalization of a project name, checked first (:func:`check_project_name`).
+
+    Raises:
+        RegistrationError: the name is not valid.
+    """
+    return re.sub(r"[-_.]+", "-", check_project_name(name)).lower()
 
 
 def _dumps(value: Any) -> str:  # noqa: ANN401  (any JSON value)
@@ -426,7 +466,9 @@ async def add_publisher(
     wanted = {normalize_name(p): p for p in projects}
     async with conn.transaction():
         found = await conn.fetch(
-            "SELECT id, normalized_name FROM projects WHERE normalized_name = ANY($1::text[])", list(wanted)
+            "SELECT id, name, normalized_name FROM projects WHERE normalized_name = ANY($1::text[]) "
+            "ORDER BY normalized_name",
+            list(wanted),
         )
         missing = [name for norm, name in wanted.items() if norm not in {r["normalized_name"] for r in found}]
         if missing:
@@ -475,7 +517,7 @@ async def add_publisher(
             project_ids,
         )
         publisher = await _get_publisher(conn, publisher_id)
-        linked_names = [p for p in publisher.projects if normalize_name(p) in wanted]
+        linked_names = [r["name"] for r in found]
         if created:
             await insert_audit(
                 conn,
@@ -611,21 +653,6 @@ def _pending(row: Mapping[str, Any]) -> PendingPublisher:
         created_at=row["created_at"],
         expires_at=row["expires_at"],
     )
-
-
-def check_project_name(name: str) -> str:
-    """The name, stripped, if it is a valid project name.
-
-    Raises:
-        RegistrationError: it is not.
-    """
-    name = name.strip()
-    if not _PROJECT_NAME.fullmatch(name):
-        raise RegistrationError(
-            f"project name {quote(name)} is not valid: use ASCII letters, digits, '.', '_' and '-', "
-            "starting and ending with a letter or digit"
-        )
-    return name
 
 
 async def add_pending_publisher(
