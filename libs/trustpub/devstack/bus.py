@@ -38,6 +38,10 @@ _RENEW_BEFORE = dt.timedelta(days=30)
 _VALIDITY = dt.timedelta(days=365)
 # The server certificate is always valid for these (`make up`, the tests, a port-forward).
 _DEFAULT_NAMES = ("localhost", "127.0.0.1")
+# The devstack's own readiness probe (servers.py): it may ask JetStream for the account's
+# information and read the answer, nothing else (no subject of any root, no stream, no bucket).
+PROBE_SUBJECT = "$JS.API.INFO"
+PROBE_INBOX = "_INBOX.devstack-probe"
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
@@ -113,6 +117,9 @@ class DevBus:
 
     ``admin``: also create an ``admin`` NATS user without restrictions, for the test suite's
     own probes (never for ``make up``: there, no identity may do more than its declarations).
+    Always a ``probe`` user too, whose only permission is asking JetStream for the account's
+    information (:data:`PROBE_SUBJECT`): how the devstack tells that the server it started
+    is ready (servers.py).
     ``server_names``: host names (or IP addresses) the server's certificate is valid for besides
     localhost and 127.0.0.1, e.g. a Kubernetes service name; a certificate that lacks one is
     made again.
@@ -144,6 +151,10 @@ class DevBus:
         return self.directory / "admin.nk"
 
     @property
+    def probe_seed(self) -> Path:
+        return self.directory / "probe.nk"
+
+    @property
     def minter_key(self) -> Path:
         return self.secrets / MINTER_KEY_FILE
 
@@ -153,6 +164,8 @@ class DevBus:
         self._tls()
         if self.admin and not self.admin_seed.exists():
             write_secret(self.admin_seed, new_user_nkey()[0] + "\n")
+        if not self.probe_seed.exists():
+            write_secret(self.probe_seed, new_user_nkey()[0] + "\n")
         self._public = public_keys(self.secrets)
         return self
 
@@ -188,7 +201,15 @@ class DevBus:
 
     def server_config(self, *, roots: tuple[str, ...], port: int, monitor_port: int, store_dir: Path) -> str:
         """A nats-server configuration: TLS first, JetStream, the generated authorization."""
-        extra: list[dict[str, Any]] = []
+        extra: list[dict[str, Any]] = [
+            {
+                "nkey": public_key_of_seed(self.probe_seed.read_text()),
+                "permissions": {
+                    "publish": {"allow": [PROBE_SUBJECT]},
+                    "subscribe": {"allow": [f"{PROBE_INBOX}.>"]},
+                },
+            }
+        ]
         if self.admin:
             extra.append({"nkey": public_key_of_seed(self.admin_seed.read_text())})
         tls = {

