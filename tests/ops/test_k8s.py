@@ -332,6 +332,20 @@ def test_the_gateway_trusts_the_minter_key_ids_and_shares_the_token_settings_wit
     assert not token_settings & (set(gateway) | set(minter))
 
 
+def test_each_overlay_mints_tokens_of_its_own_issuer():
+    # An index that trusts two deployments tells their tokens apart by iss (README.md,
+    # "Configuration"): neither overlay keeps the default, and they differ.
+    from trustpub.minter.config import Settings  # noqa: PLC0415
+
+    issuers = {overlay: config(overlay)["TRUSTPUB_TOKEN_ISSUER"] for overlay in OVERLAYS}
+    assert Settings.token_issuer not in issuers.values()
+    assert len(set(issuers.values())) == len(OVERLAYS)
+    assert issuers["prod"].startswith("https://")
+    readme = (REPO / "README.md").read_text()
+    assert "`TRUSTPUB_TOKEN_ISSUER`" in readme
+    assert "`TRUSTPUB_TOKEN_AUDIENCE`" in readme
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_services_reach_nats_over_tls_first_and_never_with_a_password_in_a_config_map(overlay):
     settings = config(overlay)

@@ -59,21 +59,51 @@ def _parse(name: str, raw: str, typ: Any) -> Any:  # noqa: ANN401, C901, PLR0911
     raise ConfigError(msg)
 
 
+def read_secret(name: str, path: str) -> str:
+    """The content of the file ``path`` that setting ``name`` (a ``TRUSTPUB_*_FILE``) names,
+    without the line ending a secret file usually has.
+
+    Raises:
+        ConfigError: the file cannot be read.
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"{name}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+        raise ConfigError(msg) from None
+
+
 def load(cls: type[T], env: Mapping[str, str] | None = None) -> T:
     """Build ``cls`` (a dataclass) from ``env`` (default: ``os.environ``).
 
     Field ``request_timeout`` is read from ``TRUSTPUB_REQUEST_TIMEOUT``; fields without a
-    default are required.
+    default are required. A text setting may come from a file instead: ``TRUSTPUB_<NAME>_FILE``
+    (a mounted Secret: a secret in a file is not in the process's environment, which ``ps e``
+    and ``/proc/<pid>/environ`` show), unless the settings have a ``<name>_file`` of their own
+    (``TRUSTPUB_MINTER_KEY_FILE``). Setting both forms is an error.
 
     Raises:
         ConfigError: a required variable is unset or a value does not parse.
     """
     source = os.environ if env is None else env
     hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    names = {f.name for f in fields}
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for field in fields:
         name = env_name(field.name)
-        if name in source:
+        if (
+            f"{field.name}_file" not in names
+            and hints[field.name] in (str, str | None)
+            and name + "_FILE" in source
+        ):
+            if name in source:
+                msg = f"{name} and {name}_FILE are both set: keep one"
+                raise ConfigError(msg)
+            values[field.name] = _parse(
+                name, read_secret(name + "_FILE", source[name + "_FILE"]), hints[field.name]
+            )
+        elif name in source:
             values[field.name] = _parse(name, source[name], hints[field.name])
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             msg = f"{name} is required"

@@ -11,8 +11,10 @@
     trustpub audit list [--refused] [--code C] [--since ISO] [--limit N] [--json]
     trustpub bus init DIR | bus authorization DIR [--root R] | bus kubernetes DIR   (no database)
 
-The database is ``--database-url``, else ``TRUSTPUB_DATABASE_URL``, else the registry's
-default. Exit status: 0 done, 2 bad input (one line on stderr), 1 database unavailable.
+The database is ``TRUSTPUB_DATABASE_URL`` or the file ``TRUSTPUB_DATABASE_URL_FILE`` names (or
+``--database-url-file PATH``), else the registry's default. ``--database-url`` works too, but a
+password on the command line is visible to every user (``ps``, ``/proc/<pid>/cmdline``): it is
+used with a warning. Exit status: 0 done, 2 bad input (one line on stderr), 1 database unavailable.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from trustpub.providers.rules import TOKEN_LIFETIME_MAX, TOKEN_LIFETIME_MIN, Reg
 from trustpub.registry import audit_cli, db, migrations
 from trustpub.registry.config import Settings
 from trustpub.runtime import buscli
-from trustpub.runtime.config import ConfigError, env_name, load
+from trustpub.runtime.config import ConfigError, env_name, load, read_secret
 
 EXIT_OK = 0
 EXIT_UNAVAILABLE = 1
@@ -119,7 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--database-url",
         default=argparse.SUPPRESS,
-        help=f"PostgreSQL URL (default: ${env_name('database_url')}, else {Settings.database_url})",
+        help=(
+            f"PostgreSQL URL (default: ${env_name('database_url')} or the file "
+            f"${env_name('database_url')}_FILE names, else {Settings.database_url}); "
+            "not with a password: the command line is visible to every user"
+        ),
+    )
+    common.add_argument(
+        "--database-url-file",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="a file holding the PostgreSQL URL (with its password)",
     )
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
@@ -541,12 +553,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _bus(args) if args.command == "bus" else _database_command(args)
 
 
+def _has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None or "password=" in url.lower()
+    except ValueError:
+        return "password" in url.lower()
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    """``--database-url``, ``--database-url-file``, else the registry's setting (the
+    environment, or the file ``TRUSTPUB_DATABASE_URL_FILE`` names), else its default.
+
+    Raises:
+        ConfigError: a file that cannot be read, or both forms of the setting.
+    """
+    given = getattr(args, "database_url", None)
+    if given:
+        if _has_password(given):
+            name = env_name("database_url")
+            print(  # noqa: T201  (CLI output)
+                "trustpub: warning: a password on the command line (--database-url) is visible to "
+                f"every user of this machine (ps, /proc); use {name}, {name}_FILE or --database-url-file",
+                file=sys.stderr,
+            )
+        return str(given)
+    path = getattr(args, "database_url_file", None)
+    if path:
+        return read_secret("--database-url-file", path)
+    name = env_name("database_url")
+    env = {key: os.environ[key] for key in (name, name + "_FILE") if key in os.environ}
+    return load(Settings, env).database_url
+
+
 def _database_command(args: argparse.Namespace) -> int:
-    url = (
-        getattr(args, "database_url", None)
-        or os.environ.get(env_name("database_url"))
-        or Settings.database_url
-    )
+    try:
+        url = _database_url(args)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
     try:
         asyncio.run(_run(args, url))
     except (RegistrationError, db.NotFound) as exc:
