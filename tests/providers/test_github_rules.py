@@ -238,6 +238,38 @@ def test_environment_kelvin_sign_not_folded():
     assert "environment" in failures(spec(environment="kube"), claims(environment="\u212aube"))
 
 
+@pytest.mark.parametrize(
+    ("environment", "why"),
+    [
+        ("PROD\u00dcCTION", "U+00DC (LATIN CAPITAL LETTER U WITH DIAERESIS) at position 5 is not"),
+        ("\u212aeys", "U+212A (KELVIN SIGN) at position 1 is not"),
+        ("release\u200b", "U+200B (ZERO WIDTH SPACE) at position 8 is not"),
+    ],
+)
+def test_environment_must_be_ascii_at_registration(environment, why):
+    # Issue 12, item 4: registration lower-cased with Unicode rules ("\u212aeys" was stored
+    # as "keys", "PROD\u00dcCTION" as "prod\u00fcction"), the exchange compares with ASCII rules.
+    with pytest.raises(RegistrationError) as info:
+        spec(environment=environment)
+    assert f"environment {rules.quote(environment)} must be ASCII: {why}" in str(info.value)
+
+
+def test_environment_one_ascii_rule_on_both_sides():
+    assert spec(environment="KEYS")["environment"] == "keys"
+    assert failures(spec(environment="KEYS"), claims(environment="keys")) == {}
+    assert failures(spec(environment="keys"), claims(environment="KEYS")) == {}
+    # The Kelvin sign is not a "K" on the token's side either.
+    assert failures(spec(environment="keys"), claims(environment="\u212aeys")) == {
+        "environment": 'environment "\\u212aeys" does not match the registered environment "keys"'
+    }
+    # A non-ASCII claim never equals an ASCII registration, whatever its case.
+    assert "environment" in failures(spec(environment="production"), claims(environment="PROD\u00dcCTION"))
+    # A spec stored by the old rule (Unicode lower-casing) cannot match either: it fails closed.
+    legacy = {**spec(), "environment": "prod\u00fcction"}
+    assert "environment" in failures(legacy, claims(environment="PROD\u00dcCTION"))
+    assert "environment" in failures(legacy, claims(environment="prod\u00fcction".upper()))
+
+
 def test_publisher_without_environment_accepts_any():
     assert failures(spec(environment=""), claims(environment="release")) == {}
     assert failures(spec(environment=""), claims(environment=None)) == {}

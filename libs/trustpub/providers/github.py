@@ -5,7 +5,7 @@ A publisher's ``spec`` (stored as JSON) holds::
     owner, owner_id            owner login; its immutable numeric id, or null = pin on first use
     repository, repository_id  repository name; its numeric id, or null = pin on first use
     workflow                   workflow file name, e.g. "release.yml"
-    environment                GitHub environment, "" = any (stored lower-cased)
+    environment                GitHub environment, "" = any (ASCII, stored lower-cased)
     allowed_reusable_workflows ["owner/repo/.github/workflows/file.yml" or ".../file.yml@ref"]
     allowed_events             may contain "pull_request_target", "workflow_run"
     allowed_refs               optional: refs (or refs/tags/v* patterns) the ``ref`` must be
@@ -366,6 +366,13 @@ def _numeric_id(value: str | None, what: str) -> str | None:
 def _environment(value: str) -> str:
     if value == "":
         return ""
+    non_ascii = rules.first_non_ascii(value)
+    if non_ascii is not None:
+        # One case rule on both sides, ASCII's (DESIGN.md, "Names are ASCII").
+        raise RegistrationError(
+            f"environment {quote(value)} must be ASCII: {non_ascii} is not (an environment is "
+            "compared with the token's case-insensitively, for ASCII letters only)"
+        )
     if len(value) > 255:
         raise RegistrationError("environment must be at most 255 characters")
     if value != value.strip():
@@ -377,8 +384,8 @@ def _environment(value: str) -> str:
         raise RegistrationError(
             f"environment {quote(value)} must not contain any of ' \" ` , ; \\ (found {' '.join(bad)})"
         )
-    # Stored lower-cased, as PyPI does; matching is case-insensitive.
-    return value.lower()
+    # Stored lower-cased, as PyPI does, by the rule the exchange compares with.
+    return ascii_lower(value)
 
 
 def _reusable_workflows(values: Iterable[str]) -> list[str]:
