@@ -34,6 +34,7 @@ from tests.corpus.corpus_keys import (
     issuers_toml,
     pending_args,
 )
+from tests.waiting import WAIT_S
 
 from trustpub.devstack.issuer import DevIssuer
 from trustpub.devstack.stack import Stack
@@ -142,7 +143,7 @@ class Probe:
     async def mints(self) -> int:
         return int(await self.conn.fetchval("SELECT count(*) FROM mints"))
 
-    async def audit_rows(self, exchange_id: str, *, wait: float = 5.0) -> list[dict[str, Any]]:
+    async def audit_rows(self, exchange_id: str, *, wait: float = WAIT_S) -> list[dict[str, Any]]:
         """The audit rows of an exchange, once its ``exchange.*`` record is there: a rejection's
         arrives through JetStream, so wait for it (bounded). The registry may have written
         others for the same exchange (pending.converted, project.created, ...)."""

@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from tests.bus import ADMIN, TestBus
 from tests.conftest import running
+from tests.waiting import WAIT_S, bounded, until
 
 from trustpub.messages import DEADLINE_HEADER, InvalidPublisher, TrustpubError, Unavailable
 from trustpub.messages.endpoints import MINT_STATUS, PUBLISHER_MATCH, TOKEN_KEYS, TOKEN_MINT, inbox_prefix
@@ -73,8 +74,9 @@ async def test_request_to_nobody_is_unavailable_by_its_deadline(common):
         started = asyncio.get_running_loop().time()
         with pytest.raises(Unavailable, match=r"no token\.keys service is running"):
             await rt.call(TOKEN_KEYS, KeysRequest(), deadline=soon(1))
-        # Asked again until the deadline (a stage may be resubscribing), never past it.
-        assert asyncio.get_running_loop().time() - started < 3
+        # Asked again until the deadline (a stage may be resubscribing), not on and on past it
+        # (a loaded machine may stretch the last attempt by seconds, hence the slack).
+        assert asyncio.get_running_loop().time() - started < 10
         with pytest.raises(Unavailable, match="deadline passed"):
             await rt.call(TOKEN_KEYS, KeysRequest(), deadline=time.time())
 
@@ -184,11 +186,13 @@ async def test_no_responders_is_asked_again_until_the_deadline(common):
                 or 0
             )
 
-        while retried() < 2:
+        def asked_again() -> bool:
             assert not call.done(), call
-            await asyncio.sleep(0.02)
+            return retried() >= 2
+
+        await until(asked_again, "the call asked again twice")
         async with running(Runtime("minter", settings(common)), setup):
-            reply = await asyncio.wait_for(call, 30)
+            reply = await bounded(call)
         assert reply.jwks == {"keys": []}
         # With nobody there until the deadline: unavailable, at the deadline.
         started = time.monotonic()
@@ -200,11 +204,12 @@ async def test_no_responders_is_asked_again_until_the_deadline(common):
 async def test_drain_answers_every_request_already_in_flight(common):
     """SIGTERM's path: requests a concurrent endpoint holds still get their replies."""
     rt = Runtime("minter", settings(common))
-    started = asyncio.Event()
+    entered: list[KeysRequest] = []
+    release = asyncio.Event()
 
     async def slow(req: KeysRequest) -> KeysReply:
-        started.set()
-        await asyncio.sleep(0.5)
+        entered.append(req)
+        await release.wait()  # in flight until the drain has begun
         return KeysReply(jwks={"ok": True})
 
     async def setup(rt: Runtime, stack) -> None:
@@ -213,17 +218,18 @@ async def test_drain_answers_every_request_already_in_flight(common):
     async with running(Runtime("gateway", settings(common)), nothing) as client:
         stop = asyncio.Event()
         task = asyncio.create_task(serve(rt, setup, stop=stop))
-        while not rt.ready:  # noqa: ASYNC110  (the runtime exposes readiness as a flag)
-            await asyncio.sleep(0.01)
+        await until(lambda: rt.ready, "the minter ready")
         calls = [
-            asyncio.create_task(client.call(TOKEN_KEYS, KeysRequest(), deadline=soon(10))) for _ in range(10)
+            asyncio.create_task(client.call(TOKEN_KEYS, KeysRequest(), deadline=soon(WAIT_S)))
+            for _ in range(10)
         ]
-        await asyncio.wait_for(started.wait(), 5)
-        await asyncio.sleep(0.05)
+        await until(lambda: len(entered) == 10, "every request in the handler")
         stop.set()
-        replies = await asyncio.wait_for(asyncio.gather(*calls), 15)
+        await until(lambda: rt.stopping, "the drain begun")
+        release.set()
+        replies = await bounded(asyncio.gather(*calls))
         assert all(r.jwks == {"ok": True} for r in replies)
-        await asyncio.wait_for(task, 10)
+        await bounded(task)
 
 
 async def test_ops_endpoints_report_liveness_readiness_and_metrics(common):
