@@ -109,6 +109,16 @@ def ratio(outcome: str) -> str:
     )
 
 
+def stream_fill() -> str:
+    """The events stream's usage over its bound, per bound (bytes, messages); a bound of -1
+    (none) gives no series. The same as rules.yml's trustpub:events_stream_fill:ratio."""
+    per_bound = []
+    for bound in ("bytes", "messages"):
+        ratio = f"trustpub_events_stream_{bound} / (trustpub_events_stream_max_{bound} > 0)"
+        per_bound.append(f'label_replace({ratio}, "bound", "{bound}", "", "")')
+    return f"max by (bound) ({' or '.join(per_bound)})"
+
+
 def build() -> dash.Dashboard:
     """The dashboard, panel by panel, in the order an operator reads it during an incident."""
     db = (
@@ -373,6 +383,16 @@ def build() -> dash.Dashboard:
                 "TrustpubAuditBacklogHigh above 1000.",
                 "none",
                 query("max(trustpub_audit_backlog)", "waiting"),
+            )
+        )
+        .with_panel(
+            series(
+                "Events stream fill",
+                "How full the JetStream events stream is, by bytes and by messages (of "
+                "TRUSTPUB_EVENTS_MAX_BYTES, TRUSTPUB_EVENTS_MAX_MSGS): past a bound the oldest events "
+                "are discarded, read or not. Alert: TrustpubEventsStreamNearBound above 80%.",
+                "percentunit",
+                query(stream_fill(), "{{bound}}"),
             )
         )
         .with_panel(

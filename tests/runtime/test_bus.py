@@ -100,12 +100,14 @@ def test_only_the_writer_may_write_the_bucket_and_only_owners_publish_events():
         writes = f"$KV.{names.bucket(bucket.suffix)}.>"
         for service in SERVICES:
             assert (writes in permissions(service, (ROOT,)).publish) == (service == bucket.writer), service
-    # Nobody may delete, purge or reconfigure a stream or consumer but what it needs.
+    # Nobody may delete, purge or reconfigure a stream or consumer but what it needs: the
+    # events' consumers keep the events stream's bounds (docs/metrics.md, "The events stream").
     for service in SERVICES:
         for subject in permissions(service, (ROOT,)).publish:
-            assert not subject.startswith(
-                ("$JS.API.STREAM.DELETE", "$JS.API.STREAM.PURGE", "$JS.API.STREAM.UPDATE")
-            )
+            assert not subject.startswith(("$JS.API.STREAM.DELETE", "$JS.API.STREAM.PURGE"))
+            if subject.startswith("$JS.API.STREAM.UPDATE"):
+                assert subject == f"$JS.API.STREAM.UPDATE.{names.events_stream}", service
+                assert any(service in event.consumers for event in EVENTS), service
 
 
 def test_the_rendered_authorization_is_what_nats_server_reads():

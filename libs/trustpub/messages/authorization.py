@@ -65,6 +65,11 @@ def permissions(service: str, roots: Iterable[str]) -> Permissions:
     return Permissions(tuple(dict.fromkeys(pub)), tuple(dict.fromkeys(sub)), responses)
 
 
+def may_update_events_stream(service: str) -> bool:
+    """Whether ``service`` may change the events stream's configuration: its consumers only."""
+    return any(service in event.consumers for event in EVENTS)
+
+
 def _jetstream(service: str, root: str) -> list[str]:
     """The events ``service`` publishes or consumes, and the buckets it writes or reads."""
     names = Subjects(root)
@@ -77,6 +82,9 @@ def _jetstream(service: str, root: str) -> list[str]:
         if service in event.consumers:
             durable = names.durable(event.durable)
             pub.extend(_stream_api(stream))
+            # A consumer keeps the stream's bounds (runtime/events.py: an older stream is
+            # updated); publishers may not, so none can shrink what is not consumed yet.
+            pub.append(f"$JS.API.STREAM.UPDATE.{stream}")
             pub.extend(
                 [
                     f"$JS.API.CONSUMER.INFO.{stream}.{durable}",

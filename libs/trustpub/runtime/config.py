@@ -146,3 +146,8 @@ class CommonSettings:
     # Seconds between "not ready" and closing the NATS connection on SIGTERM, so that
     # load balancers and NATS stop sending new work first.
     drain_grace: float = 1.0
+    # Bounds of the JetStream events stream besides its age (7 days): past either, the oldest
+    # events are discarded. NATS reserves max_bytes of its JetStream storage for the stream.
+    # Sizing: docs/metrics.md, "The events stream".
+    events_max_bytes: int = 256 * 1024 * 1024
+    events_max_msgs: int = 1_000_000
