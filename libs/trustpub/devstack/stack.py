@@ -27,7 +27,15 @@ from trustpub.runtime.seal import write_secret
 
 SERVICES = ("jwks", "verifier", "registry", "minter", "gateway")
 # Each service's default ops port (its config.py); `make up` keeps them when they are free.
-DEFAULT_OPS_PORTS = {"gateway": 9100, "jwks": 9101, "verifier": 9102, "registry": 9103, "minter": 9104}
+# The upload gate is started on its own (`start("gate", extra=...)`): it needs an index.
+DEFAULT_OPS_PORTS = {
+    "gateway": 9100,
+    "jwks": 9101,
+    "verifier": 9102,
+    "registry": 9103,
+    "minter": 9104,
+    "gate": 9105,
+}
 
 
 @dataclass
@@ -92,6 +100,10 @@ class Stack:
             env["TRUSTPUB_HTTP_PORT"] = str(self.http_port)
         elif name == "gateway" and not (extra or {}).get("TRUSTPUB_HTTP_PORT"):
             env["TRUSTPUB_HTTP_PORT"] = str(free_port())
+        elif name == "gate":
+            # Its own HTTP port; /_/oidc/* goes to this stack's gateway unless told otherwise.
+            env["TRUSTPUB_HTTP_PORT"] = (extra or {}).get("TRUSTPUB_HTTP_PORT") or str(free_port())
+            env["TRUSTPUB_GATEWAY_URL"] = (extra or {}).get("TRUSTPUB_GATEWAY_URL", self.base_url)
         out: IO[bytes] | None = None
         log = None
         if self.log_dir is not None:

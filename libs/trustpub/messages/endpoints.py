@@ -26,8 +26,9 @@ JWKS = "jwks"
 VERIFIER = "verifier"
 REGISTRY = "registry"
 MINTER = "minter"
+GATE = "gate"
 # Every identity on the bus: one NATS user, one inbox prefix, one seed each.
-SERVICES = (GATEWAY, JWKS, VERIFIER, REGISTRY, MINTER)
+SERVICES = (GATEWAY, JWKS, VERIFIER, REGISTRY, MINTER, GATE)
 
 Req = TypeVar("Req", bound=msgspec.Struct)
 Rep = TypeVar("Rep", bound=msgspec.Struct)
@@ -98,11 +99,12 @@ class Event(Generic[T]):
 @dataclass(frozen=True, eq=False)
 class Bucket:
     """A JetStream key-value bucket: one writer, read-only readers, every entry sealed by the
-    writer for each reader."""
+    writer for each reader (unless ``sealed`` is false: a bucket its writer alone reads)."""
 
     suffix: str
     writer: str
     readers: tuple[str, ...]
+    sealed: bool = True
 
     def __repr__(self) -> str:
         return f"Bucket({self.suffix})"
@@ -155,13 +157,46 @@ MINT_REVOKE: Endpoint[v1.RevokeRequest, v1.MintStatus] = Endpoint(
 TOKEN_BURN: Endpoint[v1.BurnRequest, v1.MintStatus] = Endpoint(
     "token.burn", v1.BurnRequest, v1.MintStatus, server=MINTER, callers=(GATEWAY,), forwards_to=MINT_REVOKE
 )
-# Introspection believes this answer ("known, not revoked"): it carries the registry's seal.
+# Introspection and the upload gate believe this answer ("known, not revoked"): it carries the
+# registry's seal.
 MINT_STATUS: Endpoint[v1.MintStatusRequest, v1.MintStatus] = Endpoint(
-    "mint.status", v1.MintStatusRequest, v1.MintStatus, server=REGISTRY, callers=(GATEWAY,), sealed_reply=True
+    "mint.status",
+    v1.MintStatusRequest,
+    v1.MintStatus,
+    server=REGISTRY,
+    callers=(GATEWAY, GATE),
+    sealed_reply=True,
 )
-# The minter's public keys; the gateway keeps only the key ids it is configured with.
+# The minter's public keys; the gateway and the gate keep only the key ids they are configured with.
 TOKEN_KEYS: Endpoint[v1.KeysRequest, v1.KeysReply] = Endpoint(
-    "token.keys", v1.KeysRequest, v1.KeysReply, server=MINTER, callers=(GATEWAY,)
+    "token.keys", v1.KeysRequest, v1.KeysReply, server=MINTER, callers=(GATEWAY, GATE)
+)
+
+# --- uploads through the gate, and their provenance ----------------------------------------------
+
+# An upload the index accepted: only the gate may record one (sealed), and the registry takes the
+# provenance from the mint record, never from the request.
+UPLOAD_RECORD: Endpoint[v1.UploadRecordRequest, v1.UploadRecord] = Endpoint(
+    "upload.record", v1.UploadRecordRequest, v1.UploadRecord, server=REGISTRY, callers=(GATE,), sealed=True
+)
+# The minter signs only a record the registry read from its table (sealed): a provenance statement.
+PROVENANCE_SIGN: Endpoint[v1.ProvenanceSignRequest, v1.ProvenanceReply] = Endpoint(
+    "provenance.sign",
+    v1.ProvenanceSignRequest,
+    v1.ProvenanceReply,
+    server=MINTER,
+    callers=(REGISTRY,),
+    sealed=True,
+)
+# GET /_/provenance/<project>/<file>: the registry finds the record, the minter signs it and
+# answers the gate (or the registry answers "not found" itself).
+UPLOAD_PROVENANCE: Endpoint[v1.ProvenanceRequest, v1.ProvenanceReply] = Endpoint(
+    "upload.provenance",
+    v1.ProvenanceRequest,
+    v1.ProvenanceReply,
+    server=REGISTRY,
+    callers=(GATE,),
+    forwards_to=PROVENANCE_SIGN,
 )
 
 # --- identity providers' keys --------------------------------------------------------------------
@@ -182,6 +217,9 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
     MINT_STATUS,
     TOKEN_KEYS,
     JWKS_REFRESH,
+    UPLOAD_RECORD,
+    UPLOAD_PROVENANCE,
+    PROVENANCE_SIGN,
 )
 
 # --- events --------------------------------------------------------------------------------------
@@ -210,13 +248,34 @@ EXCHANGE_FAILED: Event[v1.ExchangeEvent] = Event(
     durable="registry_audit",
 )
 JWKS_ROTATED: Event[v1.KeySetRotated] = Event("jwks", "rotated", v1.KeySetRotated, publishers=(JWKS,))
+# An upload the index accepted and the registry recorded, for whoever follows the stream.
+UPLOAD_ACCEPTED: Event[v1.UploadEvent] = Event("upload", "accepted", v1.UploadEvent, publishers=(GATE,))
+# An upload the gate refused (or the index did): its audit row, as for a refused exchange.
+UPLOAD_REFUSED: Event[v1.UploadEvent] = Event(
+    "upload",
+    "refused",
+    v1.UploadEvent,
+    publishers=(GATE,),
+    consumers=(REGISTRY,),
+    sealed=True,
+    durable="registry_uploads",
+)
 
-EVENTS: tuple[Event[Any], ...] = (EXCHANGE_SUCCEEDED, EXCHANGE_FAILED, JWKS_ROTATED)
+EVENTS: tuple[Event[Any], ...] = (
+    EXCHANGE_SUCCEEDED,
+    EXCHANGE_FAILED,
+    JWKS_ROTATED,
+    UPLOAD_ACCEPTED,
+    UPLOAD_REFUSED,
+)
 
 # --- the key-set bucket --------------------------------------------------------------------------
 
 KEYSETS = Bucket("jwks", writer=JWKS, readers=(VERIFIER,))
-BUCKETS = (KEYSETS,)
+# Clients' shared rate-limit levels: every gateway replica writes and watches it. Not sealed:
+# written and read by the gateway alone (DESIGN.md, "The rate limit across replicas").
+RATE_LIMITS = Bucket("ratelimit", writer=GATEWAY, readers=(GATEWAY,), sealed=False)
+BUCKETS = (KEYSETS, RATE_LIMITS)
 
 
 @functools.cache
@@ -242,7 +301,8 @@ def seal_pairs() -> tuple[tuple[str, str], ...]:
         if event.sealed:
             pairs.update((p, c) for p in event.publishers for c in event.consumers)
     for bucket in BUCKETS:
-        pairs.update((bucket.writer, r) for r in bucket.readers)
+        if bucket.sealed:
+            pairs.update((bucket.writer, r) for r in bucket.readers)
     return tuple(sorted(pairs))
 
 

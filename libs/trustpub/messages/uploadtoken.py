@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 from jwcrypto import jwk
 
 from trustpub.messages.errors import InvalidToken
+from trustpub.messages.v1 import MintStatus
 
 MAX_TOKEN_CHARS = 8192
 NOT_OURS = "not a token minted by this service"
@@ -153,3 +154,16 @@ def verify(  # noqa: PLR0913  (the token and everything it must match)
     if type(exp) is not int or exp <= (time.time() if now is None else now):
         raise InvalidToken("token has expired")
     return claims
+
+
+def matches_record(claims: Mapping[str, Any], status: MintStatus) -> bool:
+    """Whether a verified token is still good: its mint record (the registry's sealed answer) is
+    known, not revoked, and has the token's publisher, projects and expiry (DESIGN.md, "The bus
+    is a trust boundary": introspection; the upload gate checks the same)."""
+    return (
+        status.known
+        and not status.revoked
+        and status.publisher_id == claims.get("sub")
+        and status.projects == claims.get("projects")
+        and status.expires_at == claims.get("exp")
+    )

@@ -184,6 +184,61 @@ class KeysReply(_Msg, frozen=True, tag="trustpub.token.v1.keys_reply"):
     jwks: dict[str, Any]
 
 
+# --- uploads through the gate -----------------------------------------------------------
+
+
+class UploadRecordRequest(_Msg, frozen=True, tag="trustpub.upload.v1.record_request"):
+    """An upload the index accepted, as the gate saw it pass: record it (sealed by the gate).
+
+    ``upload_id`` makes a retry idempotent; ``project`` is the distribution's name as uploaded.
+    The provenance is not here: the registry copies it from the mint record.
+    """
+
+    upload_id: str
+    mint_id: str
+    project: str
+    version: str
+    filename: str
+    sha256: str
+    size: int
+    token_hash_prefix: str = ""
+
+
+class UploadRecord(_Msg, frozen=True, tag="trustpub.upload.v1.record"):
+    """An upload as recorded: what a provenance statement says."""
+
+    upload_id: str
+    project: str  # PEP 503-normalized
+    version: str
+    filename: str
+    sha256: str
+    size: int
+    uploaded_at: int
+    mint_id: str
+    publisher_id: str
+    provenance: dict[str, str] = {}
+
+
+class ProvenanceRequest(_Msg, frozen=True, tag="trustpub.upload.v1.provenance_request"):
+    """The provenance of the latest upload of ``filename`` to ``project``."""
+
+    project: str
+    filename: str
+
+
+class ProvenanceSignRequest(_Msg, frozen=True, tag="trustpub.upload.v1.provenance_sign_request"):
+    """A record the registry read from its table, for the minter to sign (sealed)."""
+
+    record: UploadRecord
+
+
+class ProvenanceReply(_Msg, frozen=True, tag="trustpub.upload.v1.provenance_reply"):
+    """The signed statement (a compact JWS), or ``found`` false: the gate saw no such upload."""
+
+    found: bool
+    jws: str = ""
+
+
 # --- jwks -------------------------------------------------------------------------------
 
 
@@ -260,7 +315,40 @@ class KeySetRotated(_Msg, frozen=True, tag="trustpub.events.v1.jwks_rotated"):
     replaced_kids: list[str] = []
 
 
-Reply = MintStatus | MintedToken | KeysReply | SealedKeySet | ExplainReply | ErrorReply
+class UploadEvent(_Msg, frozen=True, tag="trustpub.events.v1.upload"):
+    """``<root>.events.upload.accepted|refused``: one per upload the gate answered.
+
+    A refusal (``code``: what the gate refused it for, or ``index-refused``) carries what the
+    gate knew by then; an accepted upload the whole record.
+    """
+
+    event_id: str
+    at: float
+    outcome: str
+    status: int
+    code: str = ""
+    description: str = ""
+    project: str = ""
+    version: str = ""
+    filename: str = ""
+    sha256: str = ""
+    size: int = 0
+    mint_id: str = ""
+    publisher_id: str = ""
+    token_hash_prefix: str = ""
+    provenance: dict[str, str] = {}
+
+
+Reply = (
+    MintStatus
+    | MintedToken
+    | KeysReply
+    | SealedKeySet
+    | ExplainReply
+    | UploadRecord
+    | ProvenanceReply
+    | ErrorReply
+)
 
 encoder = msgspec.json.Encoder()
 

@@ -1,6 +1,7 @@
-"""The minter's public keys as the gateway trusts them: only the configured key ids.
+"""The minter's public keys as a service trusts them (the gateway, the upload gate): only the
+configured key ids.
 
-The gateway asks the minter for its key set (``token.keys``), keeps the keys whose id is in
+A service asks the minter for its key set (``token.keys``), keeps the keys whose id is in
 ``TRUSTPUB_MINTER_KEY_IDS`` and is their own RFC 7638 thumbprint, and uses exactly those to
 serve ``/_/oidc/jwks`` and to verify upload tokens itself (introspection). A rogue answer on
 the bus can therefore neither add a key nor swap one: a key id pins its key material. Nor can
@@ -21,7 +22,7 @@ import structlog
 from trustpub.messages import Unavailable, uploadtoken
 from trustpub.messages.v1 import KeysReply
 
-log = structlog.get_logger("trustpub.gateway")
+log = structlog.get_logger("trustpub.minterkeys")
 
 Fetch = Callable[[], Awaitable[KeysReply]]
 

@@ -363,7 +363,7 @@ class Runtime:
         backoff = RETRY_BACKOFF_S
         while True:
             try:
-                msg = await self.nc.request(subject, data, timeout=timeout, headers=headers)
+                msg = await self._request(endpoint, subject, data, headers, timeout)
                 break
             except (nats.errors.NoRespondersError, nats.errors.ConnectionReconnectingError) as exc:
                 # A stage is not subscribed (yet), or the bus is coming back: after a NATS
@@ -404,6 +404,42 @@ class Runtime:
                 log.warning("bus_reply_refused", endpoint=endpoint.label, reason=exc.reason, detail=str(exc))
                 raise Unavailable(f"the answer of {endpoint.label} could not be authenticated") from None
         return bytes(msg.data)
+
+    async def _request(
+        self, endpoint: Endpoint[Any, Any], subject: str, data: bytes, headers: dict[str, str], timeout: float
+    ) -> Msg:
+        """One request; for a sealed endpoint it carries this service's seal, which binds the
+        reply subject, so the inbox is chosen here rather than by ``nc.request`` (the upload
+        gate's ``upload.record``).
+
+        Raises:
+            nats.errors.NoRespondersError: nobody serves the subject.
+            nats.errors.TimeoutError: no answer within ``timeout``.
+        """
+        if not endpoint.sealed:
+            return await self.nc.request(subject, data, timeout=timeout, headers=headers)
+        inbox = self.nc.new_inbox()
+        sealed = {
+            **headers,
+            SEAL_HEADER: self.seals.seal_message(
+                endpoint.server,
+                subject=subject,
+                reply=inbox,
+                exchange_id=headers.get(EXCHANGE_ID_HEADER, ""),
+                deadline=headers[DEADLINE_HEADER],
+                data=data,
+            ),
+        }
+        sub = await self.nc.subscribe(inbox, max_msgs=1)
+        try:
+            await self.nc.publish(subject, data, reply=inbox, headers=sealed)
+            msg = await sub.next_msg(timeout=timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if not msg.data and (msg.headers or {}).get("Status") == "503":
+            raise nats.errors.NoRespondersError
+        return msg
 
     # -- events -----------------------------------------------------------------------
 

@@ -4,13 +4,23 @@ tokens presented for burning before the registry is asked to revoke them."""
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import cast
 
 import structlog
 from prometheus_client import Counter
 
-from trustpub.messages.endpoints import TOKEN_BURN, TOKEN_KEYS, TOKEN_MINT
-from trustpub.messages.v1 import BurnRequest, KeysReply, KeysRequest, MintedToken, MintRequest, RevokeRequest
+from trustpub.messages.endpoints import PROVENANCE_SIGN, TOKEN_BURN, TOKEN_KEYS, TOKEN_MINT
+from trustpub.messages.v1 import (
+    BurnRequest,
+    KeysReply,
+    KeysRequest,
+    MintedToken,
+    MintRequest,
+    ProvenanceReply,
+    ProvenanceSignRequest,
+    RevokeRequest,
+)
 from trustpub.minter import keys
 from trustpub.minter.config import Settings
 from trustpub.minter.tokens import Signer
@@ -56,6 +66,12 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:  # noqa:
         claims = signer.inspect(req.token)
         return Forward(RevokeRequest(mint_id=str(claims["jti"]), reason="burned"))
 
+    async def sign_provenance(req: ProvenanceSignRequest) -> ProvenanceReply:
+        # Reached only with the registry's seal (PROVENANCE_SIGN is sealed): a record it read
+        # from its uploads table, not what a caller of the gate claims.
+        return ProvenanceReply(found=True, jws=signer.statement(req.record, now=int(time.time())))
+
     rt.serve(TOKEN_MINT, mint)
     rt.serve(TOKEN_KEYS, public_keys)
     rt.serve(TOKEN_BURN, burn)
+    rt.serve(PROVENANCE_SIGN, sign_provenance)

@@ -13,9 +13,9 @@ import orjson
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
-from trustpub.messages import uploadtoken
+from trustpub.messages import provenance, uploadtoken
 from trustpub.messages.uploadtoken import b64
-from trustpub.messages.v1 import MintGrant
+from trustpub.messages.v1 import MintGrant, UploadRecord
 from trustpub.minter.keys import MinterKey
 
 
@@ -31,6 +31,7 @@ class Signer:
         self.audience = audience
         header = {"alg": self.active.alg, "kid": self.active.kid, "typ": "JWT"}
         self._header = b64(orjson.dumps(header))
+        self._statement_header = provenance.header(self.active.alg, self.active.kid)
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [k.public_jwk for k in self.keys]}
@@ -48,6 +49,14 @@ class Signer:
             "provenance": grant.provenance,
         }
         signing_input = self._header + b"." + b64(orjson.dumps(claims))
+        return self.prefix + self._signed(signing_input)
+
+    def statement(self, record: UploadRecord, *, now: int) -> str:
+        """The provenance statement of a recorded upload (messages/provenance.py)."""
+        claims = provenance.claims(record, issuer=self.issuer, issued_at=now)
+        return self._signed(provenance.signing_input(self._statement_header, claims))
+
+    def _signed(self, signing_input: bytes) -> str:
         priv = self.active.private
         if isinstance(priv, ed25519.Ed25519PrivateKey):
             sig = priv.sign(signing_input)
@@ -55,7 +64,7 @@ class Signer:
             assert priv is not None  # noqa: S101  (parse() guarantees the active key is private)
             r, s = utils.decode_dss_signature(priv.sign(signing_input, ec.ECDSA(hashes.SHA256())))
             sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        return self.prefix + (signing_input + b"." + b64(sig)).decode()
+        return (signing_input + b"." + b64(sig)).decode()
 
     def inspect(self, token: str, *, now: float | None = None) -> dict[str, Any]:
         """The claims of a token this minter signed, if its signature and expiry hold.

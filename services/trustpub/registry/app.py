@@ -28,6 +28,7 @@ from trustpub.messages.endpoints import (
 )
 from trustpub.messages.v1 import ExchangeEvent, ExchangeEvents, MatchRequest, MintRequest
 from trustpub.providers.issuers import IssuerRegistry
+from trustpub.registry import uploads
 from trustpub.registry.config import Settings
 from trustpub.registry.db import Database, purge_expired_pending, purge_used_tokens
 from trustpub.registry.match import PROVIDERS, Matcher
@@ -101,6 +102,7 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     rt.serve(MINT_REVOKE, matcher.revoke, concurrency=settings.pool_size)
     rt.serve(MINT_STATUS, matcher.status, concurrency=settings.pool_size)
     rt.serve(PUBLISHER_EXPLAIN, matcher.explain, concurrency=settings.pool_size)
+    uploads.serve(rt, db, metrics, settings.pool_size)  # the upload gate's record and provenance
 
     rt.background(
         purge_loop(db, settings.purge_interval, metrics), "purge used tokens, expired pending publishers"

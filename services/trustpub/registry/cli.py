@@ -10,6 +10,7 @@
     trustpub publisher list [--project P | --pending] | publisher remove ID
     trustpub audit list [--refused] [--code C] [--since ISO] [--limit N] [--json]
     trustpub bus init DIR | bus authorization DIR [--root R] | bus kubernetes DIR   (no database)
+    trustpub provenance verify FILE --url https://upload-host                      (no database)
 
 The database is ``TRUSTPUB_DATABASE_URL`` or the file ``TRUSTPUB_DATABASE_URL_FILE`` names (or
 ``--database-url-file PATH``), else the registry's default. ``--database-url`` works too, but a
@@ -37,7 +38,7 @@ from trustpub.providers.issuers import ACTIVESTATE, BUILTIN, GITHUB, GITLAB, GOO
 from trustpub.providers.rules import TOKEN_LIFETIME_MAX, TOKEN_LIFETIME_MIN, RegistrationError
 from trustpub.registry import audit_cli, db, migrations
 from trustpub.registry.config import Settings
-from trustpub.runtime import buscli
+from trustpub.runtime import buscli, provenancecli
 from trustpub.runtime.config import ConfigError, env_name, load, read_secret
 
 EXIT_OK = 0
@@ -143,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     commands = parser.add_subparsers(
-        dest="command", metavar="{migrate,project,publisher,audit,bus}", required=True, parser_class=_Parser
+        dest="command",
+        metavar="{migrate,project,publisher,audit,bus,provenance}",
+        required=True,
+        parser_class=_Parser,
     )
 
     commands.add_parser("migrate", parents=[common], help="apply database migrations")
@@ -220,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     premove.add_argument("id")
     audit_cli.add_commands(commands, common, _Parser)
     buscli.add_commands(commands, _Parser)
+    provenancecli.add_commands(commands, _Parser)
     return parser
 
 
@@ -550,7 +555,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
+    if args.command == "provenance":
+        return _provenance(args)
     return _bus(args) if args.command == "bus" else _database_command(args)
+
+
+def _provenance(args: argparse.Namespace) -> int:
+    try:
+        _out(provenancecli.run(args))
+    except provenancecli.ProvenanceCommandError as exc:
+        _fail(str(exc))
+        return provenancecli.EXIT_NOT_VERIFIED
+    return provenancecli.EXIT_VERIFIED
 
 
 def _has_password(url: str) -> bool:

@@ -24,9 +24,12 @@ AUDIT_KINDS = frozenset(
         "project.created",
         "pending.created",
         "pending.converted",
+        "pending.pinned",
         "pending.invalidated",
         "pending.expired",
         "pending.removed",
+        "upload.accepted",
+        "upload.refused",
     }
 )
 

@@ -1,0 +1,90 @@
+"""Upload gate settings (``TRUSTPUB_*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from trustpub.runtime.config import CommonSettings
+from trustpub.runtime.seal import MAX_VALIDITY_S
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings(CommonSettings):
+    ops_port: int = 9105
+    http_host: str = "127.0.0.1"
+    http_port: int = 8001
+    # uv and twine speak only https to an index that is not local: the certificate of the
+    # upload host (or terminate TLS in front of the gate).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Where the index takes uploads (pypiserver: its root; devpi: the index URL; Nexus and
+    # Artifactory: the repository's upload URL), and the index's own credentials: a user and a
+    # password from a Secret (TRUSTPUB_INDEX_PASSWORD) or a file (TRUSTPUB_INDEX_PASSWORD_FILE).
+    index_upload_url: str = ""
+    index_username: str = ""
+    index_password: str = ""
+    index_password_file: Path | None = None
+    # The CA of the index's certificate, when it speaks https with a private CA.
+    index_tls_ca: Path | None = None
+    # Seconds to connect to the index, and without progress (the index reads nothing or
+    # answers nothing) before the upload is answered 503.
+    index_connect_timeout: float = 5.0
+    index_timeout: float = 60.0
+    # The largest file accepted (PyPI's default limit: 100 MB), 413 beyond; and the bytes of
+    # the form's other fields (metadata, description), 400 beyond.
+    max_upload_bytes: int = 100 * 1024 * 1024
+    max_metadata_bytes: int = 2 * 1024 * 1024
+    # A client that sends nothing for this long is cut off (its upload goes nowhere).
+    body_idle_timeout: float = 30.0
+    # Deadline of each request to the other services (mint.status, upload.record, provenance).
+    request_timeout: float = 5.0
+    # When set, /_/oidc/* is passed to the gateway at this URL: clients derive the OIDC
+    # URLs from the upload URL's host, so the upload host must answer them (README, "The upload
+    # gate"). Leave empty when a proxy in front routes /_/oidc/ to the gateway itself.
+    gateway_url: str = ""
+    # The minter key ids this gate trusts (as the gateway's), and what upload tokens say.
+    minter_key_ids: tuple[str, ...] = ()
+    token_prefix: str = "trustpub-"
+    token_issuer: str = "trustpub"
+    token_audience: str = "trustpub-index"
+
+    def index_password_value(self) -> str:
+        """The index's password: the file's first line wins over the variable.
+
+        Raises:
+            OSError: the file is unreadable.
+        """
+        if self.index_password_file is not None:
+            return (
+                self.index_password_file.read_text().splitlines()[0]
+                if self.index_password_file.stat().st_size
+                else ""
+            )
+        return self.index_password
+
+    def __post_init__(self) -> None:
+        # A ValueError here becomes a ConfigError naming the problem (runtime.config.load).
+        url = urlsplit(self.index_upload_url)
+        if url.scheme not in {"http", "https"} or not url.hostname:
+            msg = (
+                f"TRUSTPUB_INDEX_UPLOAD_URL must be the index's http(s) upload URL: {self.index_upload_url!r}"
+            )
+            raise ValueError(msg)
+        if not self.minter_key_ids:
+            msg = "TRUSTPUB_MINTER_KEY_IDS is required: the key ids of the minter's signing keys"
+            raise ValueError(msg)
+        if not 0 < self.request_timeout <= MAX_VALIDITY_S:
+            msg = f"TRUSTPUB_REQUEST_TIMEOUT must be positive and at most {MAX_VALIDITY_S:.0f} s"
+            raise ValueError(msg)
+        for name in ("index_connect_timeout", "index_timeout", "body_idle_timeout"):
+            if not getattr(self, name) > 0:
+                msg = f"TRUSTPUB_{name.upper()} must be positive, got {getattr(self, name)}"
+                raise ValueError(msg)
+        if self.max_upload_bytes < 1 or self.max_metadata_bytes < 1024:
+            msg = "TRUSTPUB_MAX_UPLOAD_BYTES must be positive and TRUSTPUB_MAX_METADATA_BYTES at least 1024"
+            raise ValueError(msg)
+        if self.gateway_url and urlsplit(self.gateway_url).scheme not in {"http", "https"}:
+            msg = f"TRUSTPUB_GATEWAY_URL must be an http(s) URL, got {self.gateway_url!r}"
+            raise ValueError(msg)
