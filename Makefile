@@ -40,6 +40,10 @@ format: install ## Apply ruff's formatting and safe fixes
 bench: install ## Benchmark mint-token at 1 and 32 in flight (exchanges/s, p50, p99, errors)
 	$(BIN)/python -m bench.exchange
 
+.PHONY: soak
+soak: install ## Whole stack for 10 min at half its measured peak, open loop: errors, p50/p99 per minute, every process's memory, flat or not (SOAK_ARGS="--duration 60")
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
 faults: install ## Fault suite under load (150 exchanges/s; kill, stop, drain each part, lock used_tokens): what clients saw, what was lost
 	$(BIN)/python -m bench.faults
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +161,72 @@ def register(database_url: str) -> None:
     )
 
 
+@dataclass
+class Bench:
+    """A running stack as ``make bench`` starts it."""
+
+    stack: Stack
+    issuer: DevIssuer
+    nats: NatsServer
+    pg: PostgresServer
+
+    @property
+    def mint_url(self) -> str:
+        return f"{self.stack.base_url}/_/oidc/mint-token"
+
+    def pids(self) -> dict[str, int]:
+        """The services' and nats-server's process ids, and ``postgres``: the process that runs
+        the postmaster (whose backends are its descendants)."""
+        assert self.nats.proc is not None
+        assert self.pg.proc is not None
+        pids = {k: p.popen.pid for k, p in self.stack.procs.items()}
+        pids["nats-server"] = self.nats.proc.pid
+        pids["postgres"] = self.pg.proc.pid
+        return pids
+
+
+@contextlib.contextmanager
+def bench_stack(*, issuers_toml_extra: str = "") -> Iterator[Bench]:
+    """NATS, PostgreSQL (default durability), a local issuer with the benchmark's publisher
+    registered, and the five services, in a temporary directory; all stopped when the block
+    ends. ``issuers_toml_extra`` is appended to the local issuer's entry of the issuers file."""
+    with tempfile.TemporaryDirectory(prefix="trustpub-bench-") as tmp:
+        root = Path(tmp)
+        nats = NatsServer(root / "nats").start()
+        pg = PostgresServer(root / "pg").start()
+        issuer = DevIssuer()
+        try:
+            from trustpub.registry.migrations import apply  # noqa: PLC0415
+
+            db_url = pg.url
+            asyncio.run(apply(db_url))
+            register(db_url)
+            with issuer.serve_in_thread():
+                (root / "issuers.toml").write_text(
+                    issuer.issuers_toml() + issuers_toml_extra + offline_builtins_toml(issuer)
+                )
+                stack = Stack(
+                    {
+                        "TRUSTPUB_NATS_URL": nats.url,
+                        "TRUSTPUB_DATABASE_URL": db_url,
+                        "TRUSTPUB_ISSUERS_FILE": str(root / "issuers.toml"),
+                        "TRUSTPUB_AUDIENCE": AUDIENCE,
+                        "TRUSTPUB_MINTER_KEY_FILE": str(root / "minter.jwk"),
+                        "TRUSTPUB_LOG_LEVEL": "warning",
+                        "TRUSTPUB_RATE_LIMIT": "0",  # thousands of requests/s from one address
+                    },
+                    log_dir=root / "logs",
+                )
+                stack.start_all()
+                try:
+                    yield Bench(stack, issuer, nats, pg)
+                finally:
+                    stack.stop_all()
+        finally:
+            pg.stop()
+            nats.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="trustpub mint-token benchmark")
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -174,53 +243,19 @@ def main() -> None:
         flush=True,
     )
 
-    with tempfile.TemporaryDirectory(prefix="trustpub-bench-") as tmp:
-        root = Path(tmp)
-        nats = NatsServer(root / "nats").start()
-        pg = PostgresServer(root / "pg").start()
-        issuer = DevIssuer()
-        try:
-            from trustpub.registry.migrations import apply  # noqa: PLC0415
-
-            db_url = pg.url
-            asyncio.run(apply(db_url))
-            register(db_url)
-            with issuer.serve_in_thread():
-                (root / "issuers.toml").write_text(issuer.issuers_toml() + offline_builtins_toml(issuer))
-                stack = Stack(
-                    {
-                        "TRUSTPUB_NATS_URL": nats.url,
-                        "TRUSTPUB_DATABASE_URL": db_url,
-                        "TRUSTPUB_ISSUERS_FILE": str(root / "issuers.toml"),
-                        "TRUSTPUB_AUDIENCE": AUDIENCE,
-                        "TRUSTPUB_MINTER_KEY_FILE": str(root / "minter.jwk"),
-                        "TRUSTPUB_LOG_LEVEL": "warning",
-                        "TRUSTPUB_RATE_LIMIT": "0",  # thousands of requests/s from one address
-                    },
-                    log_dir=root / "logs",
-                )
-                stack.start_all()
-                try:
-                    results = run_levels(stack, issuer, levels, args.seconds, nats, pg)
-                finally:
-                    stack.stop_all()
-        finally:
-            pg.stop()
-            nats.stop()
+    with bench_stack() as bench:
+        results = run_levels(bench, levels, args.seconds)
     out = {"calibration_rs256_verify_per_s": round(rs256), "reference": REFERENCE, "results": results}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 
 
-def run_levels(
-    stack: Stack, issuer: DevIssuer, levels: list[int], seconds: float, nats: NatsServer, pg: PostgresServer
-) -> list[dict[str, Any]]:
-    url = f"{stack.base_url}/_/oidc/mint-token"
+def run_levels(bench: Bench, levels: list[int], seconds: float) -> list[dict[str, Any]]:
+    url, issuer, pg = bench.mint_url, bench.issuer, bench.pg
     asyncio.run(drive(url, make_tokens(issuer, 200), 8, 2))  # warm-up: keys fetched, pools filled
-    pids = {k: p.popen.pid for k, p in stack.procs.items()}
-    assert nats.proc is not None
+    pids = bench.pids()
+    del pids["postgres"]  # its backends are counted as a tree below
     assert pg.proc is not None
-    pids["nats-server"] = nats.proc.pid
     results = []
     for conc in levels:
         need = int(3000 * seconds) if conc > 1 else int(800 * seconds)
