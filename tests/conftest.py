@@ -22,6 +22,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from tests.bus import ROOTS, TestBus
+from tests.waiting import WAIT_S
 
 from trustpub.devstack.bus import DevBus
 from trustpub.devstack.issuer import DevIssuer
@@ -125,14 +126,15 @@ def issuers_file(tmp_path: Path, dev_issuer: DevIssuer) -> Path:
     return path
 
 
-def bounded(coro: object, seconds: float = 10) -> object:
+def bounded(coro: object, seconds: float = WAIT_S) -> object:
     """Every network await in a test is bounded."""
     return asyncio.wait_for(coro, seconds)  # type: ignore[arg-type]
 
 
 @contextlib.asynccontextmanager
-async def running(rt: Runtime, setup: Setup, timeout: float = 15) -> AsyncIterator[Runtime]:
-    """Run one service in this event loop (its own NATS connection) until the block ends."""
+async def running(rt: Runtime, setup: Setup, timeout: float = WAIT_S) -> AsyncIterator[Runtime]:
+    """Run one service in this event loop (its own NATS connection) until the block ends:
+    entered once the service is ready."""
     stop = asyncio.Event()
     task = asyncio.create_task(serve(rt, setup, stop=stop))
     deadline = asyncio.get_running_loop().time() + timeout

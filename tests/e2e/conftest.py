@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 from tests.bus import TestBus
 from tests.conftest import AUDIENCE
+from tests.waiting import WAIT_S
 
 from trustpub.devstack.issuer import (
     ACTIVESTATE_ISSUER,
@@ -144,7 +145,7 @@ def stack(stack_env: dict[str, str], stack_dir: Path) -> Iterator[Stack]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session:
         yield session
 
 
@@ -222,5 +223,5 @@ async def mints_count(database_url: str) -> int:
         await conn.close()
 
 
-def bounded(coro: Any, seconds: float = 15) -> Any:
+def bounded(coro: Any, seconds: float = WAIT_S) -> Any:
     return asyncio.wait_for(coro, seconds)

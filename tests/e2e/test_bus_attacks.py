@@ -50,9 +50,11 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from prometheus_client.parser import text_string_to_metric_families
+from tests import waiting
 from tests.bus import ADMIN, TestBus
 from tests.e2e.conftest import Publisher, mint, mints_count
 from tests.ops.live_support import metric_value
+from tests.waiting import WAIT_S, bounded
 
 from trustpub.devstack.issuer import SigningKey
 from trustpub.devstack.servers import free_port
@@ -118,7 +120,6 @@ TEN_YEARS = 10 * YEAR
 # Control characters an attacker would put in an audit field to drive an operator's terminal:
 # clear screen, set the window title, colour, carriage return, a bidirectional override, DEL.
 ESCAPES = "\x1b[2J\x1b]0;owned\x07\x1b[31m\r\u202e\x7f"
-WAIT_S = 15.0
 
 
 def matrix(**owners: str) -> list[Any]:
@@ -138,16 +139,7 @@ def matrix(**owners: str) -> list[Any]:
 
 async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT_S) -> None:
     """Poll ``check`` until it holds; fail saying ``what`` was awaited."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            pytest.fail(f"not within {timeout:g} s: {what}")
-        await asyncio.sleep(0.05)
-
-
-def bounded(coro: Awaitable[Any], seconds: float = WAIT_S) -> Awaitable[Any]:
-    return asyncio.wait_for(coro, seconds)
+    await waiting.until(check, what, timeout=timeout)
 
 
 # --- what the services count ----------------------------------------------------------------------

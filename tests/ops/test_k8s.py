@@ -32,6 +32,7 @@ from tests.ops.ops_support import (
     render,
     tilt_made_objects,
 )
+from tests.waiting import WAIT_S, until
 
 from trustpub.messages.endpoints import pair_name, pairs_of
 
@@ -618,7 +619,7 @@ def _nats_server(conf: Path, port: int, monitor: int) -> Iterator[None]:
         )
     try:
         try:
-            wait_for_port(port, 15, proc)
+            wait_for_port(port, WAIT_S, proc)
         except DevServerError:
             pytest.fail(f"nats-server did not start: {log.read_text()[-3000:]}")
         yield
@@ -651,8 +652,10 @@ async def _join_as(name: str, env: dict[str, str]) -> list[Exception]:
         assert not errors, (name, errors)
         await client.subscribe(">")
         with contextlib.suppress(Exception):
-            await client.flush(timeout=5)
-        await asyncio.sleep(0.2)
+            await client.flush(timeout=WAIT_S)
+        # The server's refusal arrives on its own: wait for it (the caller checks what it says).
+        with contextlib.suppress(AssertionError):
+            await until(lambda: errors, "NATS refuses the subscription to everything")
     finally:
         await client.close()
     return errors

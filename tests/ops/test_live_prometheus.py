@@ -44,30 +44,39 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return out
 
 
-async def wait_for(prom: PrometheusServer, expr: str, at_least: float, timeout: float = 30) -> None:
+async def wait_for(prom: PrometheusServer, expr: str, at_least: float, timeout: float = 60) -> float:
+    """Until ``expr`` is at least ``at_least``; its value then."""
     deadline = asyncio.get_running_loop().time() + timeout
     value = None
     while asyncio.get_running_loop().time() < deadline:
         result = await asyncio.to_thread(prom.query, expr)
         value = float(result[0]["value"][1]) if result else None
         if value is not None and value >= at_least:
-            return
+            return value
         await asyncio.sleep(0.5)
     pytest.fail(f"{expr} = {value}, expected at least {at_least} within {timeout} s")
+
+
+async def scraped_since(prom: PrometheusServer, since: float) -> float:
+    """Until every target has been scraped after ``since`` (unix seconds); the time of the
+    latest of those scrapes. Scrapes come when Prometheus gets to them, not on the second,
+    on a loaded machine."""
+    await wait_for(prom, 'min(timestamp(up{job="trustpub"}))', since + 0.001)
+    return await wait_for(prom, 'max(timestamp(up{job="trustpub"}))', since + 0.001)
 
 
 ROUNDS = 3
 PER_ROUND = 7
 
 
-async def run_exchanges(live: Live) -> int:
+async def run_exchanges(live: Live, prom: PrometheusServer) -> int:
     """Mints, and the refusals the dashboard breaks down: a replay, an expired token, a wrong
-    workflow. In rounds a few scrapes apart: rate() sees an increase only between two
+    workflow. In rounds with a scrape between them: rate() sees an increase only between two
     samples, and a series is born with the value of its first scrape."""
     async with aiohttp.ClientSession() as session:
         for round_ in range(ROUNDS):
             if round_:
-                await asyncio.sleep(2.5)
+                await scraped_since(prom, time.time())
             minted = [await exchange(session, live.mint_url, live.token()) for _ in range(3)]
             assert [r.status for r in minted] == [200] * 3
             replayed = live.token()
@@ -97,12 +106,13 @@ async def test_every_dashboard_query_and_rule_returns_data(tmp_path, bus, databa
         try:
             # Every process is a healthy target.
             await wait_for(prom, 'count(up{job="trustpub"} == 1)', len(live.stack.procs))
-            total = await run_exchanges(live)
+            total = await run_exchanges(live, prom)
             await wait_for(prom, "sum(trustpub_exchange_requests_total)", total)
             # The refusals reach the audit trail through JetStream and the registry.
             await wait_for(prom, 'sum(trustpub_audit_events_total{kind="exchange.failed"})', 3 * ROUNDS)
-            # A few more scrapes, so that rate() has two samples of every series born late.
-            await asyncio.sleep(3)
+            # Two more scrapes of every target, so that rate() has two samples of every series
+            # born late.
+            await scraped_since(prom, await scraped_since(prom, time.time()))
 
             empty = []
             for title, expr in dashboard_queries():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -14,6 +13,7 @@ from typing import Any
 
 from tests.bus import hand_over
 from tests.conftest import running
+from tests.waiting import WAIT_S, until
 
 from trustpub.devstack.issuer import GITHUB_ISSUER, github_claims
 from trustpub.messages.endpoints import (
@@ -112,17 +112,14 @@ async def register(
     return publisher
 
 
-async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll an async predicate until it returns something truthy; bounded."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            msg = f"condition not met within {timeout} s"
-            raise TimeoutError(msg)
-        await asyncio.sleep(interval)
+async def wait_until(predicate: Any, timeout: float = WAIT_S, interval: float = 0.05) -> Any:
+    """Poll an async predicate until it returns something truthy, and return that.
+
+    Bounded by ``timeout``, never less than tests/waiting.WAIT_S: a budget matters only when
+    the condition never comes, and a shorter one fails on a loaded machine."""
+    return await until(
+        predicate, getattr(predicate, "__name__", ""), timeout=max(timeout, WAIT_S), interval=interval
+    )
 
 
 def new_publisher(
@@ -245,7 +242,7 @@ async def explain(rt: Runtime, req: MatchRequest) -> ExplainReply:
 async def status(rt: Runtime, mint_id: str) -> MintStatus:
     """What introspection asks: the gateway's ``mint.status``."""
     return await peers(rt).gateway.call(
-        MINT_STATUS, MintStatusRequest(mint_id=mint_id), deadline=time.time() + 5
+        MINT_STATUS, MintStatusRequest(mint_id=mint_id), deadline=time.time() + WAIT_S
     )
 
 
