@@ -27,7 +27,14 @@ from nats.aio.client import Client as NatsClient
 
 from trustpub.devstack.servers import NatsServer
 from trustpub.messages import DEADLINE_HEADER, EXCHANGE_ID_HEADER, Subjects, TrustpubError, Unavailable
-from trustpub.messages.endpoints import PUBLISHER_MATCH, SERVICES, TOKEN_VERIFY, Endpoint, inbox_prefix
+from trustpub.messages.endpoints import (
+    BUCKETS,
+    PUBLISHER_MATCH,
+    SERVICES,
+    TOKEN_VERIFY,
+    Endpoint,
+    inbox_prefix,
+)
 from trustpub.messages.v1 import ErrorReply, MatchRequest, MintedToken, VerifiedToken, VerifyRequest, encode
 from trustpub.runtime import CommonSettings, Runtime, load
 from trustpub.runtime.seal import SEAL_HEADER
@@ -70,7 +77,7 @@ class TestBus:
         names = Subjects(root)
         async with self.connection(ADMIN, root) as nc:
             js = nc.jetstream()
-            for stream in (names.events_stream, f"KV_{names.jwks_bucket}"):
+            for stream in (names.events_stream, *(f"KV_{names.bucket(b.suffix)}" for b in BUCKETS)):
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     await asyncio.wait_for(js.delete_stream(stream), 10)
 

@@ -34,6 +34,8 @@ async def test_fault(fault_stack, fault):
     result = await run_fault(fault_stack, fault)
     print(json.dumps(result.summary()))  # shown with -rA or on failure
     violations = result.violations()
+    if violations and result.harness_lagged():
+        violations.append(result.harness_lagged())
     assert not violations, (
         f"{fault.describe(TEST_SETTINGS)} (logs in {fault_stack.log_dir}):\n- " + "\n- ".join(violations)
     )

@@ -261,7 +261,8 @@ def test_network_policies_expose_only_the_gateway_and_let_only_the_registry_reac
             for p in policies
         )
         open_ports = _ingress_ports_open_to_everyone(policies, labels)
-        assert open_ports == ({"http"} if name == "gateway" else set()), name
+        # Behind prod's Ingress, the gateway admits the ingress controller only (below).
+        assert open_ports == ({"http"} if name == "gateway" and overlay == "dev" else set()), name
         egress = _egress_ports(policies, labels)
         assert (5432 in egress) is (name == "registry"), name
         assert (443 in egress) is (name == "jwks"), name
@@ -331,6 +332,40 @@ def test_the_gateway_trusts_the_minter_key_ids_and_shares_the_token_settings_wit
     token_settings = {"TRUSTPUB_TOKEN_PREFIX", "TRUSTPUB_TOKEN_ISSUER", "TRUSTPUB_TOKEN_AUDIENCE"}
     assert token_settings <= set(config(overlay))
     assert not token_settings & (set(gateway) | set(minter))
+
+
+def test_prod_reads_the_client_from_the_ingress_controller_alone():
+    # Behind the Ingress every peer is the controller: without trusted proxies every client
+    # would share its rate-limit bucket (README.md, "Limits and hostile input").
+    from trustpub.gateway.config import Settings  # noqa: PLC0415
+    from trustpub.runtime.config import load  # noqa: PLC0415
+
+    proxies = config("prod")["TRUSTPUB_TRUSTED_PROXIES"]
+    settings = load(Settings, {"TRUSTPUB_TRUSTED_PROXIES": proxies, "TRUSTPUB_MINTER_KEY_IDS": "k"})
+    assert settings.trusted_proxies
+    assert "TRUSTPUB_TRUSTED_PROXIES" not in config("dev")  # dev: no Ingress, clients connect directly
+    # One value, set once, explained where it is set.
+    overlay = (K8S / "overlays" / "prod" / "kustomization.yaml").read_text()
+    assert overlay.count("TRUSTPUB_TRUSTED_PROXIES=") == 1
+    assert overlay.count(proxies) == 1
+    # Only the controller's namespace reaches the gateway's HTTP port, so no other pod in that
+    # range can speak for a client.
+    policies = [
+        p
+        for p in objects("prod", "NetworkPolicy").values()
+        if _selects(p, {"app.kubernetes.io/name": "gateway"}) and "Ingress" in p["spec"]["policyTypes"]
+    ]
+    http_rules = [
+        r
+        for p in policies
+        for r in p["spec"].get("ingress", [])
+        if {"port": "http", "protocol": "TCP"} in r.get("ports", [])
+    ]
+    (rule,) = http_rules
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    ]
+    assert "`TRUSTPUB_TRUSTED_PROXIES`" in (REPO / "README.md").read_text()
 
 
 def test_each_overlay_mints_tokens_of_its_own_issuer():

@@ -76,7 +76,7 @@ class Gateway:
         )
         self.events = EventPublisher(rt)
         # The per-client rate limit of the exchange endpoints (limits.py).
-        self.guard = limits.ExchangeGuard(settings, self.events.record, rt.registry)
+        self.guard = limits.ExchangeGuard(settings, self.events.record, rt)
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -55,6 +55,11 @@ class Settings(CommonSettings):
     rate_limit_burst: int = 1000
     # Buckets kept at most (least recently used ones are forgotten): bounds the memory.
     rate_limit_clients: int = 100_000
+    # The limit across replicas (shared_limit.py): a client that has spent half its burst on a
+    # replica is counted in a JetStream bucket that every replica watches, folded in every
+    # rate_limit_sync seconds. Off, or with the bucket unreachable, each replica limits alone.
+    rate_limit_shared: bool = True
+    rate_limit_sync: float = 0.25
     # Addresses or CIDR blocks of reverse proxies whose X-Forwarded-For names the client;
     # from anyone else the header is ignored.
     trusted_proxies: tuple[str, ...] = ()
@@ -91,6 +96,9 @@ class Settings(CommonSettings):
                 "TRUSTPUB_RATE_LIMIT must be 0 (off) or positive, with TRUSTPUB_RATE_LIMIT_BURST at least 1; "
                 f"got {self.rate_limit} and {self.rate_limit_burst}"
             )
+            raise ValueError(msg)
+        if not 0.01 <= self.rate_limit_sync <= 10:
+            msg = f"TRUSTPUB_RATE_LIMIT_SYNC must be between 0.01 and 10 seconds, got {self.rate_limit_sync}"
             raise ValueError(msg)
         if self.rate_limit_clients < 1:
             msg = f"TRUSTPUB_RATE_LIMIT_CLIENTS must be at least 1, got {self.rate_limit_clients}"

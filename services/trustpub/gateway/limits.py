@@ -6,8 +6,10 @@
   connecting (or of its previous answer) is closed, so a trickle of header bytes (slowloris)
   holds a connection for seconds, not for aiohttp's default hour.
 - **Rate**: a token bucket per client address on the exchange endpoints (429 with
-  ``Retry-After``). The client is the TCP peer; ``X-Forwarded-For`` is read only when the peer
-  is one of the operator's ``trusted_proxies`` (TOB-PYPI-12: a header is not an identity).
+  ``Retry-After``), shared by the gateway replicas through a JetStream bucket for the clients
+  that come near their limit (shared_limit.py). The client is the TCP peer;
+  ``X-Forwarded-For`` is read only when the peer is one of the operator's ``trusted_proxies``
+  (TOB-PYPI-12: a header is not an identity).
 
 Every refusal is PyPI's error shape (``{"message", "errors": [{"code", "description"}]}``),
 even those aiohttp's HTTP parser makes before any handler runs.
@@ -27,11 +29,14 @@ from typing import Any
 import structlog
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import Counter
 
 from trustpub.gateway.config import Settings
 from trustpub.gateway.errors import EXCHANGE_ID_RESPONSE_HEADER, HttpRefusal, error_response
+from trustpub.gateway.shared_limit import SharedCounts
+from trustpub.messages.endpoints import RATE_LIMITS
 from trustpub.messages.v1 import ExchangeEvent
+from trustpub.runtime import Runtime
 
 log = structlog.get_logger("trustpub.gateway.limits")
 
@@ -223,7 +228,9 @@ class RateLimiter:
 
     At most ``max_clients`` buckets are kept; the least recently used one goes first (a full
     bucket is what a new one would be anyway, so evicting idle clients forgets nothing that
-    matters).
+    matters). With ``shared`` set, a client that the replicas share must also have a token in
+    its shared level (shared_limit.py); this replica's own bucket always applies, so the limit
+    of one replica holds whatever the shared bucket does.
     """
 
     def __init__(
@@ -240,6 +247,8 @@ class RateLimiter:
         self.clock = clock
         # key -> [tokens, updated, limited]
         self._buckets: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
+        # The levels shared with the other gateway replicas (shared_limit.py), when enabled.
+        self.shared: SharedCounts | None = None
 
     def take(self, key: str) -> tuple[bool, float, bool]:
         """Spend one token of ``key``'s bucket: (allowed, seconds until a token, whether this
@@ -255,13 +264,25 @@ class RateLimiter:
             bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
             bucket[1] = now
             self._buckets.move_to_end(key)
-        if bucket[0] >= 1.0:
+        # Where the client is shared with the other replicas, its shared level must allow it too.
+        shared = self.shared.level(key) if self.shared is not None else None
+        if bucket[0] >= 1.0 and (shared is None or shared >= 1.0):
             bucket[0] -= 1.0
             bucket[2] = False
+            if self.shared is not None:
+                self.shared.admitted(key, bucket[0])
             return True, 0.0, False
         first = not bucket[2]
         bucket[2] = True
-        return False, (1.0 - bucket[0]) / self.rate, first
+        short = max(1.0 - bucket[0], 0.0 if shared is None else 1.0 - shared)
+        return False, short / self.rate, first
+
+    def peek(self, key: str) -> float:
+        """``key``'s level now, without spending (full for a client without a bucket)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return self.burst
+        return float(min(self.burst, bucket[0] + (self.clock() - bucket[1]) * self.rate))
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -276,9 +297,7 @@ class ExchangeGuard:
     flood cannot turn into as many audit rows (security.md §4.2: aggregated, counted exactly).
     """
 
-    def __init__(
-        self, settings: Settings, record: Callable[[ExchangeEvent], None], registry: CollectorRegistry
-    ) -> None:
+    def __init__(self, settings: Settings, record: Callable[[ExchangeEvent], None], rt: Runtime) -> None:
         self.settings = settings
         self.record = record
         self.trusted = networks(settings.trusted_proxies)
@@ -289,10 +308,22 @@ class ExchangeGuard:
             if settings.rate_limit > 0
             else None
         )
+        if self.limiter is not None and settings.rate_limit_shared:
+            # The limit across replicas: levels shared in a JetStream bucket (shared_limit.py).
+            self.limiter.shared = SharedCounts(
+                settings.rate_limit,
+                settings.rate_limit_burst,
+                interval=settings.rate_limit_sync,
+                max_clients=settings.rate_limit_clients,
+                local_level=self.limiter.peek,
+                registry=rt.registry,
+            )
+            bucket = rt.subjects.bucket(RATE_LIMITS.suffix)
+            rt.background(self.limiter.shared.run(rt.nc, bucket), name="rate-limit-shared")
         self.refused = Counter(
             "trustpub_http_rate_limited_total",
             "Requests to the exchange endpoints refused with 429: their client was over its rate limit.",
-            registry=registry,
+            registry=rt.registry,
         )
 
     @web.middleware
