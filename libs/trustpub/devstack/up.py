@@ -26,7 +26,9 @@ from typing import Any
 
 import asyncpg
 
+from trustpub.devstack import publish_demo
 from trustpub.devstack.bus import DevBus
+from trustpub.devstack.index import DevCertificate, PypiServer
 from trustpub.devstack.issuer import DevIssuer, SigningKey, offline_builtins_toml
 from trustpub.devstack.prometheus import serve_for_up
 from trustpub.devstack.servers import NatsServer, PostgresServer, free_port, port_if_free
@@ -173,11 +175,40 @@ def start_servers(run: Path, cleanup: ExitStack) -> tuple[str, str]:
     return nats_url, db_url
 
 
+def start_index_and_gate(
+    stack: Stack, run: Path, cleanup: ExitStack, gate_port: int
+) -> tuple[str, PypiServer, DevCertificate]:
+    """pypiserver under ``run/index`` (uploads with the gate's credentials only) and the upload
+    gate in front of it, over https with a development CA: the upload host's URL, the index,
+    the certificate."""
+    index = PypiServer(run / "index", port=port_or_free(8080)).start()
+    cleanup.callback(index.stop)
+    say(f"pypiserver on {index.url} (packages in {index.packages}; uploads: the gate's user only)")
+    tls = DevCertificate(run / "upload-tls").ensure()
+    port = port_or_free(gate_port)
+    stack.start(
+        "gate",
+        extra={
+            **index.gate_env(),
+            "TRUSTPUB_HTTP_PORT": str(port),
+            "TRUSTPUB_TLS_CERT": str(tls.cert),
+            "TRUSTPUB_TLS_KEY": str(tls.key),
+        },
+    )
+    gate_url = f"https://127.0.0.1:{port}"
+    say(
+        f"upload gate at {gate_url} (POST /legacy/, /_/oidc/* to the gateway, GET /_/provenance/...; "
+        f"CA {tls.ca})"
+    )
+    return gate_url, index, tls
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--run-dir", type=Path, default=Path(".run"))
     parser.add_argument("--http-port", type=int, default=int(os.environ.get("TRUSTPUB_HTTP_PORT", "8000")))
     parser.add_argument("--issuer-port", type=int, default=8900)
+    parser.add_argument("--gate-port", type=int, default=8443, help="the upload host (https)")
     parser.add_argument("--exit-after-demo", action="store_true", help="stop everything after the demo")
     parser.add_argument("--prometheus", action="store_true", help="also run Prometheus on every ops port")
     args = parser.parse_args(argv)
@@ -219,8 +250,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.prometheus or os.environ.get("TRUSTPUB_PROMETHEUS"):
             cleanup.callback(serve_for_up(stack, run, port_or_free(9090)).stop)
         say(f"gateway at {stack.base_url}  (GET /_/oidc/audience, POST /_/oidc/mint-token)")
+        gate_url, index, tls = start_index_and_gate(stack, run, cleanup, args.gate_port)
         register_demo(db_url)
         ok = demo_exchange(stack.base_url, issuer)
+        say(f"publishing demo-pkg through the upload gate at {gate_url}, as a GitHub Actions job does")
+        ok = (
+            publish_demo.publish(
+                gate_url, issuer=issuer, index=index, tls=tls, project=DEMO["project"], say=say
+            )
+            and ok
+        )
         if args.exit_after_demo:
             return 0 if ok else 1
         say("running; press Ctrl-C to stop every process")
