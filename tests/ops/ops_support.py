@@ -28,8 +28,8 @@ RULES = DEPLOY / "prometheus" / "rules.yml"
 RULES_TEST = DEPLOY / "prometheus" / "rules_test.yml"
 DASHBOARD_JSON = DEPLOY / "dashboards" / "exchange-flow.json"
 METRICS_DOC = REPO / "docs" / "metrics.md"
-SERVICES = ("gateway", "jwks", "verifier", "registry", "minter")
-OPS_PORTS = {"gateway": 9100, "jwks": 9101, "verifier": 9102, "registry": 9103, "minter": 9104}
+SERVICES = ("gateway", "jwks", "verifier", "registry", "minter", "gate")
+OPS_PORTS = {"gateway": 9100, "jwks": 9101, "verifier": 9102, "registry": 9103, "minter": 9104, "gate": 9105}
 INSTALL_HINT = "make ops-tools"
 
 

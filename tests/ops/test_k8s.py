@@ -203,7 +203,8 @@ def test_only_the_gateway_has_a_service_and_the_verifier_scales_on_cpu(overlay):
         for n, s in objects(overlay, "Service").items()
         if s["metadata"]["labels"].get("app.kubernetes.io/part-of") == "trustpub"
     }
-    assert trustpub_services == {"gateway"}
+    # The public entries: the gateway and the upload gate.
+    assert trustpub_services == {"gateway", "gate"}
     (hpa,) = objects(overlay, "HorizontalPodAutoscaler").values()
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {
@@ -262,10 +263,13 @@ def test_network_policies_expose_only_the_gateway_and_let_only_the_registry_reac
         )
         open_ports = _ingress_ports_open_to_everyone(policies, labels)
         # Behind prod's Ingress, the gateway admits the ingress controller only (below).
-        assert open_ports == ({"http"} if name == "gateway" and overlay == "dev" else set()), name
+        # The upload gate takes uploads from anyone (it checks every token), in both overlays.
+        public = (name == "gateway" and overlay == "dev") or name == "gate"
+        assert open_ports == ({"http"} if public else set()), name
         egress = _egress_ports(policies, labels)
         assert (5432 in egress) is (name == "registry"), name
-        assert (443 in egress) is (name == "jwks"), name
+        # jwks fetches issuers' keys; the gate reaches the index.
+        assert (443 in egress) is (name in {"jwks", "gate"}), name
         assert 4222 in egress
     if overlay == "dev":
         (pg,) = [p for p in policies if _selects(p, {"app.kubernetes.io/name": "postgres"})]
