@@ -338,6 +338,59 @@ def test_the_gateway_trusts_the_minter_key_ids_and_shares_the_token_settings_wit
     assert not token_settings & (set(gateway) | set(minter))
 
 
+def _peers(rule: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    return list(rule.get(key, []))
+
+
+def _named_destinations(
+    policy: dict[str, Any], nats_peer: dict[str, Any], dns_peer: dict[str, Any]
+) -> set[str]:
+    """What of NATS and DNS ``policy`` opens, each checked to name its pods."""
+    seen = set()
+    for rule in policy["spec"].get("egress", []):
+        ports = {p["port"] for p in rule.get("ports", [])}
+        if 4222 in ports:
+            assert (ports, _peers(rule, "to")) == ({4222}, [nats_peer]), policy["metadata"]["name"]
+            seen.add("nats")
+        if 53 in ports:
+            assert (ports, _peers(rule, "to")) == ({53}, [dns_peer]), policy["metadata"]["name"]
+            seen.add("dns")
+    return seen
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_nats_dns_and_prometheus_are_named_not_any_address_on_their_port(overlay):
+    # Egress to NATS and DNS goes to their pods only, not to any address on 4222 or 53 (a way
+    # out for a compromised pod); the ops ports admit Prometheus of a labelled namespace only.
+    labels_of = [d["spec"]["template"]["metadata"]["labels"] for d in trustpub_deployments(overlay).values()]
+    policies = [
+        p for p in objects(overlay, "NetworkPolicy").values() if any(_selects(p, lab) for lab in labels_of)
+    ]
+    nats_peer = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats"}}}
+    if overlay == "prod":  # the operator's NATS, in namespace nats (TRUSTPUB_NATS_URL)
+        nats_peer = {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nats"}}
+        } | nats_peer
+    dns_peer = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    }
+    seen = set()
+    for policy in policies:
+        seen |= _named_destinations(policy, nats_peer, dns_peer)
+        ops_rules = [
+            r for r in policy["spec"].get("ingress", []) if "ops" in {p["port"] for p in r.get("ports", [])}
+        ]
+        for peer in (peer for rule in ops_rules for peer in _peers(rule, "from")):
+            assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+            if overlay == "prod":
+                assert peer["namespaceSelector"]["matchLabels"], "any namespace's Prometheus"
+            else:
+                assert "namespaceSelector" not in peer  # k8s/infra's, in this namespace
+            seen.add("ops")
+    assert seen == {"nats", "dns", "ops"}
+
+
 def test_prod_reads_the_client_from_the_ingress_controller_alone():
     # Behind the Ingress every peer is the controller: without trusted proxies every client
     # would share its rate-limit bucket (README.md, "Limits and hostile input").
