@@ -126,7 +126,8 @@ def build() -> dash.Dashboard:
         .uid(UID)
         .description(
             "Token exchanges through gateway, verifier, registry and minter: rate, refusals by "
-            "code, latency per stage, replicas per service, issuer key freshness, audit."
+            "code, latency per stage, replicas per service, issuer key freshness, audit; uploads "
+            "through the gate."
         )
         .tags(["trustpub"])
         .refresh("30s")
@@ -352,7 +353,7 @@ def build() -> dash.Dashboard:
     )
 
     # -- registry and audit ---------------------------------------------------------------
-    return (
+    db = (
         db.with_row(dash.Row("Registry and audit"))
         .with_panel(
             series(
@@ -406,6 +407,52 @@ def build() -> dash.Dashboard:
                     "events lost (unpublished)",
                     "B",
                 ),
+            )
+        )
+    )
+
+    # -- the upload gate (README, "The upload gate") ----------------------------------
+    return (
+        db.with_row(dash.Row("Uploads through the gate"))
+        .with_panel(
+            series(
+                "Uploads / s by outcome",
+                "Uploads the gate answered: accepted (in the index, recorded), refused by the gate "
+                "(by code), refused by the index, unavailable (503).",
+                "ops",
+                query(
+                    f"sum by (outcome, code) (rate(trustpub_gate_uploads_total[{RATE}]))",
+                    "{{outcome}} {{code}}",
+                ),
+            )
+        )
+        .with_panel(
+            series(
+                "Upload bytes / s and uploads in flight",
+                "Bytes of accepted files per second, and uploads being streamed to the index now.",
+                "Bps",
+                query(f"sum(rate(trustpub_gate_upload_bytes_total[{RATE}]))", "bytes/s", "A"),
+                query("sum(trustpub_gate_uploads_inflight)", "in flight", "B"),
+            )
+        )
+        .with_panel(
+            series(
+                "Upload duration p50 / p99",
+                "Time from an upload's request to its answer (the file's size and the client's "
+                "speed dominate).",
+                "s",
+                query(quantile(0.5, "trustpub_gate_upload_duration_seconds"), "p50", "A"),
+                query(quantile(0.99, "trustpub_gate_upload_duration_seconds"), "p99", "B"),
+            )
+        )
+        .with_panel(
+            single(
+                "Uploads without provenance",
+                "Files the index accepted that the registry did not record (last 24 h). Alert: "
+                "TrustpubUploadsUnrecorded.",
+                "none",
+                "sum(increase(trustpub_gate_unrecorded_total[24h])) or vector(0)",
+                thresholds((None, "green"), (1, "red")),
             )
         )
     )

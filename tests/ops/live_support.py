@@ -19,7 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.bus import TestBus
 from tests.registry.registry_support import register, unique
 
+from trustpub.devstack.index import PypiServer
 from trustpub.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
+from trustpub.devstack.servers import free_port
 from trustpub.devstack.stack import Stack
 from trustpub.registry import db
 
@@ -31,6 +33,9 @@ class Live:
     stack: Stack
     issuer: DevIssuer
     owner: str
+    # The upload gate (in front of a pypiserver) and the publisher's project, when asked for.
+    gate_url: str = ""
+    project: str = ""
 
     def token(self, **claims: Any) -> str:
         """A fresh GitHub-shaped token (its own jti) that the registered publisher matches."""
@@ -47,14 +52,15 @@ class Live:
 
 @contextlib.asynccontextmanager
 async def live_stack(
-    tmp: Path, bus: TestBus, database_url: str, env: dict[str, str] | None = None
+    tmp: Path, bus: TestBus, database_url: str, env: dict[str, str] | None = None, *, gate: bool = False
 ) -> AsyncIterator[Live]:
     owner = unique("ops")
+    project = unique("ops-pkg")
     root = await bus.lease()
     conn = await asyncio.wait_for(db.connect(database_url), 10)
     try:
         # No numeric ids: the first exchange pins them (trustpub_publishers_pinned_total).
-        await register(conn, projects=[unique("ops-pkg")], owner=owner, owner_id=None, repository_id=None)
+        await register(conn, projects=[project], owner=owner, owner_id=None, repository_id=None)
     finally:
         await conn.close()
     issuer = DevIssuer()
@@ -74,12 +80,37 @@ async def live_stack(
             },
             log_dir=tmp / "logs",
         )
+        index = PypiServer(tmp / "index")
         try:
             await asyncio.to_thread(stack.start_all, 60)
-            yield Live(stack, issuer, owner)
+            gate_url = ""
+            if gate:
+                await asyncio.to_thread(index.start)
+                port = free_port()
+                extra = {**index.gate_env(), "TRUSTPUB_HTTP_PORT": str(port)}
+                await asyncio.to_thread(lambda: stack.start("gate", extra=extra, timeout=60))
+                gate_url = f"http://127.0.0.1:{port}"
+            yield Live(stack, issuer, owner, gate_url, project)
         finally:
             await asyncio.to_thread(stack.stop_all)
+            index.stop()
             bus.release(root)
+
+
+async def upload(session: aiohttp.ClientSession, live: Live, version: str, project: str = "") -> int:
+    """Mint a token and upload a small file of ``project`` (default: the publisher's) through
+    the gate; the gate's answer."""
+    from tests.e2e.gate_support import basic, form, metadata  # noqa: PLC0415  (the gate's tests' own)
+
+    async with session.post(live.mint_url, json={"token": live.token()}) as resp:
+        token = (await resp.json())["token"]
+    project = project or live.project
+    filename = f"{project.replace('-', '_')}-{version}-py3-none-any.whl"
+    data = form(metadata(project, version), filename, b"not really a wheel")
+    async with session.post(
+        f"{live.gate_url}/legacy/", data=data, headers={"Authorization": basic("__token__", token)}
+    ) as resp:
+        return resp.status
 
 
 @dataclass

@@ -20,7 +20,7 @@ import time
 
 import aiohttp
 import pytest
-from tests.ops.live_support import Live, exchange, finite, live_stack
+from tests.ops.live_support import Live, exchange, finite, live_stack, upload
 from tests.ops.ops_support import DASHBOARD_JSON, need_binary, need_module
 from tests.ops.test_rules_and_dashboard import ALERT_FORM, rules
 
@@ -87,6 +87,9 @@ async def run_exchanges(live: Live, prom: PrometheusServer) -> int:
             assert (replay.status, replay.code) == (422, "invalid-reuse-token")
             assert (expired.status, expired.code) == (422, "invalid-token")
             assert (other.status, other.code) == (422, "invalid-publisher")
+            # An upload through the gate, and one it refuses (another project).
+            assert await upload(session, live, f"1.0.{round_}") == 200
+            assert await upload(session, live, "1.0.0", project="someone-elses") == 403
     return ROUNDS * PER_ROUND
 
 
@@ -95,7 +98,7 @@ async def run_exchanges(live: Live, prom: PrometheusServer) -> int:
 async def test_every_dashboard_query_and_rule_returns_data(tmp_path, bus, database_url):
     need_binary("prometheus")
     need_module("yaml")
-    async with live_stack(tmp_path, bus, database_url) as live:
+    async with live_stack(tmp_path, bus, database_url, gate=True) as live:
         prom = await asyncio.to_thread(
             serve_stack,
             live.stack,
