@@ -154,12 +154,28 @@ def test_pods_are_hardened(overlay):
             assert ctx["readOnlyRootFilesystem"] is not live_updated, name
 
 
+def _database_secret(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+    """The Secret and key whose file ``container`` reads the database URL from."""
+    env = env_of(container)
+    assert "TRUSTPUB_DATABASE_URL" not in env
+    path = env["TRUSTPUB_DATABASE_URL_FILE"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts[posixpath.dirname(path)]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    (item,) = volume["secret"]["items"]  # that key alone
+    assert item["path"] == posixpath.basename(path)
+    assert volume["secret"]["defaultMode"] == 0o440
+    return {"name": volume["secret"]["secretName"], "key": item["key"]}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_secrets_come_from_secrets_and_configuration_from_config_maps(overlay):
     deployments = trustpub_deployments(overlay)
     registry = deployments["registry"]["spec"]["template"]["spec"]
     minter = deployments["minter"]["spec"]["template"]["spec"]
-    db_url = env_of(registry["containers"][0])["TRUSTPUB_DATABASE_URL"]["secretKeyRef"]
+    # The database URL is a file of its Secret, not an environment variable (checkov CKV_K8S_35).
+    db_url = _database_secret(registry, registry["containers"][0])
     assert db_url["key"] == "database-url"
     # The minter's key is a file of its own bus Secret; TRUSTPUB_MINTER_KEY would win over it.
     minter_env = env_of(minter["containers"][0])
@@ -169,7 +185,7 @@ def test_secrets_come_from_secrets_and_configuration_from_config_maps(overlay):
     # Migrations run before the registry, with the same secret.
     (migrate,) = registry["initContainers"]
     assert migrate["command"] == ["trustpub", "migrate"]
-    assert env_of(migrate)["TRUSTPUB_DATABASE_URL"]["secretKeyRef"] == db_url
+    assert _database_secret(registry, migrate) == db_url
     secrets = objects(overlay, "Secret")
     if overlay == "dev":
         assert db_url["name"] in secrets  # generated with development values
@@ -302,8 +318,17 @@ def test_every_service_mounts_exactly_its_own_bus_secret_and_the_nats_ca(overlay
         pod = dep["spec"]["template"]["spec"]
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert not [v for v in volumes.values() if "projected" in v], name
-        # Its own bus Secret is the only Secret it mounts: nothing of another service's.
-        secret_volumes = {n: v["secret"] for n, v in volumes.items() if "secret" in v}
+        # Its own bus Secret is the only Secret it mounts: nothing of another service's (the
+        # registry also mounts the database URL, checked above).
+        secret_volumes = {
+            n: v["secret"]
+            for n, v in volumes.items()
+            if "secret" in v and not v["secret"]["secretName"].startswith("trustpub-secrets")
+        }
+        others = {v["secret"]["secretName"] for v in volumes.values() if "secret" in v} - {
+            s["secretName"] for s in secret_volumes.values()
+        }
+        assert not others or name in {"registry", "gate"}, name  # the database URL, the index's password
         ((bus_volume, secret),) = secret_volumes.items()
         assert secret["secretName"] == BUS_SECRET.format(name), name
         assert secret["defaultMode"] == 0o440, name

@@ -57,6 +57,8 @@ class Settings(CommonSettings):
             OSError: the file is unreadable.
         """
         if self.index_password_file is not None:
+            if not self.index_password_file.exists():
+                return ""  # the optional Secret key of k8s/base/gate, not given: no password
             return (
                 self.index_password_file.read_text().splitlines()[0]
                 if self.index_password_file.stat().st_size
