@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,test]'
 	@touch $(STAMP)
 
-up: install ## Run the whole stack (NATS with TLS and per-service users, PostgreSQL, 5 services, dev issuer) with a demo exchange; Ctrl-C stops it
+up: install ## Run the whole stack (NATS with TLS and per-service users, PostgreSQL, 6 services, dev issuer, pypiserver behind the upload gate) with the demos; Ctrl-C stops it
 	$(BIN)/python -m trustpub.devstack.up
 
 demo: install ## Like `up`, but stop everything after the demo exchange
