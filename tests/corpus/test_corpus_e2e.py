@@ -286,6 +286,8 @@ async def test_h9_refusal_for_want_of_a_publisher_does_not_consume_the_token(
         f"{owner}-pkg",
         "--owner",
         owner,
+        "--owner-id",
+        "1001",
         "--repository",
         "demo",
     ]

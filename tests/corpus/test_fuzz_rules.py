@@ -176,6 +176,8 @@ SPECS: dict[str, dict[str, Any]] = {
         "project": "proj",
         "ci_config_path": ".gitlab-ci.yml",
         "environment": "production",
+        # Its ids open: pinned on first use, then confirmed (DESIGN.md, "Owners are confirmed").
+        "pin_on_first_use": True,
     },
     "google": {"email": "pub@proj.iam.gserviceaccount.com", "sub": "1122334455"},
     "activestate": {

@@ -277,6 +277,8 @@ async def test_one_publisher_for_two_projects_covers_both(http, stack, e2e_issue
             f"{owner}-mono-b",
             "--owner",
             owner,
+            "--owner-id",
+            "1001",
             "--repository",
             "mono",
             "--workflow",

@@ -157,7 +157,7 @@ async def test_self_managed_gitlab_matches_only_its_issuer(
     await cli(db, "project", "add", project)
     await cli(
         db, "publisher", "add", "gitlab", "--project", project, "--project-path", f"{group}/proj",
-        "--ci-config-path", ".gitlab-ci.yml", "--issuer", SELF_MANAGED_GITLAB_ISSUER,
+        "--ci-config-path", ".gitlab-ci.yml", "--namespace-id", "72", "--issuer", SELF_MANAGED_GITLAB_ISSUER,
     )  # fmt: skip
     mine = GitLab(selfmanaged_gitlab_issuer, group, project)
     claims = mine.claims()
@@ -185,8 +185,8 @@ async def test_ghes_matches_only_its_issuer(http, stack, stack_env, e2e_issuer, 
     owner, project = f"ent-{uuid.uuid4().hex[:8]}", f"pkg-{uuid.uuid4().hex[:8]}"
     await cli(db, "project", "add", project)
     await cli(
-        db, "publisher", "add", "github", "--project", project, "--owner", owner, "--repository", "demo",
-        "--workflow", "release.yml", "--issuer", GHES_ISSUER,
+        db, "publisher", "add", "github", "--project", project, "--owner", owner, "--owner-id", "1001",
+        "--repository", "demo", "--workflow", "release.yml", "--issuer", GHES_ISSUER,
     )  # fmt: skip
 
     def claims(issuer: DevIssuer) -> dict[str, Any]:
@@ -280,7 +280,7 @@ async def test_pending_publisher_creates_its_project_on_first_use(http, stack, s
     owner, name = f"new-{uuid.uuid4().hex[:8]}", f"Brand.New-{uuid.uuid4().hex[:8]}"
     await cli(
         db, "publisher", "add", "github", "--pending-project", name, "--registrant", f"alice-{owner}",
-        "--owner", owner, "--repository", "demo", "--workflow", "release.yml",
+        "--owner", owner, "--owner-id", "1001", "--repository", "demo", "--workflow", "release.yml",
     )  # fmt: skip
     status, body, _ = await bounded(mint(http, stack, e2e_issuer.token(github_claims(AUDIENCE, owner=owner))))
     assert status == 200, body
@@ -302,7 +302,7 @@ async def test_pending_publisher_whose_project_exists(http, stack, stack_env, e2
     owner, name = f"late-{uuid.uuid4().hex[:8]}", f"taken-{uuid.uuid4().hex[:8]}"
     await cli(
         db, "publisher", "add", "github", "--pending-project", name, "--registrant", "bob",
-        "--owner", owner, "--repository", "demo", "--workflow", "release.yml",
+        "--owner", owner, "--owner-id", "1001", "--repository", "demo", "--workflow", "release.yml",
     )  # fmt: skip
     await cli(db, "project", "add", name)
     token = e2e_issuer.token(github_claims(AUDIENCE, owner=owner))
@@ -311,6 +311,40 @@ async def test_pending_publisher_whose_project_exists(http, stack, stack_env, e2
     )
     # The pending publisher is gone: the same token now finds no publisher at all.
     await refused(http, stack, token, "invalid-publisher", "no trusted publisher is registered")
+
+
+# --- owners confirmed (DESIGN.md, "Owners are confirmed") ---------------------------------
+
+
+async def test_publisher_without_owner_id_mints_once_an_operator_confirmed(
+    http, stack, stack_env, e2e_issuer
+):
+    db = stack_env["TRUSTPUB_DATABASE_URL"]
+    owner, project = f"open-{uuid.uuid4().hex[:8]}", f"pkg-{uuid.uuid4().hex[:8]}"
+    await cli(db, "project", "add", project)
+    await cli(
+        db, "publisher", "add", "github", "--project", project, "--owner", owner, "--pin-on-first-use",
+        "--repository", "demo", "--workflow", "release.yml",
+    )  # fmt: skip
+    token = e2e_issuer.token(github_claims(AUDIENCE, owner=owner))
+    description = await refused(
+        http,
+        stack,
+        token,
+        "invalid-publisher",
+        'operator confirms repository_owner_id "1001", the id its first',
+    )
+    publisher_id = description.split("(the publisher ", 1)[1].split(" ", 1)[0]
+    assert f"trustpub publisher confirm {publisher_id} --owner-id 1001" in description
+    # Still refused until confirmed; confirming asks for the id, then takes it.
+    await refused(http, stack, token, "invalid-publisher", "mints nothing until an operator confirms")
+    assert await asyncio.to_thread(register, db, "publisher", "confirm", publisher_id) == 2
+    await cli(db, "publisher", "confirm", publisher_id, "--owner-id", "1001")
+    # The same token was never spent: it mints now.
+    status, body, _ = await bounded(mint(http, stack, token))
+    assert status == 200, body
+    claims = payload(body["token"])
+    assert (claims["sub"], claims["projects"]) == (publisher_id, [project])
 
 
 # --- explain --------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A whole trustpub stack as processes (as ``make up`` runs it) for the operations tests:
 real NATS and PostgreSQL from the session fixtures, the five services, and a local issuer
-playing GitHub Actions, with one publisher registered (ids pinned on first use)."""
+playing GitHub Actions, with one publisher registered (its repository id pinned on first use)."""
 
 from __future__ import annotations
 
@@ -59,8 +59,8 @@ async def live_stack(
     root = await bus.lease()
     conn = await asyncio.wait_for(db.connect(database_url), 10)
     try:
-        # No numeric ids: the first exchange pins them (trustpub_publishers_pinned_total).
-        await register(conn, projects=[project], owner=owner, owner_id=None, repository_id=None)
+        # No repository id: the first exchange pins it (trustpub_publishers_pinned_total).
+        await register(conn, projects=[project], owner=owner, repository_id=None)
     finally:
         await conn.close()
     issuer = DevIssuer()

@@ -100,7 +100,7 @@ def test_wrong_repository_id():
 
 
 def test_unpinned_ids_pass_and_are_reported_for_pinning():
-    s = spec(owner_id=None, repository_id=None)
+    s = spec(owner_id=None, repository_id=None, pin_on_first_use=True)
     assert s["owner_id"] is None
     assert s["repository_id"] is None
     assert failures(s, claims()) == {}
@@ -109,7 +109,7 @@ def test_unpinned_ids_pass_and_are_reported_for_pinning():
 
 
 def test_unpinned_id_must_still_be_numeric():
-    s = spec(owner_id=None)
+    s = spec(owner_id=None, pin_on_first_use=True)
     assert failures(s, claims(owner_id="")) == {
         "repository_owner_id": 'repository_owner_id "" is not a numeric id'
     }
@@ -247,8 +247,7 @@ def test_environment_kelvin_sign_not_folded():
     ],
 )
 def test_environment_must_be_ascii_at_registration(environment, why):
-    # Issue 12, item 4: registration lower-cased with Unicode rules ("\u212aeys" was stored
-    # as "keys", "PROD\u00dcCTION" as "prod\u00fcction"), the exchange compares with ASCII rules.
+    # One rule on both sides, ASCII's (DESIGN.md, "Names are ASCII").
     with pytest.raises(RegistrationError) as info:
         spec(environment=environment)
     assert f"environment {rules.quote(environment)} must be ASCII: {why}" in str(info.value)
@@ -406,6 +405,7 @@ def test_validate_spec_normalises():
         environment="Release",
         owner_id="",
         allowed_events=["workflow_run", "workflow_run"],
+        pin_on_first_use=True,
     )
     assert s == {
         "owner": "octo-org",
@@ -451,6 +451,24 @@ def test_validate_spec_refuses(field, value, message):
     assert issubclass(RegistrationError, ValueError)
 
 
+def test_owner_id_required_unless_pinned_on_first_use():
+    # DESIGN.md, "Owners are confirmed".
+    with pytest.raises(RegistrationError) as info:
+        spec(owner_id=None)
+    message = str(info.value)
+    assert message.startswith("--owner-id is required: the owner's immutable id (the id field of GitHub's")
+    assert "add --pin-on-first-use" in message
+    assert "trustpub publisher confirm" in message
+    with pytest.raises(RegistrationError, match="give either --owner-id or --pin-on-first-use, not both"):
+        spec(pin_on_first_use=True)
+    # The repository id may still be left open (DESIGN.md, "Owners are confirmed").
+    assert spec(repository_id=None)["repository_id"] is None
+    open_owner = spec(owner_id=None, pin_on_first_use=True)
+    assert github.PROVIDER.owner_open(open_owner)
+    assert not github.PROVIDER.owner_open(spec(repository_id=None))
+    assert github.PROVIDER.owner_claim == "repository_owner_id"
+
+
 def test_unique_key():
     a = spec(owner="Octo-Org", repository="Demo", environment="Release")
     b = spec()
@@ -466,8 +484,9 @@ def test_unique_key():
 
 
 def test_merge_spec():
-    assert github.merge_spec(spec(owner_id=None), spec()) == {"owner_id": "1001"}
-    assert github.merge_spec(spec(), spec(owner_id=None, repository_id=None)) == {}
+    open_owner = spec(owner_id=None, pin_on_first_use=True)
+    assert github.merge_spec(open_owner, spec()) == {"owner_id": "1001"}
+    assert github.merge_spec(spec(), spec(owner_id=None, repository_id=None, pin_on_first_use=True)) == {}
     with pytest.raises(RegistrationError, match="owner id 1001, not 5"):
         github.merge_spec(spec(), spec(owner_id="5"))
     with pytest.raises(RegistrationError, match="allowed events"):

@@ -140,13 +140,27 @@ def test_ids_resurrection_and_pinning():
         "(the namespace may have been deleted and its name taken by someone else)"
     }
     assert "project_id" in failures(spec(), claims(project_id="21"))
-    open_ids = spec(namespace_id=None, project_id=None)
+    open_ids = spec(namespace_id=None, project_id=None, pin_on_first_use=True)
     assert failures(open_ids, claims()) == {}
     assert gitlab.pins(open_ids, claims()) == {"namespace_id": "72", "project_id": "20"}
     assert gitlab.pins(spec(), claims()) == {}
     assert failures(open_ids, claims(project_id="2x")) == {
         "project_id": 'project_id "2x" is not a numeric id'
     }
+
+
+def test_namespace_id_required_unless_pinned_on_first_use():
+    # DESIGN.md, "Owners are confirmed".
+    with pytest.raises(RegistrationError) as info:
+        spec(namespace_id=None)
+    assert str(info.value).startswith("--namespace-id is required: the owner's immutable id")
+    assert "--pin-on-first-use" in str(info.value)
+    with pytest.raises(RegistrationError, match="give either --namespace-id or --pin-on-first-use"):
+        spec(pin_on_first_use=True)
+    assert spec(project_id=None)["project_id"] is None
+    assert gitlab.PROVIDER.owner_open(spec(namespace_id=None, pin_on_first_use=True))
+    assert not gitlab.PROVIDER.owner_open(spec(project_id=None))
+    assert gitlab.PROVIDER.owner_claim == "namespace_id"
 
 
 def test_self_managed_issuer_domain():
@@ -205,6 +219,7 @@ def test_validate_spec_normalises():
         namespace_id="",
         allowed_refs=["refs/tags/v*"],
         token_lifetime=600,
+        pin_on_first_use=True,
     )
     assert s == {
         "namespace": "group/sub",
@@ -262,7 +277,7 @@ def test_unique_key_and_merge():
     assert gitlab.unique_key(GITLAB_ISSUER, b) != gitlab.unique_key(
         GITLAB_ISSUER, spec(environment="Production")
     )
-    assert gitlab.merge_spec(spec(namespace_id=None), spec()) == {"namespace_id": "72"}
+    assert gitlab.merge_spec(spec(namespace_id=None, pin_on_first_use=True), spec()) == {"namespace_id": "72"}
     with pytest.raises(RegistrationError, match="namespace id 72, not 5"):
         gitlab.merge_spec(spec(), spec(namespace_id="5"))
     with pytest.raises(RegistrationError, match="allowed refs"):

@@ -92,8 +92,9 @@ async def test_publisher_add_list_remove(cli, conn):
     p3 = unique("pkg")
     await cli("project", "add", p3)
     code, out, _ = await cli(
-        "publisher", "add", "github", "--project", p3, "--owner", owner.upper(), "--repository", "Demo",
-        "--workflow", "release.yml", "--environment", "release", "--allow-event", "workflow_run",
+        "publisher", "add", "github", "--project", p3, "--owner", owner.upper(), "--owner-id", "1001",
+        "--repository", "Demo", "--workflow", "release.yml", "--environment", "release",
+        "--allow-event", "workflow_run",
     )  # fmt: skip
     assert code == 0
     assert out.startswith(f"linked existing publisher {pid}\n")
@@ -161,8 +162,8 @@ async def test_bad_input_exits_2_with_one_line(cli, args, message):
 async def test_missing_project_names_the_command(cli):
     missing = unique("nope")
     code, _, err = await cli(
-        "publisher", "add", "github", "--project", missing, "--owner", unique("org"), "--repository", "r",
-        "--workflow", "release.yml",
+        "publisher", "add", "github", "--project", missing, "--owner", unique("org"), "--owner-id", "1",
+        "--repository", "r", "--workflow", "release.yml",
     )  # fmt: skip
     assert code == 2
     assert f"trustpub project add {missing}" in err

@@ -18,7 +18,7 @@ async def test_gitlab_google_activestate_add_and_list(cli):
     group = unique("grp")
     code, out, err = await cli(
         "publisher", "add", "gitlab", "--project", project,
-        "--project-path", f"{group}/sub/proj", "--ci-config-path", "ci/release.yml",
+        "--project-path", f"{group}/sub/proj", "--ci-config-path", "ci/release.yml", "--namespace-id", "72",
         "--environment", "Production", "--allow-ref", "refs/tags/v*", "--token-lifetime", "600",
         "--issuer", "https://gitlab.example.test", "--json",
     )  # fmt: skip
@@ -29,7 +29,7 @@ async def test_gitlab_google_activestate_add_and_list(cli):
         "project": "proj",
         "ci_config_path": "ci/release.yml",
         "environment": "Production",
-        "namespace_id": None,
+        "namespace_id": "72",
         "project_id": None,
         "allowed_refs": ["refs/tags/v*"],
         "token_lifetime": 600,
@@ -60,10 +60,16 @@ async def test_gitlab_google_activestate_add_and_list(cli):
     [
         (["gitlab", "--project-path", "proj", "--ci-config-path", ".gitlab-ci.yml"],
          "must be NAMESPACE/PROJECT"),
-        (["gitlab", "--project-path", "grp/proj", "--ci-config-path", ".gitlab-ci.yml", "--issuer",
-          "https://token.actions.githubusercontent.com"], "gives github tokens, not gitlab ones"),
-        (["gitlab", "--project-path", "grp/proj", "--ci-config-path", ".gitlab-ci.yml", "--issuer",
-          "http://gitlab.example.test"], "must be an https:// URL"),
+        (["gitlab", "--project-path", "grp/proj", "--ci-config-path", ".gitlab-ci.yml", "--namespace-id", "7",
+          "--issuer", "https://token.actions.githubusercontent.com"], "gives github tokens, not gitlab ones"),
+        (["gitlab", "--project-path", "grp/proj", "--ci-config-path", ".gitlab-ci.yml", "--namespace-id", "7",
+          "--issuer", "http://gitlab.example.test"], "must be an https:// URL"),
+        (["gitlab", "--project-path", "grp/proj", "--ci-config-path", ".gitlab-ci.yml"],
+         "--namespace-id is required: the owner's immutable id"),
+        (["github", "--owner", "o", "--repository", "r", "--workflow", "release.yml"],
+         "--owner-id is required: the owner's immutable id"),
+        (["github", "--owner", "o", "--owner-id", "1", "--repository", "r", "--workflow", "release.yml",
+          "--pin-on-first-use"], "give either --owner-id or --pin-on-first-use, not both"),
         (["github", "--owner", "o", "--repository", "r", "--workflow", "release.yml", "--allow-ref", "main"],
          "must be a full ref name"),
         (["github", "--owner", "o", "--repository", "r", "--workflow", "release.yml",
@@ -94,6 +100,8 @@ async def test_issuers_file_is_consulted(cli, tmp_path, monkeypatch):
         "grp/proj",
         "--ci-config-path",
         "a.yml",
+        "--namespace-id",
+        "7",
     ]
     code, _, err = await cli(*base, "--issuer", "https://ghes.example.test/_services/token")
     assert code == 2
@@ -111,6 +119,8 @@ async def test_pending_add_list_remove(cli, conn, monkeypatch):
         "github",
         "--owner",
         owner,
+        "--owner-id",
+        "1001",
         "--repository",
         "demo",
         "--workflow",
@@ -147,6 +157,8 @@ async def test_pending_add_list_remove(cli, conn, monkeypatch):
         f"{unique('g')}/proj",
         "--ci-config-path",
         "a.yml",
+        "--namespace-id",
+        "7",
     ]
     code, _, err = await cli(*other, "--pending-project", unique("second"), "--registrant", who)
     assert code == 2

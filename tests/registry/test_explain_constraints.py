@@ -37,7 +37,7 @@ async def counts(conn) -> tuple[int, int, int, int]:
 
 async def test_explain_would_mint_and_consumes_nothing(registry, conn):
     owner, project = unique("org"), unique("pkg")
-    publisher = await register(conn, projects=[project], owner=owner, owner_id=None)
+    publisher = await register(conn, projects=[project], owner=owner, repository_id=None)
     req = match_request(claims_for(owner))
     before = await counts(conn)
 
@@ -56,9 +56,9 @@ async def test_explain_would_mint_and_consumes_nothing(registry, conn):
         False,
     )
     assert candidate.projects == [project]
-    assert candidate.pins == {"owner_id": "1001"}
+    assert candidate.pins == {"repository_id": "2002"}
     rules = {r.rule: r for r in candidate.rules}
-    assert rules["repository_owner_id"].expected == "any (pinned on first use)"
+    assert rules["repository_id"].expected == "any (pinned on first use)"
     assert rules["workflow_ref"].actual == f"{owner}/demo/.github/workflows/release.yml@refs/tags/v1.0.0"
     assert all(r.ok for r in candidate.rules)
 
@@ -72,7 +72,7 @@ async def test_explain_would_mint_and_consumes_nothing(registry, conn):
     )
     assert audit["detail"]["identity"] == f"repository {owner}/demo"
     assert (audit["detail"]["candidates"], audit["detail"]["reported_in_full"]) == (1, 1)
-    assert (await db.get_publisher(conn, publisher.id)).spec["owner_id"] is None
+    assert (await db.get_publisher(conn, publisher.id)).spec["repository_id"] is None
     # The very same token still exchanges; explained afterwards, it is reported used.
     grant = await match(registry, req)
     assert grant.publisher_id == publisher.id
@@ -195,7 +195,9 @@ async def test_allowed_refs_refusal_and_match(registry, conn):
 
 async def test_gitlab_ids_pinned_on_first_use(registry, conn):
     ns = unique("grp")
-    spec = gitlab.validate_spec(namespace=ns, project="proj", ci_config_path=".gitlab-ci.yml", environment="")
+    spec = gitlab.validate_spec(
+        namespace=ns, project="proj", ci_config_path=".gitlab-ci.yml", environment="", namespace_id="72"
+    )
     project = unique("pkg")
     await db.add_project(conn, project)
     publisher, _ = await db.add_publisher(conn, new_publisher(gitlab, spec, issuer=GITLAB_ISSUER), [project])
@@ -212,7 +214,8 @@ async def test_gitlab_ids_pinned_on_first_use(registry, conn):
         "SELECT detail FROM audit_events WHERE kind = 'publisher.pinned' AND publisher_id = $1",
         uuid.UUID(publisher.id),
     )
-    assert audit["detail"]["namespace_id"] == {"old": None, "new": "72"}
+    assert audit["detail"]["project_id"] == {"old": None, "new": "20"}
+    assert "namespace_id" not in audit["detail"]
     assert sample(registry, "trustpub_publishers_pinned_total", provider="gitlab") == 1
     # A deleted and re-created namespace of the same name has another id: refused.
     with pytest.raises(InvalidPublisher) as info:

@@ -35,7 +35,7 @@ async def audit_kinds(conn, publisher_id: str) -> list[str]:
 
 async def test_first_exchange_creates_the_project_and_converts(registry, conn):
     owner, name, who = unique("org"), unique("New.Pkg"), unique("alice")
-    pending = await register_pending(conn, project=name, owner=owner, registrant=who, owner_id=None)
+    pending = await register_pending(conn, project=name, owner=owner, registrant=who, repository_id=None)
     assert await conn.fetchval("SELECT count(*) FROM projects WHERE name = $1", name) == 0
 
     claims = claims_for(owner)
@@ -51,8 +51,8 @@ async def test_first_exchange_creates_the_project_and_converts(registry, conn):
     publisher = await db.get_publisher(conn, pending.id)
     assert publisher.projects == [name]
     assert publisher.registrant == who
-    # Its open owner id was pinned by the same exchange.
-    assert publisher.spec["owner_id"] == "1001"
+    # Its open repository id was pinned by the same exchange.
+    assert publisher.spec["repository_id"] == "2002"
     assert (
         await conn.fetchval("SELECT count(*) FROM pending_publishers WHERE id = $1", uuid.UUID(pending.id))
         == 0

@@ -237,9 +237,11 @@ async def test_most_specific_publisher_wins(registry, conn):
 
 
 async def test_ids_pinned_on_first_use(registry, conn):
+    # The owner id is given (DESIGN.md, "Owners are confirmed"); the repository id may still be
+    # pinned on first use, and the exchange that pins it mints.
     owner = unique("org")
-    publisher = await register(conn, projects=[unique("pkg")], owner=owner, owner_id=None, repository_id=None)
-    assert publisher.spec["owner_id"] is None
+    publisher = await register(conn, projects=[unique("pkg")], owner=owner, repository_id=None)
+    assert (publisher.spec["repository_id"], publisher.needs_confirmation) == (None, False)
 
     grant = await match(registry, match_request(claims_for(owner, owner_id="1001", repo_id="2002")))
 
@@ -250,16 +252,13 @@ async def test_ids_pinned_on_first_use(registry, conn):
         uuid.UUID(publisher.id),
     )
     assert str(audit["mint_id"]) == grant.mint_id
-    assert audit["detail"]["owner_id"] == {"old": None, "new": "1001"}
     assert audit["detail"]["repository_id"] == {"old": None, "new": "2002"}
     assert sample(registry, "trustpub_publishers_pinned_total", provider="github") == 1
 
-    # A later token from a resurrected owner name (another id) is refused.
+    # A later token from a resurrected repository name (another id) is refused.
     with pytest.raises(InvalidPublisher) as info:
-        await match(registry, match_request(claims_for(owner, owner_id="9999")))
-    assert (
-        'repository_owner_id "9999" does not match the registered owner id "1001"' in info.value.description
-    )
+        await match(registry, match_request(claims_for(owner, repo_id="9999")))
+    assert 'repository_id "9999" does not match the registered repository id "2002"' in info.value.description
     # And the pinned publisher keeps working without further pinning.
     await match(registry, match_request(claims_for(owner)))
     assert sample(registry, "trustpub_publishers_pinned_total", provider="github") == 1
@@ -267,8 +266,8 @@ async def test_ids_pinned_on_first_use(registry, conn):
 
 async def test_racing_first_uses_pin_once(registry, conn):
     owner = unique("org")
-    publisher = await register(conn, projects=[unique("pkg")], owner=owner, owner_id=None)
-    reqs = [match_request(claims_for(owner, owner_id=str(1000 + i))) for i in range(6)]
+    publisher = await register(conn, projects=[unique("pkg")], owner=owner, repository_id=None)
+    reqs = [match_request(claims_for(owner, repo_id=str(1000 + i))) for i in range(6)]
     results = await asyncio.wait_for(
         asyncio.gather(*(match(registry, r) for r in reqs), return_exceptions=True), 30
     )
@@ -277,12 +276,12 @@ async def test_racing_first_uses_pin_once(registry, conn):
     assert all(isinstance(r, InvalidPublisher) for r in results if not isinstance(r, MintGrant))
     spec = await conn.fetchval("SELECT spec FROM publishers WHERE id = $1", uuid.UUID(publisher.id))
     winner = next(r for r, res in zip(reqs, results, strict=True) if isinstance(res, MintGrant))
-    assert spec["owner_id"] == winner.token.claims["repository_owner_id"]
+    assert spec["repository_id"] == winner.token.claims["repository_id"]
 
 
 async def test_replay_does_not_pin(registry, conn):
     owner = unique("org")
-    publisher = await register(conn, projects=[unique("pkg")], owner=owner, owner_id=None)
+    publisher = await register(conn, projects=[unique("pkg")], owner=owner, repository_id=None)
     claims = claims_for(owner)
     await conn.execute(
         "INSERT INTO used_tokens (issuer, token_key, expires_at) VALUES ($1, $2, now() + interval '1 hour')",
@@ -292,7 +291,7 @@ async def test_replay_does_not_pin(registry, conn):
     with pytest.raises(ReusedToken):
         await match(registry, match_request(claims))
     spec = await conn.fetchval("SELECT spec FROM publishers WHERE id = $1", uuid.UUID(publisher.id))
-    assert spec["owner_id"] is None
+    assert spec["repository_id"] is None
 
 
 async def test_revoke_and_status(registry, conn):
@@ -384,7 +383,7 @@ async def test_statement_timeout_means_unavailable(common, database_url, conn):
     # The publisher row is held by someone else: pinning waits on the lock until the
     # statement timeout, and the caller gets "unavailable" in bounded time, not a hang.
     owner = unique("org")
-    publisher = await register(conn, projects=[unique("pkg")], owner=owner, owner_id=None)
+    publisher = await register(conn, projects=[unique("pkg")], owner=owner, repository_id=None)
     claims = claims_for(owner)
     async with registry_running(common, database_url, TRUSTPUB_DATABASE_TIMEOUT="0.5") as rt:
         async with conn.transaction():

@@ -3,6 +3,7 @@
 A publisher's ``spec`` (stored as JSON) holds::
 
     owner, owner_id            owner login; its immutable numeric id, or null = pin on first use
+                               (registered with --pin-on-first-use; mints once confirmed)
     repository, repository_id  repository name; its numeric id, or null = pin on first use
     workflow                   workflow file name, e.g. "release.yml"
     environment                GitHub environment, "" = any (ASCII, stored lower-cased)
@@ -345,6 +346,7 @@ PROVIDER = rules.ProviderRules(
     narrowing_field="environment",
     pinned_fields=_PINNED_FIELDS,
     addressed_by=("workflow_ref", "job_workflow_ref"),
+    owner_field="owner_id",
 )
 # Module-level names for callers that think in terms of one provider.
 evaluate = PROVIDER.evaluate
@@ -428,8 +430,11 @@ def validate_spec(  # noqa: PLR0913  (one argument per registered field)
     allowed_events: Iterable[str] = (),
     allowed_refs: Iterable[str] = (),
     token_lifetime: int | None = None,
+    pin_on_first_use: bool = False,
 ) -> dict[str, Any]:
     """Check registration input (PyPI's form rules) and return the spec to store.
+
+    ``owner_id`` is required unless ``pin_on_first_use`` (see :func:`rules.owner_id_or_pinning`).
 
     Raises:
         RegistrationError: a field is malformed, or could never match a GitHub token.
@@ -459,7 +464,7 @@ def validate_spec(  # noqa: PLR0913  (one argument per registered field)
         raise RegistrationError(
             f"workflow {quote(workflow)} must not contain '@', spaces or control characters"
         )
-    return {
+    spec = {
         "owner": owner,
         "owner_id": _numeric_id(owner_id, "owner id"),
         "repository": repository,
@@ -470,6 +475,13 @@ def validate_spec(  # noqa: PLR0913  (one argument per registered field)
         "allowed_events": _events(allowed_events),
         **rules.constraints(allowed_refs, token_lifetime),
     }
+    rules.owner_id_or_pinning(
+        owner_id,
+        pin_on_first_use=pin_on_first_use,
+        flag="--owner-id",
+        where="the id field of GitHub's GET /users/OWNER",
+    )
+    return spec
 
 
 def spec_lookup_key(spec: Spec) -> str:

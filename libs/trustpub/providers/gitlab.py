@@ -9,7 +9,8 @@ A publisher's ``spec`` (stored as JSON) holds::
     namespace, project          the project's path, e.g. "my-group/sub" and "my-project"
     ci_config_path              top-level pipeline file, e.g. ".gitlab-ci.yml"
     environment                 GitLab environment, "" = any (case-sensitive, as typed)
-    namespace_id, project_id    immutable numeric ids, or null = pin on first use
+    namespace_id, project_id    immutable numeric ids, or null = pin on first use (a namespace
+                                id only with --pin-on-first-use; mints once confirmed)
     allowed_refs                optional: refs (or patterns) the ``ref_path`` must be
     token_lifetime              optional: seconds the minted token lives (300..3600)
 
@@ -276,6 +277,7 @@ PROVIDER = rules.ProviderRules(
     narrowing_field="environment",
     pinned_fields=_PINNED_FIELDS,
     addressed_by=("ci_config_ref_uri",),
+    owner_field="namespace_id",
 )
 # Module-level names for callers that think in terms of one provider.
 evaluate = PROVIDER.evaluate
@@ -344,13 +346,17 @@ def validate_spec(  # noqa: PLR0913  (one argument per registered field)
     project_id: str | None = None,
     allowed_refs: Iterable[str] = (),
     token_lifetime: int | None = None,
+    pin_on_first_use: bool = False,
 ) -> dict[str, Any]:
     """Check registration input (PyPI's form rules) and return the spec to store.
+
+    ``namespace_id`` is required unless ``pin_on_first_use`` (see
+    :func:`rules.owner_id_or_pinning`).
 
     Raises:
         RegistrationError: a field is malformed, or could never match a GitLab token.
     """
-    return {
+    spec = {
         "namespace": _path_part(namespace, "namespace", _NAMESPACE_INPUT),
         "project": _path_part(project, "project", _PROJECT_INPUT),
         "ci_config_path": _ci_config_path(ci_config_path),
@@ -359,6 +365,13 @@ def validate_spec(  # noqa: PLR0913  (one argument per registered field)
         "project_id": _numeric_id(project_id, "project id"),
         **rules.constraints(allowed_refs, token_lifetime),
     }
+    rules.owner_id_or_pinning(
+        namespace_id,
+        pin_on_first_use=pin_on_first_use,
+        flag="--namespace-id",
+        where="the id field of GitLab's GET /api/v4/namespaces/PATH",
+    )
+    return spec
 
 
 def split_project_path(value: str) -> tuple[str, str]:

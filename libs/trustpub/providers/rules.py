@@ -73,6 +73,20 @@ class ProviderRules:
     # file, pipeline file, account): explain reports in full only the publishers that pass them
     # (DESIGN.md, "Explain").
     addressed_by: tuple[str, ...] = ()
+    # The pinned field that binds who owns the identity (GitHub's owner id, GitLab's namespace
+    # id). Registration requires it unless told to pin it on first use; a publisher registered
+    # without it mints only after an operator confirms the id its first token pinned (DESIGN.md,
+    # "Owners are confirmed").
+    owner_field: str | None = None
+
+    def owner_open(self, spec: Spec) -> bool:
+        """Whether the spec leaves the owner's id open: the publisher needs a confirmation."""
+        return self.owner_field is not None and spec.get(self.owner_field) is None
+
+    @property
+    def owner_claim(self) -> str:
+        """The claim that carries the owner's id (``repository_owner_id``, ``namespace_id``)."""
+        return dict(self.pinned_fields).get(self.owner_field or "", "")
 
     def addresses(self, results: Sequence[RuleResult]) -> bool:
         """Whether a token judged ``results`` against a publisher was plausibly meant for it."""
@@ -407,6 +421,25 @@ def merge_constraints(existing: Spec, requested: Spec) -> None:
         raise RegistrationError(
             f"this publisher exists already with token lifetime {have or 'the default'}; register it "
             "with the same options, or remove it first"
+        )
+
+
+def owner_id_or_pinning(value: str | None, *, pin_on_first_use: bool, flag: str, where: str) -> None:
+    """Registration's rule on the owner's id (DESIGN.md, "Owners are confirmed"): given, or
+    explicitly left for the first token to pin, never both and never silently.
+
+    Raises:
+        RegistrationError: neither, or both.
+    """
+    given = value not in {None, ""}
+    if given and pin_on_first_use:
+        raise RegistrationError(f"give either {flag} or --pin-on-first-use, not both")
+    if not given and not pin_on_first_use:
+        raise RegistrationError(
+            f"{flag} is required: the owner's immutable id ({where}); without it whoever first "
+            "presents a token for this name would own the publisher. To let the first token pin it "
+            "instead, add --pin-on-first-use: the publisher then mints only after an operator "
+            "confirms the pinned id (trustpub publisher confirm)"
         )
 
 

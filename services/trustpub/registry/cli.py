@@ -8,6 +8,7 @@
     trustpub publisher add activestate --project P --organization O --activestate-project AP --actor-id UUID
     trustpub publisher add <provider> --pending-project NEW --registrant WHO ...   (a pending publisher)
     trustpub publisher list [--project P | --pending] | publisher remove ID
+    trustpub publisher confirm ID [--owner-id N | --namespace-id N]   (one registered with --pin-on-first-use)
     trustpub audit list [--refused] [--code C] [--since ISO] [--limit N] [--json]
     trustpub bus init DIR | bus authorization DIR [--root R] | bus kubernetes DIR   (no database)
     trustpub provenance verify FILE --url https://upload-host                      (no database)
@@ -45,6 +46,7 @@ EXIT_OK = 0
 EXIT_UNAVAILABLE = 1
 EXIT_USAGE = 2
 
+_AWAITING = "awaiting-confirmation"
 _REMOVAL_NOTE = (
     "tokens already minted through it stay valid until they expire for an index that does "
     "not ask; introspection (mint.status) reports them revoked from now on"
@@ -117,6 +119,32 @@ def _registration_args(parser: argparse.ArgumentParser, issuer: str, *, refs: bo
         )
 
 
+def _owner_id_args(parser: argparse.ArgumentParser, flag: str, what: str) -> None:
+    """The owner's id, required unless the operator asks for it to be pinned on first use."""
+    parser.add_argument(flag, help=f"{what} (required, unless --pin-on-first-use)")
+    parser.add_argument(
+        "--pin-on-first-use",
+        action="store_true",
+        help=(
+            f"register without {flag}: the first token pins it, and the publisher mints nothing "
+            "until an operator confirms that id (trustpub publisher confirm)"
+        ),
+    )
+
+
+def _confirm_parser(publisher: Any, common: argparse.ArgumentParser) -> None:  # noqa: ANN401  (argparse's subparsers)
+    pconfirm = publisher.add_parser(
+        "confirm",
+        parents=[common],
+        help="confirm the owner's id a publisher registered with --pin-on-first-use was pinned to",
+    )
+    pconfirm.add_argument("id")
+    pconfirm.add_argument("--owner-id", help="the GitHub owner id you expect (it must be the pinned one)")
+    pconfirm.add_argument(
+        "--namespace-id", help="the GitLab namespace id you expect (it must be the pinned one)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument(
@@ -161,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_parser("list", parents=[common], help="list projects")
 
     publisher = commands.add_parser("publisher", help="trusted publishers").add_subparsers(
-        dest="action", metavar="{add,list,remove}", required=True, parser_class=_Parser
+        dest="action", metavar="{add,list,remove,confirm}", required=True, parser_class=_Parser
     )
     padd = publisher.add_parser("add", help="register a trusted publisher").add_subparsers(
         dest="provider", metavar="{github,gitlab,google,activestate}", required=True, parser_class=_Parser
@@ -169,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     gh = padd.add_parser("github", parents=[common], help="a GitHub Actions workflow (github.com or GHES)")
     _registration_args(gh, GITHUB, refs=True)
     gh.add_argument("--owner", required=True, help="repository owner (user or organization)")
-    gh.add_argument("--owner-id", help="owner's numeric id (default: pinned on first use)")
+    _owner_id_args(gh, "--owner-id", "owner's numeric id")
     gh.add_argument("--repository", required=True, help="repository name, without the owner")
     gh.add_argument("--repository-id", help="repository's numeric id (default: pinned on first use)")
     gh.add_argument("--workflow", required=True, help="workflow file name, e.g. release.yml")
@@ -196,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _registration_args(gl, GITLAB, refs=True)
     gl.add_argument("--project-path", required=True, help="GitLab project path: NAMESPACE/PROJECT")
-    gl.add_argument("--namespace-id", help="namespace's numeric id (default: pinned on first use)")
+    _owner_id_args(gl, "--namespace-id", "namespace's numeric id")
     gl.add_argument("--project-id", help="GitLab project's numeric id (default: pinned on first use)")
     gl.add_argument("--ci-config-path", required=True, help="top-level pipeline file, e.g. .gitlab-ci.yml")
     gl.add_argument(
@@ -222,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         "remove", parents=[common], help="unlink and delete a publisher (or a pending one)"
     )
     premove.add_argument("id")
+    _confirm_parser(publisher, common)
     audit_cli.add_commands(commands, common, _Parser)
     buscli.add_commands(commands, _Parser)
     provenancecli.add_commands(commands, _Parser)
@@ -238,7 +267,7 @@ def _out(line: str = "") -> None:
 
 def _identity_lines(provider: str, spec: dict[str, Any]) -> list[str]:
     if provider == github.NAME:
-        owner_id = spec.get("owner_id") or "pinned on first use"
+        owner_id = spec.get("owner_id") or "pinned by the first token"
         repo_id = spec.get("repository_id") or "pinned on first use"
         lines = [
             f"  repository   {spec['owner']}/{spec['repository']}",
@@ -251,7 +280,7 @@ def _identity_lines(provider: str, spec: dict[str, Any]) -> list[str]:
         if spec.get("allowed_events"):
             lines.append(f"  events       {', '.join(spec['allowed_events'])} (allowed)")
     elif provider == gitlab.NAME:
-        ns_id = spec.get("namespace_id") or "pinned on first use"
+        ns_id = spec.get("namespace_id") or "pinned by the first token"
         proj_id = spec.get("project_id") or "pinned on first use"
         lines = [
             f"  project path {spec['namespace']}/{spec['project']}",
@@ -290,6 +319,8 @@ def _publisher_summary(p: db.Publisher | db.PendingPublisher) -> list[str]:
     else:
         lines.append(f"  projects     {', '.join(p.projects) or '(none)'}")
     lines.append(f"  registrant   {p.registrant}")
+    if p.needs_confirmation:
+        lines.append(f"  state        {_AWAITING}: mints nothing until an operator confirms its owner's id")
     return lines
 
 
@@ -312,8 +343,10 @@ def _publisher_line(p: db.Publisher | db.PendingPublisher) -> str:
     what = _identity_short(p.provider, p.spec)
     if isinstance(p, db.PendingPublisher):
         expires = p.expires_at.isoformat(timespec="seconds")
-        return f"{p.id}  {p.provider}  {what}  pending={p.project_name}  expires={expires}"
-    return f"{p.id}  {p.provider}  {what}  projects={','.join(p.projects)}"
+        line = f"{p.id}  {p.provider}  {what}  pending={p.project_name}  expires={expires}"
+    else:
+        line = f"{p.id}  {p.provider}  {what}  projects={','.join(p.projects)}"
+    return f"{line}  state={_AWAITING}" if p.needs_confirmation else line
 
 
 Handler = Callable[[Any, argparse.Namespace, bool], Awaitable[None]]
@@ -381,6 +414,7 @@ def _new_publisher(args: argparse.Namespace) -> db.NewPublisher:
             allowed_events=args.events,
             allowed_refs=args.refs,
             token_lifetime=lifetime,
+            pin_on_first_use=args.pin_on_first_use,
         )
     elif args.provider == gitlab.NAME:
         module = gitlab
@@ -394,6 +428,7 @@ def _new_publisher(args: argparse.Namespace) -> db.NewPublisher:
             project_id=args.project_id,
             allowed_refs=args.refs,
             token_lifetime=lifetime,
+            pin_on_first_use=args.pin_on_first_use,
         )
     elif args.provider == google.NAME:
         module = google
@@ -454,20 +489,50 @@ async def _publisher_add(conn: Any, args: argparse.Namespace, as_json: bool) -> 
                 {"created": True, "pending": True, "publisher": pending.to_json(), "warnings": warnings}
             )
             return
-        _out(f"created pending publisher {pending.id}")
-        _out("\n".join(_publisher_summary(pending)))
-        for w in warnings:
-            _out(f"warning: {w}")
+        _print_added(f"created pending publisher {pending.id}", pending, warnings)
         return
     publisher, created = await db.add_publisher(conn, new, args.projects)
     if as_json:
         _print_json({"created": created, "publisher": publisher.to_json(), "warnings": warnings})
         return
     verb = "created publisher" if created else "linked existing publisher"
-    _out(f"{verb} {publisher.id}")
-    _out("\n".join(_publisher_summary(publisher)))
+    _print_added(f"{verb} {publisher.id}", publisher, warnings)
+
+
+def _print_added(headline: str, p: db.Publisher | db.PendingPublisher, warnings: list[str]) -> None:
+    _out(headline)
+    _out("\n".join(_publisher_summary(p)))
     for w in warnings:
         _out(f"warning: {w}")
+    if p.needs_confirmation:
+        _out(f"note: {_confirmation_note(p)}")
+
+
+def _confirmation_note(p: db.Publisher | db.PendingPublisher) -> str:
+    flag = "--owner-id" if p.provider == github.NAME else "--namespace-id"
+    return (
+        f"registered without {flag}: its first token pins the id and is refused; check the pinned id, "
+        f"then enable it with: trustpub publisher confirm {p.id} {flag} ID"
+    )
+
+
+async def _publisher_confirm(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
+    ids = {
+        name: value
+        for name, value in (("owner_id", args.owner_id), ("namespace_id", args.namespace_id))
+        if value is not None
+    }
+    done = await db.confirm_publisher(conn, args.id, ids, actor=_default_actor())
+    p = done.publisher
+    if as_json:
+        _print_json({"confirmed": done.confirmed_now, "publisher": p.to_json()})
+        return
+    if not done.confirmed_now:
+        _out(f"publisher {p.id} needs no confirmation")
+        return
+    kind = "pending publisher" if isinstance(p, db.PendingPublisher) else "publisher"
+    _out(f"confirmed {kind} {p.id}: {done.field.replace('_', ' ')} {done.value}; it mints from now on")
+    _out("\n".join(_publisher_summary(p)))
 
 
 async def _publisher_list(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
@@ -513,6 +578,7 @@ _HANDLERS: dict[tuple[str, str], Handler] = {
     ("publisher", "add"): _publisher_add,
     ("publisher", "list"): _publisher_list,
     ("publisher", "remove"): _publisher_remove,
+    ("publisher", "confirm"): _publisher_confirm,
 }
 
 

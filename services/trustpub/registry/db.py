@@ -24,7 +24,15 @@ import orjson
 import structlog
 
 from trustpub.messages import Unavailable
-from trustpub.providers.rules import RegistrationError, Spec, describe_char, first_non_ascii, quote
+from trustpub.providers import activestate, github, gitlab, google
+from trustpub.providers.rules import (
+    ProviderRules,
+    RegistrationError,
+    Spec,
+    describe_char,
+    first_non_ascii,
+    quote,
+)
 from trustpub.runtime import current_delivery
 
 log = structlog.get_logger("trustpub.registry.db")
@@ -63,6 +71,20 @@ _NAME_RULE = (
 
 class NotFound(LookupError):
     """A project or publisher named in the request does not exist; the message says which."""
+
+
+# What registration derives from a provider's spec: whether the publisher needs a confirmation.
+_PROVIDERS: Mapping[str, ProviderRules] = {m.NAME: m.PROVIDER for m in (activestate, github, gitlab, google)}
+# The spec field that names the owner whose id is confirmed, per provider.
+_OWNER_NAME = {github.NAME: "owner", gitlab.NAME: "namespace"}
+_NUMERIC_ID = re.compile(r"[0-9]{1,20}")
+
+
+def needs_confirmation(provider: str, spec: Spec) -> bool:
+    """A GitHub or GitLab publisher registered without its owner's id mints only once an
+    operator confirmed the id its first token pinned (DESIGN.md, "Owners are confirmed")."""
+    rules = _PROVIDERS.get(provider)
+    return rules is not None and rules.owner_open(spec)
 
 
 def check_project_name(name: str) -> str:
@@ -290,6 +312,8 @@ class Publisher:
     registrant: str
     created_at: datetime
     projects: list[str] = field(default_factory=list)
+    # Mints nothing until an operator confirms its owner's id (``trustpub publisher confirm``).
+    needs_confirmation: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -301,6 +325,7 @@ class Publisher:
             "registrant": self.registrant,
             "created_at": self.created_at.isoformat(),
             "projects": self.projects,
+            "needs_confirmation": self.needs_confirmation,
         }
 
 
@@ -326,12 +351,13 @@ def _publisher(row: Mapping[str, Any]) -> Publisher:
         registrant=row["registrant"],
         created_at=row["created_at"],
         projects=list(row["projects"]),
+        needs_confirmation=row["needs_confirmation"],
     )
 
 
 _PUBLISHER_COLUMNS = """
     p.id, p.provider, p.issuer, p.lookup_key, p.unique_key, p.spec, p.environment, p.registrant,
-    p.created_at,
+    p.created_at, p.needs_confirmation,
     ARRAY(SELECT pr.name FROM publisher_projects pp JOIN projects pr ON pr.id = pp.project_id
           WHERE pp.publisher_id = p.id ORDER BY pr.normalized_name) AS projects
 """
@@ -448,6 +474,10 @@ class NewPublisher:
     merge: Callable[[Spec, Spec], dict[str, Any]]
     registrant: str = ""
 
+    @property
+    def needs_confirmation(self) -> bool:
+        return needs_confirmation(self.provider, self.spec)
+
 
 async def add_publisher(
     conn: asyncpg.Connection, new: NewPublisher, projects: Sequence[str]
@@ -479,7 +509,7 @@ async def add_publisher(
         project_ids = [r["id"] for r in found]
         row = await conn.fetchrow(
             "INSERT INTO publishers (provider, issuer, lookup_key, unique_key, spec, environment, "
-            "registrant) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+            "registrant, needs_confirmation) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
             "ON CONFLICT (unique_key) DO NOTHING RETURNING id",
             new.provider,
             new.issuer,
@@ -488,6 +518,7 @@ async def add_publisher(
             new.spec,
             str(new.spec.get("environment") or ""),
             new.registrant,
+            new.needs_confirmation,
         )
         created = row is not None
         if created:
@@ -529,6 +560,7 @@ async def add_publisher(
                     "issuer": new.issuer,
                     "spec": publisher.spec,
                     "projects": linked_names,
+                    "needs_confirmation": publisher.needs_confirmation,
                     "by": new.registrant,
                 },
             )
@@ -626,6 +658,8 @@ class PendingPublisher:
     registrant: str
     created_at: datetime
     expires_at: datetime
+    # Converts nothing until an operator confirms its owner's id (``trustpub publisher confirm``).
+    needs_confirmation: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -638,6 +672,7 @@ class PendingPublisher:
             "registrant": self.registrant,
             "created_at": self.created_at.isoformat(),
             "expires_at": self.expires_at.isoformat(),
+            "needs_confirmation": self.needs_confirmation,
         }
 
 
@@ -652,6 +687,7 @@ def _pending(row: Mapping[str, Any]) -> PendingPublisher:
         registrant=row["registrant"],
         created_at=row["created_at"],
         expires_at=row["expires_at"],
+        needs_confirmation=row["needs_confirmation"],
     )
 
 
@@ -697,8 +733,8 @@ async def add_pending_publisher(
             )
         row = await conn.fetchrow(
             "INSERT INTO pending_publishers (provider, issuer, lookup_key, unique_key, spec, environment, "
-            "project_name, normalized_name, registrant, expires_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(days => $10)) "
+            "project_name, normalized_name, registrant, expires_at, needs_confirmation) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(days => $10), $11) "
             "ON CONFLICT (unique_key) DO NOTHING RETURNING *",
             new.provider,
             new.issuer,
@@ -710,6 +746,7 @@ async def add_pending_publisher(
             normalized,
             registrant,
             ttl_days,
+            new.needs_confirmation,
         )
         if row is None:
             other = await conn.fetchval(
@@ -731,6 +768,7 @@ async def add_pending_publisher(
                 "spec": pending.spec,
                 "project": name,
                 "expires_at": pending.expires_at.isoformat(),
+                "needs_confirmation": pending.needs_confirmation,
                 "by": registrant,
             },
         )
@@ -793,6 +831,142 @@ async def purge_expired_pending(conn: asyncpg.Connection) -> list[PendingPublish
                 },
             )
     return removed
+
+
+# --- confirming an owner's id ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """What ``confirm_publisher`` found or did."""
+
+    publisher: Publisher | PendingPublisher
+    field: str  # the spec field of the owner's id ("owner_id", "namespace_id"); "" for none
+    value: str  # the confirmed id
+    confirmed_now: bool  # False: it needed no confirmation
+
+
+_OWNER_COLUMNS = "id, provider, spec, needs_confirmation, registrant"
+_LOCK_PUBLISHER = f"SELECT {_OWNER_COLUMNS} FROM publishers WHERE id = $1 FOR UPDATE"  # noqa: S608  (constant SQL)
+_LOCK_PENDING = f"SELECT {_OWNER_COLUMNS} FROM pending_publishers WHERE id = $1 FOR UPDATE"  # noqa: S608  (constant SQL)
+_CONFIRMED = "needs_confirmation = false, spec = spec || $2::jsonb"
+_CONFIRM_PUBLISHER = f"UPDATE publishers SET {_CONFIRMED} WHERE id = $1"  # noqa: S608  (constant SQL)
+_CONFIRM_PENDING = f"UPDATE pending_publishers SET {_CONFIRMED} WHERE id = $1"  # noqa: S608  (constant SQL)
+_LAST_PIN = """
+SELECT at, exchange_id FROM audit_events
+WHERE publisher_id = $1 AND kind IN ('publisher.pinned', 'pending.pinned')
+ORDER BY at DESC, id DESC LIMIT 1
+"""
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+async def confirm_publisher(
+    conn: asyncpg.Connection, publisher_id: str, ids: Mapping[str, str], *, actor: str = ""
+) -> Confirmation:
+    """Confirm the owner's id of a publisher (or pending one) registered without it, so that
+    it mints (audited as ``publisher.confirmed`` or ``pending.confirmed``); DESIGN.md, "Owners
+    are confirmed".
+
+    ``ids`` holds the id the operator expects, by spec field (``{"owner_id": "1001"}``): it
+    must equal the id the first token pinned, or, before any token, becomes the pinned id.
+
+    Raises:
+        RegistrationError: the id is not a UUID; no expected id was given (the message shows the
+            pinned one and the command that confirms it); the expected id is malformed, for
+            another provider's field, or differs from the pinned one.
+        NotFound: no such publisher.
+    """
+    pid = parse_id(publisher_id)
+    async with conn.transaction():
+        row = await conn.fetchrow(_LOCK_PUBLISHER, pid)
+        pending = row is None
+        if pending:
+            row = await conn.fetchrow(_LOCK_PENDING, pid)
+        if row is None:
+            raise NotFound(f"no publisher with id {pid}")
+        provider, spec = row["provider"], dict(row["spec"])
+        rules = _PROVIDERS.get(provider)
+        field_name = rules.owner_field if rules is not None and rules.owner_field else ""
+        wrong = sorted(set(ids) - {field_name})
+        if wrong and not field_name:
+            raise RegistrationError(f"a {provider} publisher has no owner id to confirm")
+        if wrong:
+            raise RegistrationError(
+                f"a {provider} publisher's owner is confirmed with {_flag(field_name)}, "
+                f"not with {_flag(wrong[0])}"
+            )
+        value, pinned = ids.get(field_name), spec.get(field_name)
+        if value is not None and not _NUMERIC_ID.fullmatch(value):
+            raise RegistrationError(
+                f"{_flag(field_name)} must be a numeric id (digits only), got {quote(value)}"
+            )
+        if value is not None and pinned is not None and value != pinned:
+            raise RegistrationError(
+                f"publisher {pid} has {field_name.replace('_', ' ')} {pinned}, not {value}: the account now "
+                f"named {quote(spec.get(_OWNER_NAME.get(provider, ''), ''))} is not the one you expect; "
+                f"remove the publisher (trustpub publisher remove {pid}) and register it again with "
+                f"{_flag(field_name)} {value}"
+            )
+        if not row["needs_confirmation"]:
+            found = await (_get_pending(conn, pid) if pending else _get_publisher(conn, pid))
+            return Confirmation(found, field_name, str(pinned or ""), confirmed_now=False)
+        if value is None:
+            raise RegistrationError(await _awaiting_message(conn, pid, provider, spec, field_name))
+        await conn.execute(
+            _CONFIRM_PENDING if pending else _CONFIRM_PUBLISHER,
+            pid,
+            {} if pinned is not None else {field_name: value},
+        )
+        await insert_audit(
+            conn,
+            "pending.confirmed" if pending else "publisher.confirmed",
+            publisher_id=pid,
+            outcome="ok",
+            detail={
+                "provider": provider,
+                field_name: value,
+                "pinned_by": "first token" if pinned is not None else "operator",
+                "registrant": row["registrant"],
+                "by": actor,
+            },
+        )
+        confirmed = await (_get_pending(conn, pid) if pending else _get_publisher(conn, pid))
+    return Confirmation(confirmed, field_name, value, confirmed_now=True)
+
+
+async def _awaiting_message(
+    conn: asyncpg.Connection, pid: uuid.UUID, provider: str, spec: Mapping[str, Any], field_name: str
+) -> str:
+    owner_field = _OWNER_NAME.get(provider, "owner")
+    owner = f"{owner_field} {quote(spec.get(owner_field, ''))}"
+    what = field_name.replace("_", " ")
+    pinned = spec.get(field_name)
+    if pinned is None:
+        return (
+            f"publisher {pid} awaits its first token, which pins the {what} of {owner}; or give the id "
+            f"you expect: trustpub publisher confirm {pid} {_flag(field_name)} ID"
+        )
+    last = await conn.fetchrow(_LAST_PIN, pid)
+    when = (
+        f" at {last['at'].isoformat(timespec='seconds')} (exchange {last['exchange_id'] or '?'})"
+        if last is not None
+        else ""
+    )
+    return (
+        f"publisher {pid} awaits confirmation: its first token pinned {what} {pinned} for {owner}{when}; "
+        f"check that {pinned} is the account you expect, then run: trustpub publisher confirm {pid} "
+        f"{_flag(field_name)} {pinned}"
+    )
+
+
+async def _get_pending(conn: asyncpg.Connection, pid: uuid.UUID) -> PendingPublisher:
+    row = await conn.fetchrow("SELECT * FROM pending_publishers WHERE id = $1", pid)
+    if row is None:
+        raise NotFound(f"no publisher with id {pid}")
+    return _pending(row)
 
 
 # --- replay store -------------------------------------------------------------------------

@@ -32,11 +32,18 @@ without consuming its token id (presented again, it mints through the new publis
 with ``invalid-reuse-token`` if it was the same token. If the project exists already, the
 pending publisher is deleted (committed, as PyPI does) and the exchange refused.
 
+A publisher (or pending one) registered without its owner's id (``needs_confirmation``,
+migration 0007) is matched like any other, but when it is chosen nothing is minted or
+converted: the first token pins the ids it left open (its row locked, as above; audited) and
+the exchange is refused until an operator confirms the pinned id (DESIGN.md, "Owners are
+confirmed"). The cache never answers for it.
+
 ``explain`` runs step 1 and reports every rule of every candidate; it writes nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import uuid
@@ -125,7 +132,7 @@ _PROJECTS = """
 _PUBLISHER_FIELDS = f"""
     false AS pending, p.id, p.spec, {_PROJECTS}, ''::text AS project_name,
     NULL::timestamptz AS expires_at, false AS expired,
-    (SELECT n FROM registry_generation) AS generation
+    (SELECT n FROM registry_generation) AS generation, p.needs_confirmation
 """  # noqa: S608  (constant SQL)
 # Publishers and pending publishers of the token's identity, in one round trip. Expired
 # pending ones are returned too (until the purge) so that a refusal can say so; they are
@@ -136,7 +143,7 @@ FROM publishers p
 WHERE p.issuer = $1 AND p.provider = $2 AND p.lookup_key = $3
 UNION ALL
 SELECT true, q.id, q.spec, '{{}}'::text[], q.project_name, q.expires_at, q.expires_at <= now(),
-       (SELECT n FROM registry_generation)
+       (SELECT n FROM registry_generation), q.needs_confirmation
 FROM pending_publishers q
 WHERE q.issuer = $1 AND q.provider = $2 AND q.lookup_key = $3
 """  # noqa: S608  (constant SQL)
@@ -147,6 +154,8 @@ WHERE p.issuer = $1 AND p.provider = $2 AND p.lookup_key = $3
 FOR UPDATE OF p
 """  # noqa: S608  (constant SQL)
 _PENDING_LOCKED = "SELECT * FROM pending_publishers WHERE id = $1 AND expires_at > now() FOR UPDATE"
+_PIN_PUBLISHER = "UPDATE publishers SET spec = spec || $2::jsonb WHERE id = $1"
+_PIN_PENDING = "UPDATE pending_publishers SET spec = spec || $2::jsonb WHERE id = $1"
 _TOKEN_USED = "SELECT EXISTS (SELECT 1 FROM used_tokens WHERE issuer = $1 AND token_key = $2)"
 _PUBLISHER_PROJECTS = """
 SELECT ARRAY(SELECT pr.name FROM publisher_projects pp JOIN projects pr ON pr.id = pp.project_id
@@ -309,6 +318,9 @@ class Candidate:
     expires_at: datetime | None
     results: list[RuleResult]
     specificity: int
+    # Registered without its owner's id, not confirmed yet: mints nothing (DESIGN.md, "Owners
+    # are confirmed").
+    needs_confirmation: bool = False
 
     @property
     def passed(self) -> bool:
@@ -342,6 +354,7 @@ def judge(provider: ProviderRules, row: Mapping[str, Any], claims: Mapping[str, 
         expires_at=row["expires_at"],
         results=results,
         specificity=provider.specificity(spec),
+        needs_confirmation=bool(row["needs_confirmation"]),
     )
 
 
@@ -369,12 +382,40 @@ def decide(provider: ProviderRules, claims: Mapping[str, Any], candidates: Seque
     raise InvalidPublisher(_no_publisher("; ".join(failure_descriptions(refusals))))
 
 
+def _awaiting(provider: ProviderRules, candidate: Candidate, pins: Mapping[str, str]) -> str:
+    """Why a publisher registered without its owner's id mints nothing yet."""
+    field_name = provider.owner_field or ""
+    value = str(pins.get(field_name) or candidate.spec.get(field_name) or "")
+    what = "pending publisher" if candidate.pending else "publisher"
+    return (
+        f"the {what} {candidate.id} was registered without its owner's id and mints nothing until an "
+        f"operator confirms {provider.owner_claim} {quote(value)}, the id its first token pinned "
+        f"(trustpub publisher confirm {candidate.id} --{field_name.replace('_', '-')} {value}); this "
+        "token was not used: present it again once the publisher is confirmed"
+    )
+
+
 def _project_exists(project: str) -> str:
     return (
         f"{PROJECT_EXISTS} (project {quote(project)} was created after this pending publisher was "
         "registered; the pending publisher has been removed: register a trusted publisher for the "
         "existing project instead)"
     )
+
+
+def _awaiting_verdict(
+    provider: ProviderRules, chosen: Candidate, claims: Mapping[str, Any]
+) -> tuple[str, str, str]:
+    """What explain reports for a chosen publisher awaiting its confirmation."""
+    pins = provider.pins(chosen.spec, claims)
+    pinning = (
+        f"an exchange would pin {', '.join(f'{f} {v}' for f, v in pins.items())} and be refused: "
+        if pins
+        else ""
+    )
+    if chosen.pending:
+        return "refused", InvalidPendingPublisher.code.value, pinning + _awaiting(provider, chosen, pins)
+    return "refused", InvalidPublisher.code.value, pinning + _no_publisher(_awaiting(provider, chosen, pins))
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,7 +571,7 @@ class Matcher:
             chosen = decide(provider, token.claims, [judge(provider, row, token.claims) for row in rows])
         except InvalidPublisher:
             return None
-        if chosen.pending or provider.pins(chosen.spec, token.claims):
+        if chosen.pending or chosen.needs_confirmation or provider.pins(chosen.spec, token.claims):
             return None
         _caller_still_waiting()
         async with self.db.connection() as conn:
@@ -563,6 +604,8 @@ class Matcher:
             done: _Done | None
             if chosen.pending:
                 done = await self._convert(conn, req, provider, chosen, retain_until)
+            elif chosen.needs_confirmation and not provider.pins(chosen.spec, token.claims):
+                raise InvalidPublisher(_no_publisher(_awaiting(provider, chosen, {})))
             elif not provider.pins(chosen.spec, token.claims):
                 done = await self._record(
                     conn, req, provider, chosen.id, chosen.spec, chosen.projects, retain_until
@@ -574,9 +617,22 @@ class Matcher:
                     # The pending ones failed above; keep their reasons for the description.
                     chosen = decide(provider, token.claims, relocked + [c for c in candidates if c.pending])
                     pins = provider.pins(chosen.spec, token.claims)
-                    done = await self._record(
-                        conn, req, provider, chosen.id, chosen.spec, chosen.projects, retain_until, pins=pins
-                    )
+                    if chosen.needs_confirmation:
+                        await self._pin_unconfirmed(conn, req, provider, chosen, pins)
+                    else:
+                        done = await self._record(
+                            conn,
+                            req,
+                            provider,
+                            chosen.id,
+                            chosen.spec,
+                            chosen.projects,
+                            retain_until,
+                            pins=pins,
+                        )
+                if chosen.needs_confirmation:
+                    self._pinned_unconfirmed(provider, chosen, pins)
+                    raise InvalidPublisher(_no_publisher(_awaiting(provider, chosen, pins)))
         assert done is not None  # noqa: S101  (no generation was given: nothing can be stale)
         return done
 
@@ -604,6 +660,48 @@ class Matcher:
                 fields=sorted(done.pins),
             )
         return grant
+
+    async def _pin_unconfirmed(
+        self,
+        conn: asyncpg.Connection,
+        req: MatchRequest,
+        provider: ProviderRules,
+        chosen: Candidate,
+        pins: Mapping[str, str],
+    ) -> None:
+        """Pin the ids a publisher awaiting its confirmation left open, mint nothing
+        (DESIGN.md, "Owners are confirmed"); in the caller's transaction, its row locked."""
+        if not pins:
+            return
+        await conn.execute(_PIN_PENDING if chosen.pending else _PIN_PUBLISHER, chosen.id, dict(pins))
+        await insert_audit(
+            conn,
+            "pending.pinned" if chosen.pending else "publisher.pinned",
+            exchange_id=req.exchange_id,
+            publisher_id=chosen.id,
+            outcome="ok",
+            detail={
+                "provider": provider.name,
+                "issuer": req.token.issuer,
+                **{f: {"old": chosen.spec.get(f), "new": v} for f, v in pins.items()},
+                "needs_confirmation": True,
+            },
+        )
+
+    def _pinned_unconfirmed(
+        self, provider: ProviderRules, chosen: Candidate, pins: Mapping[str, str]
+    ) -> None:
+        if pins:
+            self.metrics.publishers_pinned.labels(provider.name).inc()
+            self.metrics.audited("pending.pinned" if chosen.pending else "publisher.pinned")
+        log.warning(
+            "publisher_needs_confirmation",
+            provider=provider.name,
+            publisher_id=str(chosen.id),
+            pending=chosen.pending,
+            pinned=sorted(pins),
+            hint="trustpub publisher confirm",
+        )
 
     async def _record(  # noqa: PLR0913, PLR0917  (the pieces of one exchange)
         self,
@@ -789,6 +887,8 @@ class Matcher:
                 the token (nothing is converted).
         """
         token = req.token
+        if chosen.needs_confirmation:
+            await self._hold_unconfirmed(conn, req, provider, chosen)
         exists: str | None = None
         async with conn.transaction():
             row = await conn.fetchrow(_PENDING_LOCKED, chosen.id)
@@ -835,6 +935,34 @@ class Matcher:
             raise InvalidPendingPublisher(_project_exists(exists))
         return done
 
+    async def _hold_unconfirmed(
+        self, conn: asyncpg.Connection, req: MatchRequest, provider: ProviderRules, chosen: Candidate
+    ) -> None:
+        """A pending publisher awaiting its confirmation: judged again on its locked row (a rival
+        first token or the operator may have pinned its owner's id since the candidate query),
+        its open ids pinned, the exchange refused. Returns only when it was confirmed (or used,
+        or removed) meanwhile: the conversion goes on and says so.
+
+        Raises:
+            InvalidPendingPublisher: it awaits its confirmation (committed: the pins).
+            InvalidPublisher: its pinned ids refuse the token.
+        """
+        async with conn.transaction():
+            row = await conn.fetchrow(_PENDING_LOCKED, chosen.id)
+            if row is None:
+                return
+            spec = dict(row["spec"])
+            results = provider.evaluate(spec, req.token.claims)
+            if not all_passed(results):
+                raise InvalidPublisher(_no_publisher("; ".join(failure_descriptions(results))))
+            if not row["needs_confirmation"]:
+                return
+            chosen = dataclasses.replace(chosen, spec=spec)
+            pins = provider.pins(spec, req.token.claims)
+            await self._pin_unconfirmed(conn, req, provider, chosen, pins)
+        self._pinned_unconfirmed(provider, chosen, pins)
+        raise InvalidPendingPublisher(_awaiting(provider, chosen, pins))
+
     async def _reify(  # noqa: PLR0913, PLR0917  (the pieces of one conversion)
         self,
         conn: asyncpg.Connection,
@@ -851,11 +979,27 @@ class Matcher:
             publisher_id, spec = created, dict(row["spec"])
         else:
             existing = await conn.fetchrow(
-                "SELECT id, spec FROM publishers WHERE unique_key = $1 FOR UPDATE", row["unique_key"]
+                "SELECT id, spec, needs_confirmation FROM publishers WHERE unique_key = $1 FOR UPDATE",
+                row["unique_key"],
             )
             results = provider.evaluate(existing["spec"], claims)
             if not all_passed(results):
                 raise InvalidPublisher(_no_publisher("; ".join(failure_descriptions(results))))
+            if existing["needs_confirmation"]:
+                # The publisher it would join awaits its own confirmation: nothing is converted.
+                joined = Candidate(
+                    id=existing["id"],
+                    pending=False,
+                    spec=dict(existing["spec"]),
+                    projects=[],
+                    project_name="",
+                    expires_at=None,
+                    results=results,
+                    specificity=0,
+                    needs_confirmation=True,
+                )
+                pins = provider.pins(joined.spec, claims)
+                raise InvalidPublisher(_no_publisher(_awaiting(provider, joined, pins)))
             publisher_id, spec = existing["id"], dict(existing["spec"])
         await conn.execute(
             "INSERT INTO publisher_projects (publisher_id, project_id) VALUES ($1, $2)",
@@ -939,7 +1083,11 @@ class Matcher:
                 outcome, code = "refused", exc.code.value
                 description = self._withheld_description(provider, claims, candidates, addressed, exc)
             else:
-                outcome, code, description = await self._verdict(conn, chosen, used)
+                outcome, code, description = (
+                    _awaiting_verdict(provider, chosen, claims)
+                    if chosen.needs_confirmation
+                    else await self._verdict(conn, chosen, used)
+                )
             base["token_used"] = used
             reports = [
                 self._report(provider, c, claims, chosen=c is chosen)
