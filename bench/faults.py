@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import errno
 import io
 import json
 import os
@@ -132,7 +133,7 @@ class Answer:
     """What the client saw for one presentation of a token."""
 
     status: int  # 0: no HTTP answer (see code)
-    code: str  # the error code; without an answer: refused, disconnected, reset, timeout
+    code: str  # the error code; without an answer: refused, disconnected, reset, timeout, ...
     exchange_id: str = ""
     upload_jti: str = ""  # of a 200: the upload token's jti (its mint record's id)
     retry_after: float | None = None
@@ -207,6 +208,9 @@ async def exchange(session: aiohttp.ClientSession, url: str, token: str) -> Answ
         return Answer(0, "disconnected", sent=sent, answered=loop.time())
     except TimeoutError:
         return Answer(0, "timeout", sent=sent, answered=loop.time())
+    except aiohttp.ClientOSError as exc:
+        what = "reset" if exc.errno == errno.ECONNRESET else f"{type(exc).__name__} errno {exc.errno}"
+        return Answer(0, what, sent=sent, answered=loop.time())
     except aiohttp.ClientError as exc:
         return Answer(0, type(exc).__name__, sent=sent, answered=loop.time())
     answer.answered = loop.time()
