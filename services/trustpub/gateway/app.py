@@ -27,7 +27,7 @@ from trustpub.gateway.events import EventPublisher
 from trustpub.gateway.explain import EXPLAIN_PATH, Explainer
 from trustpub.gateway.minterkeys import MinterKeys
 from trustpub.gateway.payload import token_from_body
-from trustpub.messages import InvalidPayload, InvalidToken, NotEnabled, TrustpubError
+from trustpub.messages import InvalidPayload, InvalidToken, NotEnabled, TrustpubError, Unavailable
 from trustpub.messages.endpoints import (
     MINT_STATUS,
     TOKEN_BURN,
@@ -115,27 +115,41 @@ class Gateway:
                 if not self.settings.enabled:
                     raise NotEnabled("trusted publishing functionality not enabled")
                 token = await self._body_token(request)
+                deadline = self._deadline()
                 minted = await self.rt.call(
                     TOKEN_VERIFY,
                     VerifyRequest(token=token),
-                    deadline=self._deadline(),
+                    deadline=deadline,
                     exchange_id=exchange_id,
                 )
+                if time.time() > deadline:
+                    # This process was held up (stopped, starved) past the deadline: the mint
+                    # record's lease has ended and a retry may be granted it; never deliver now.
+                    raise Unavailable("the exchange's deadline passed before its answer could be sent")
             except TrustpubError as exc:
                 return await self._refused(exc, exchange_id, token, started)
             provider = minted.provider or "unknown"
-            self.exchanges.labels(provider, "minted", "").inc()
-            elapsed = time.perf_counter() - started
-            self.duration.labels("minted").observe(elapsed)
-            log.debug(
-                "exchange_succeeded",
-                provider=provider,
-                issuer=minted.issuer,
-                publisher_id=minted.publisher_id,
-                mint_id=minted.mint_id,
-                projects=minted.projects,
-                duration_ms=round(elapsed * 1000, 2),
+            response = json_response(
+                {"success": True, "token": minted.token, "expires": minted.expires},
+                headers={EXCHANGE_ID_RESPONSE_HEADER: exchange_id},
             )
+            transport = request.transport
+            try:
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError
+                await response.prepare(request)
+                await response.write_eof()
+            except (ConnectionError, RuntimeError):
+                # Not delivered: release the record, so that the client's retry gets it.
+                gone = Unavailable("the client hung up before its answer was sent")
+                gone.context.update(issuer=minted.issuer, provider=provider)
+                await self.events.settle(
+                    self._failure_event(exchange_id, token, gone, "unavailable"), timeout=SETTLE_TIMEOUT_S
+                )
+                self.exchanges.labels(provider, "unavailable", "unavailable").inc()
+                log.info("exchange_undelivered", mint_id=minted.mint_id, reason="client gone")
+                return response
+            # Written to the client: report the delivery (the record is single use from then on).
             self.events.record(
                 ExchangeEvent(
                     event_id=uuid.uuid4().hex,
@@ -149,10 +163,35 @@ class Gateway:
                     mint_id=minted.mint_id,
                 )
             )
-            return json_response(
-                {"success": True, "token": minted.token, "expires": minted.expires},
-                headers={EXCHANGE_ID_RESPONSE_HEADER: exchange_id},
+            self.exchanges.labels(provider, "minted", "").inc()
+            elapsed = time.perf_counter() - started
+            self.duration.labels("minted").observe(elapsed)
+            log.debug(
+                "exchange_succeeded",
+                provider=provider,
+                issuer=minted.issuer,
+                publisher_id=minted.publisher_id,
+                mint_id=minted.mint_id,
+                projects=minted.projects,
+                duration_ms=round(elapsed * 1000, 2),
             )
+            return response
+
+    @staticmethod
+    def _failure_event(exchange_id: str, token: str, exc: TrustpubError, code: str) -> ExchangeEvent:
+        """The audit record of an answer that delivered no token; it releases the exchange's
+        mint record, if one was granted to it."""
+        return ExchangeEvent(
+            event_id=uuid.uuid4().hex,
+            exchange_id=exchange_id,
+            at=time.time(),
+            outcome="failed",
+            code=code,
+            description=exc.description[:500],
+            issuer=exc.context.get("issuer", ""),
+            provider=exc.context.get("provider", "unknown"),
+            token_hash_prefix=_token_hash(token)[:16] if token else "",
+        )
 
     async def _refused(
         self, exc: TrustpubError, exchange_id: str, token: str, started: float
@@ -161,7 +200,6 @@ class Gateway:
         outcome = "unavailable" if response.status == 503 else "refused"
         # Whose token it was: what the stage that refused it knew (verifier or registry).
         provider = exc.context.get("provider", "unknown")
-        issuer = exc.context.get("issuer", "")
         code = exc.code.value if response.status != 503 else "unavailable"
         self.exchanges.labels(provider, outcome, code).inc()
         elapsed = time.perf_counter() - started
@@ -173,17 +211,7 @@ class Gateway:
             reason=exc.description[:300],
             duration_ms=round(elapsed * 1000, 2),
         )
-        event = ExchangeEvent(
-            event_id=uuid.uuid4().hex,
-            exchange_id=exchange_id,
-            at=time.time(),
-            outcome="failed",
-            code=code,
-            description=exc.description[:500],
-            issuer=issuer,
-            provider=provider,
-            token_hash_prefix=_token_hash(token)[:16] if token else "",
-        )
+        event = self._failure_event(exchange_id, token, exc, code)
         if response.status == 503 and token:
             # A grant may have been committed for this exchange: release it before the
             # client can retry (DESIGN.md, "Exactly once, as the publisher sees it").
@@ -310,6 +338,8 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     runner = limits.runner(http_app(gw), settings)  # header limits, slow-client timeouts
     await runner.setup()
     rt.before_drain.append(runner.cleanup)  # stop taking requests, finish the ones in flight
+    # Then report what those last requests delivered, before the connection drains.
+    rt.before_drain.append(gw.events.flush)
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, settings.http_host, settings.http_port, ssl_context=ssl_ctx)
     await site.start()

@@ -36,6 +36,7 @@ from trustpub.registry.metrics import RegistryMetrics
 from trustpub.runtime import Forward, Runtime
 from trustpub.runtime.events import ensure_stream
 from trustpub.runtime.seal import SealError
+from trustpub.runtime.streamwatch import watch_event_stream
 
 log = structlog.get_logger("trustpub.registry")
 
@@ -109,6 +110,8 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     )
     issuers = IssuerRegistry.load(settings.issuers_file)
     rt.background(AuditConsumer(rt, db, metrics, issuers, EXCHANGE_FAILED).run(), "audit consumer")
+    # The registry consumes the events stream: it keeps the stream's bounds and reports its fill.
+    watch_event_stream(rt)
     rt.background(AuditConsumer(rt, db, metrics, issuers, EXCHANGE_SUCCEEDED).run(), "delivery consumer")
 
 
