@@ -201,7 +201,9 @@ async def test_database_unavailable_exits_1(cli):
     code, out, err = await cli("project", "list", "--database-url", url)
     assert code == 1
     assert out == ""
-    assert err.count("\n") == 1
-    assert "is unavailable" in err
+    # The warning about a password on the command line, then the error.
+    assert err.count("\n") == 2
+    assert err.startswith("trustpub: warning: a password on the command line")
+    assert "is unavailable" in err.splitlines()[1]
     assert "secret" not in err
     assert "***" in err

@@ -753,7 +753,7 @@ async def test_key_set_replaced_wholesale_and_bad_keys_skipped(keys):
         keys[GITLAB].public_jwk() | {"kid": "enc", "use": "enc"},
         private,
         {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
-        keys[GITLAB].public_jwk() | {"kid": "bad kid"},
+        keys[GITLAB].public_jwk() | {"kid": "bad\nkid"},
         keys[GITLAB].public_jwk() | {"kid": "gh-1"},  # duplicate kid: the first wins
         "not a key",
     ]
