@@ -1,13 +1,13 @@
 """``make bench``: mint-token throughput and latency on this machine.
 
-Starts its own NATS and PostgreSQL (default durability settings, as in
-``shared/reference/perf-limits.md``), the five services as processes, and a local issuer;
+Starts its own NATS and PostgreSQL (default durability settings, as the reference figures in
+DESIGN.md, "Performance", were measured), the five services as processes, and a local issuer;
 registers one publisher; then drives ``POST /_/oidc/mint-token`` with fresh tokens (each
 signed once, never replayed) at 1 and at 32 requests in flight for a fixed time each, and
 prints exchanges/s, p50, p99, the error count and the CPU each process spent per exchange.
 
-A calibration in the same run (jwcrypto RS256 verifies/s with one imported key, the
-measurement perf-limits.md reports as 8,384/s) says how fast this machine is today, so
+A calibration in the same run (jwcrypto RS256 verifies/s with one imported key, 8,384/s on the
+reference machine: DESIGN.md, "Performance") says how fast this machine is today, so
 figures can be compared with the reference as ratios rather than across noisy days.
 """
 
@@ -38,7 +38,8 @@ REFERENCE = {"rs256_verify_per_s": 8384, "exchanges_per_s_32": 1443, "p99_ms_32"
 
 
 def calibrate(seconds: float = 1.5) -> float:
-    """jwcrypto RS256 verifications per second with a cached key (perf-limits.md section 1)."""
+    """jwcrypto RS256 verifications per second with a cached key (the reference machine's figure
+    is in DESIGN.md, "Performance")."""
     from jwcrypto import jwk, jwt  # noqa: PLC0415
 
     issuer = DevIssuer()
@@ -238,7 +239,7 @@ def main() -> None:
     rs256 = calibrate()
     print(
         f"calibration: jwcrypto RS256 verify {rs256:,.0f}/s "
-        f"(perf-limits.md: {REFERENCE['rs256_verify_per_s']:,}/s, machine speed ratio "
+        f"(reference machine: {REFERENCE['rs256_verify_per_s']:,}/s, machine speed ratio "
         f"{rs256 / REFERENCE['rs256_verify_per_s']:.2f})",
         flush=True,
     )

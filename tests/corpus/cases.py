@@ -1,4 +1,4 @@
-"""The adversarial corpus of reference/security.md §3.2 as data: one :class:`Case` per variant.
+"""The adversarial corpus (DESIGN.md, "Hostile input") as data: one :class:`Case` per variant.
 
 A case builds its request from a :class:`Ctx` (fresh claims with a fresh ``jti``, the cast's
 keys, the attacker's address), at run time, with real keys and real crypto. The same list runs
@@ -7,7 +7,7 @@ each level must answer.
 
 Outcome codes: ``P`` invalid-payload, ``T`` invalid-token, ``PUB`` invalid-publisher, ``R``
 invalid-reuse-token, ``NE`` not-enabled, ``OK`` minted. Where trustpub deliberately answers
-otherwise than the table in security.md, the case says why (``note``).
+otherwise than the corpus table it was drawn from, the case says why (``note``).
 """
 
 from __future__ import annotations

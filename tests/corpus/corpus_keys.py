@@ -1,4 +1,4 @@
-"""The corpus's cast (reference/security.md §3.1): issuers, keys, registered publishers.
+"""The corpus's cast (DESIGN.md, "Hostile input"): issuers, keys, registered publishers.
 
 Every key is generated once per session with ``cryptography`` (real RSA and P-256); every token
 is signed at run time with those keys. The same cast serves both levels: the direct level
@@ -21,7 +21,7 @@ GH = GITHUB
 GL = GITLAB
 GG = GOOGLE
 AS = ACTIVESTATE
-# Issuers the operator configured besides the built-in four (security.md E7, E8, C7).
+# Issuers the operator configured besides the built-in four (corpus cases E7, E8, C7).
 GHES = "https://ghes.acme.test/_services/token"  # a GitHub Enterprise tenant, for org acme only
 ES = "https://es256.issuer.test"  # an issuer pinned to ES256, for the ECDSA rows
 OFF = "https://disabled.issuer.test"  # configured, switched off by the operator
@@ -65,7 +65,7 @@ def issuers_toml(base_urls: dict[str, str]) -> str:
 
 
 class AttackerIdP(DevIssuer):
-    """The attacker's identity provider (security.md §3.1): a working discovery document and
+    """The attacker's identity provider (the threat model, DESIGN.md): a working discovery document and
     JWKS with ``K_att`` and ``K_att_ec``. trustpub must never ask it anything: every request,
     to any path, is counted in ``hits["any"]`` (invariant V4)."""
 

@@ -1,6 +1,6 @@
 """The corpus at the first level: the verifier's function, then the provider's rules, in process.
 
-One test per case variant (reference/security.md §3.2): what comes out is exactly the expected
+One test per case variant (DESIGN.md, "Hostile input"): what comes out is exactly the expected
 outcome (a trustpub error of the expected code, or a verified token that the rules accept or
 refuse), the description names what was wrong, nothing else escapes, and every refusal is fast.
 """

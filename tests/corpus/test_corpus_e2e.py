@@ -1,6 +1,6 @@
 """The corpus at the second level: over HTTP, through NATS and PostgreSQL, five processes.
 
-One test per case variant (reference/security.md §3.2). After each, the invariants of §3.1:
+One test per case variant (DESIGN.md, "Hostile input"). After each, the invariants of §3.1:
 
 - V1 nothing minted: the mints table did not grow and no mint request crossed NATS;
 - V2 the legitimate token of the case (same jti) still mints afterwards;
@@ -56,7 +56,7 @@ FAST_S = 1.0
 REFRESH_S = 6.0
 # Rows answered before the exchange handler, by routing: no exchange, nothing audited.
 NOT_EXCHANGES = {"A12a", "A12b", "A12c"}
-# Records the registry writes beside the exchange's own (security.md: the pending publisher's
+# Records the registry writes beside the exchange's own (the corpus: the pending publisher's
 # first publish creates the project and a reify record; a pending publisher whose project
 # exists is removed, on the record).
 EXTRA_AUDIT = {

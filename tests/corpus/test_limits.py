@@ -1,4 +1,4 @@
-"""Transport limits, end to end (security.md N1, N2 and the issue's list): a second gateway
+"""Transport limits, end to end (corpus cases N1, N2 and the issue's list): a second gateway
 process on the corpus stack, with low limits, so that the shared one keeps its defaults.
 
 - per-client rate limit: 429 with Retry-After and errors[]; the first refusal of a run is

@@ -61,7 +61,8 @@ async def test_happy_path_mints_a_token_that_verifies_against_published_keys(
     assert prov["sha"] == "0123456789abcdef0123456789abcdef01234567"
     assert prov["provider"] == "github"
 
-    # Invariant 2: the token left only after its mint record and audit row were committed.
+    # Invariant 2 (DESIGN.md, "Invariants"): the token left only after its mint record and
+    # audit row were committed.
     conn = await asyncpg.connect(stack_env["TRUSTPUB_DATABASE_URL"], timeout=5)
     try:
         row = await conn.fetchrow(

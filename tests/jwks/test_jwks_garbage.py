@@ -1,4 +1,4 @@
-"""Answers that must be refused, each keeping the last good set (security.md F8)."""
+"""Answers that must be refused, each keeping the last good set (DESIGN.md, "Keys of identity providers")."""
 
 from __future__ import annotations
 

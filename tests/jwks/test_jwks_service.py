@@ -265,7 +265,7 @@ async def test_a_second_replica_shares_the_stored_set(jw: JwksTest):
 
 
 async def test_cache_control_max_age_may_shorten_the_refresh_period(jw: JwksTest, tmp_path):
-    """security.md §4.3: max-age honoured within [5 min, 60 min], but never past the
+    """DESIGN.md, "Keys of identity providers": max-age honoured within [5 min, 60 min], but never past the
     operator's interval (the bound on how long a withdrawn key keeps verifying)."""
     key = SigningKey.generate("cc-1")
     cache_control = {"value": "public, max-age=60"}

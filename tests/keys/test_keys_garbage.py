@@ -1,4 +1,4 @@
-"""An identity provider answering garbage (security.md §4.4 F8), end to end: every kind is
+"""An identity provider answering garbage (DESIGN.md, "Keys of identity providers"), end to end: every kind is
 refused by the jwks service, the last good set is kept, and known kids keep verifying."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""An identity provider that is down or slow (security.md §4.4 F6, F7, F10), end to end:
+"""An identity provider that is down or slow (DESIGN.md, "Keys of identity providers"), end to end:
 the real jwks service and the real verifier, asked over NATS as the gateway asks."""
 
 from __future__ import annotations

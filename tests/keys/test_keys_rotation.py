@@ -1,4 +1,4 @@
-"""Key rotation at the identity provider (security.md §4.4 F9), end to end, and the
+"""Key rotation at the identity provider (DESIGN.md, "Keys of identity providers"), end to end, and the
 ``jwks.rotated`` events that every change of a key set publishes."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """GitHub publisher rules: each rule passes and fails with the exact description
-(security.md corpus groups I and J), specificity, provenance and registration input."""
+(corpus groups I and J, DESIGN.md "Hostile input"), specificity, provenance and registration input."""
 
 from __future__ import annotations
 

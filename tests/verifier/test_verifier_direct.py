@@ -1,6 +1,6 @@
 """The verifier's rules, called directly (no NATS): real RSA keys, tokens signed per test.
 
-Cases follow reference/security.md §3.2 groups B-H. Every rejection asserts the exact error
+Cases follow the corpus groups B-H (DESIGN.md, "Hostile input"). Every rejection asserts the exact error
 class (so its code) and that the description says what was wrong.
 """
 
@@ -917,8 +917,9 @@ async def test_a_stale_set_whose_refresh_fails_says_it_is_stale(keys):
 
 
 async def test_unknown_kid_after_a_failed_fetch_is_unavailable(keys):
-    """security.md §4.3: invalid-token only when the issuer was asked and does not list the
-    kid; while its last fetch failed (last_error), an unknown kid is unavailable."""
+    """DESIGN.md, "Keys of identity providers": invalid-token only when the issuer was asked
+    and does not list the kid; while its last fetch failed (last_error), an unknown kid is
+    unavailable."""
     last_error = "discovery document at https://x/.well-known/openid-configuration answered HTTP 500"
     now = time.time()
 

@@ -260,7 +260,7 @@ def most_specific(candidates: Sequence[tuple[int, T]]) -> T:
 # Stored in the publisher's spec only when set (``allowed_refs``, ``token_lifetime``), so a
 # spec registered without them keeps its shape.
 
-# Bounds on a publisher's own minted-token lifetime, seconds (peers.md §13.14): below five
+# Bounds on a publisher's own minted-token lifetime, seconds: below five
 # minutes a slow upload of large distributions outlives its token; above an hour a leaked
 # token stays useful for too long (PyPI: fixed 15 minutes).
 TOKEN_LIFETIME_MIN = 300

@@ -106,7 +106,7 @@ async def open_bucket(js: JetStreamContext, bucket: str, *, create: bool = True)
             raise
     try:
         # history=1: only the current set matters; file storage: it survives a restart of
-        # NATS, so verifiers have keys while an issuer is down (security.md F10).
+        # NATS, so verifiers have keys while an issuer is down (DESIGN.md, "Keys of identity providers").
         return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE))
     except nats.js.errors.BadRequestError:
         # Created by another service between our two calls, with a config of its own.

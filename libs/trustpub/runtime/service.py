@@ -526,9 +526,7 @@ class Runtime:
         await runner.setup()
         site = web.TCPSite(runner, self.settings.ops_host, self.settings.ops_port)
         await site.start()
-        server = site._server  # noqa: SLF001  (aiohttp has no public accessor for the bound port)
-        if server is not None and server.sockets:  # type: ignore[attr-defined]
-            self.ops_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.ops_port = bound_port(runner, self.settings.ops_port)
         log.info("ops_listening", host=self.settings.ops_host, port=self.ops_port)
         try:
             yield
@@ -698,6 +696,12 @@ _OUTCOMES = ("ok", "forwarded", "error", "internal")
 
 
 Setup = Callable[[Runtime, contextlib.AsyncExitStack], Awaitable[None]]
+
+
+def bound_port(runner: web.BaseRunner, configured: int) -> int:
+    """The port a started runner listens on (the configured one, or what the system chose for 0)."""
+    addresses = runner.addresses
+    return int(addresses[0][1]) if addresses else configured
 
 
 def new_exchange_id() -> str:

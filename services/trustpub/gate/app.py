@@ -48,7 +48,7 @@ from trustpub.messages.v1 import (
     UploadRecord,
     UploadRecordRequest,
 )
-from trustpub.runtime import Runtime
+from trustpub.runtime import Runtime, bound_port
 from trustpub.runtime.events import ensure_stream
 from trustpub.runtime.minterkeys import MinterKeys
 
@@ -444,7 +444,5 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, settings.http_host, settings.http_port, ssl_context=ssl_ctx)
     await site.start()
-    server = site._server  # noqa: SLF001  (aiohttp has no public accessor for the bound port)
-    sockets = getattr(server, "sockets", None)
-    rt.http_port = int(sockets[0].getsockname()[1]) if sockets else settings.http_port
+    rt.http_port = bound_port(runner, settings.http_port)
     log.info("http_listening", host=settings.http_host, port=rt.http_port, tls=ssl_ctx is not None)

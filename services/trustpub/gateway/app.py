@@ -42,7 +42,7 @@ from trustpub.messages.v1 import (
     MintStatusRequest,
     VerifyRequest,
 )
-from trustpub.runtime import Runtime
+from trustpub.runtime import Runtime, bound_port
 from trustpub.runtime.events import ensure_stream
 from trustpub.runtime.metrics import LATENCY_BUCKETS
 
@@ -298,7 +298,7 @@ async def error_shape(request: web.Request, handler: Any) -> web.StreamResponse:
         return resp
     except InvalidPayload as exc:
         return from_error(exc)
-    except Exception:  # the last line of defence of invariant 3: never a 500
+    except Exception:  # the last line of defence of invariant 3 (DESIGN.md, "Invariants"): never a 500
         log.exception("gateway_handler_failed", path=request.path)
         return error_response(
             "unavailable", "internal error; try again", status=503, headers={"Retry-After": "1"}
@@ -343,9 +343,7 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, settings.http_host, settings.http_port, ssl_context=ssl_ctx)
     await site.start()
-    server = site._server  # noqa: SLF001  (aiohttp has no public accessor for the bound port)
-    sockets = getattr(server, "sockets", None)
-    port = int(sockets[0].getsockname()[1]) if sockets else settings.http_port
+    port = bound_port(runner, settings.http_port)
     rt.http_port = port
     log.info(
         "http_listening",

@@ -114,7 +114,7 @@ class _JsonErrors(web_protocol.RequestHandler):
                 message="Request Header Fields Too Large",
             )
         elif status >= 500:
-            # Invariant 3 of DESIGN.md: never a 500. Nothing of the failure is shown.
+            # Invariant 3 (DESIGN.md, "Invariants"): never a 500. Nothing of the failure is shown.
             response = error_response(
                 "unavailable", "internal error; try again", status=503, headers={"Retry-After": "1"}
             )
@@ -294,7 +294,7 @@ class ExchangeGuard:
     A client over its limit gets 429 with ``Retry-After``. The first refusal of a client's
     run of refusals is audited (an ``exchange.failed`` event, code ``rate-limited``); the
     others are counted in ``trustpub_http_rate_limited_total``, not audited one by one, so a
-    flood cannot turn into as many audit rows (security.md §4.2: aggregated, counted exactly).
+    flood cannot turn into as many audit rows (DESIGN.md, "Hostile input": aggregated, counted exactly).
     """
 
     def __init__(self, settings: Settings, record: Callable[[ExchangeEvent], None], rt: Runtime) -> None:

@@ -17,7 +17,7 @@ class Settings(CommonSettings):
     # trustpub.providers.issuers. Only issuers configured here or built in are ever fetched.
     issuers_file: Path | None = None
     disabled_providers: tuple[str, ...] = ()
-    # Budget of one whole fetch (discovery document and key set): DESIGN.md §5.
+    # Budget of one whole fetch (discovery document and key set): (DESIGN.md, "Keys of identity providers").
     fetch_timeout: float = 5.0
     # A real JWKS is a few KiB (GitHub's is ~3 KiB); 256 KiB leaves room and bounds memory.
     max_response_bytes: int = 256 * 1024
@@ -28,7 +28,8 @@ class Settings(CommonSettings):
     # tokens naming random kids cannot make trustpub hammer an identity provider.
     refresh_cooldown: float = 60.0
     # Staleness bound, seconds: a set last fetched longer ago than this is not usable (the
-    # verifiers refuse it with 503; this service reports not ready). security.md §4.2: 24 h.
+    # verifiers refuse it with 503; this service reports not ready): 24 h (DESIGN.md, "Keys of
+    # identity providers").
     key_staleness: float = 86400.0
 
     def __post_init__(self) -> None:

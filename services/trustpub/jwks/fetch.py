@@ -20,7 +20,7 @@ from trustpub.jwks.validate import KeySetRefused, ValidKeys, validate_key_set
 from trustpub.messages import strictjson
 from trustpub.providers.issuers import Issuer, https_origin, origins
 
-# security.md §4.3: connect within 2 s; the total (fetch_timeout) bounds the rest.
+# (DESIGN.md, "Keys of identity providers"): connect within 2 s; the total (fetch_timeout) bounds the rest.
 CONNECT_TIMEOUT_S = 2.0
 # A JWKS or discovery document nests 3 or 4 levels; anything much deeper is an attack on
 # the parser, refused before it costs anything.

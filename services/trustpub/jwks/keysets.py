@@ -1,6 +1,6 @@
 """The issuers' key sets: when to fetch them, and what to answer the verifiers.
 
-Policy (DESIGN.md §5, security.md §4.3):
+Policy (DESIGN.md, "Keys of identity providers"):
 
 - every enabled issuer is fetched when the service starts (in the background: an issuer
   that is down must not keep the service from being started), then every
@@ -65,7 +65,7 @@ CLAIM_SLACK_S = 2.0
 # How often a replica waiting for another one's fetch reads the entry again. Waiting happens
 # at most once per cooldown per issuer and replica, so this costs a few dozen reads at worst.
 FOLLOW_POLL_S = 0.05
-# security.md §4.3: honour the issuer's Cache-Control max-age within [5 min, 60 min].
+# (DESIGN.md, "Keys of identity providers"): honour the issuer's Cache-Control max-age within [5 min, 60 min].
 MAX_AGE_FLOOR_S = 300.0
 MAX_AGE_CEILING_S = 3600.0
 
@@ -218,7 +218,8 @@ class KeySets:
     def _configured(self, issuer: str) -> Issuer:
         iss = self.issuers.get(issuer)
         if iss is None or not iss.enabled:
-            # Never fetched: only the operator's configuration names URLs (invariant 4).
+            # Never fetched: only the operator's configuration names URLs (invariant 4,
+            # DESIGN.md "Invariants").
             shown = issuer if len(issuer) <= 100 else issuer[:97] + "..."
             raise InvalidPayload(f"issuer {shown!r} is not a configured, enabled issuer")
         return iss

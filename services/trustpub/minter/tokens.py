@@ -2,7 +2,7 @@
 
 Signed by hand with ``cryptography`` (Ed25519 by default): the header is fixed per key and
 encoded once, the claims are ours, so a general JOSE library would add only parsing cost
-(perf-limits.md: ~50 us for Ed25519 sign by a library vs ~32 us raw).
+(measured: ~50 us for an Ed25519 signature through a JWS library, ~32 us by hand).
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
         return Forward(MintRequest(grant=await matcher.match(req)))
 
     # In-flight requests capped at the pool size: a request never queues on the pool
-    # behind a newcomer (perf-limits.md §5, tail-latency finding).
+    # behind a newcomer (DESIGN.md, "Performance": a long p99 tail otherwise).
     rt.serve(PUBLISHER_MATCH, match, concurrency=settings.pool_size)
     rt.serve(MINT_REVOKE, matcher.revoke, concurrency=settings.pool_size)
     rt.serve(MINT_STATUS, matcher.status, concurrency=settings.pool_size)

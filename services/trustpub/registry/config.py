@@ -18,7 +18,7 @@ class Settings(CommonSettings):
     # may name only these.
     issuers_file: Path | None = None
     # Connections in the pool, and requests handled at once: in-flight work is capped at
-    # the pool size so that waiters on the pool are not overtaken (perf-limits.md §5).
+    # the pool size so that waiters on the pool are not overtaken (DESIGN.md, "Performance").
     pool_size: int = 16
     # Seconds a minted token is valid (PyPI: 900).
     token_lifetime: int = 900

@@ -1,4 +1,4 @@
-"""Match a verified token to its publisher and record the mint: invariants 1 and 2.
+"""Match a verified token to its publisher and record the mint: invariants 1 and 2 (DESIGN.md, "Invariants").
 
 One exchange is, in PostgreSQL:
 

@@ -34,7 +34,8 @@ class Settings(CommonSettings):
     concurrency: int = 64
     # Staleness bound, seconds: an issuer whose key set was last fetched longer ago than this
     # gets unavailable (503) instead of trust in keys it may have withdrawn meanwhile
-    # (security.md §4.2: 24 h). Keep it equal to the jwks service's TRUSTPUB_KEY_STALENESS.
+    # (DESIGN.md, "Keys of identity providers": 24 h). Keep it equal to the jwks service's
+    # TRUSTPUB_KEY_STALENESS.
     key_staleness: float = 86400.0
 
     def __post_init__(self) -> None:

@@ -8,7 +8,7 @@ The cache does no I/O itself. When a token names a kid it does not hold, it asks
 ``refresh`` callable (the jwks service over NATS, in the service), once per issuer at a time:
 concurrent requests for the same issuer share one refresh.
 
-Bounded staleness (DESIGN.md §5, security.md §4.2): a set whose ``fetched_at`` is more than
+Bounded staleness (DESIGN.md, "Keys of identity providers"): a set whose ``fetched_at`` is more than
 ``max_age`` seconds old verifies nothing. The cache asks for a refresh first, and if the set
 is still that old, the token gets ``unavailable`` (HTTP 503): the issuer has not been reached
 for that long, and keys it may have withdrawn meanwhile must not be trusted forever.
@@ -270,8 +270,9 @@ class KeyCache:
         if found is not None:
             return found
         if held is not None and held.last_error:
-            # The issuer could not be asked whether it publishes this kid (security.md §4.3:
-            # an unknown kid during a failed refresh is a 503, not the token's fault).
+            # The issuer could not be asked whether it publishes this kid (DESIGN.md, "Keys of
+            # identity providers": an unknown kid during a failed refresh is a 503, not the
+            # token's fault).
             log.info("key_unknown_during_outage", issuer=name, kid=kid, reason=held.last_error)
             msg = (
                 f'key id "{kid}" is not among the keys held for {name}, '

@@ -4,7 +4,7 @@ Everything here is pure and bounded in time by the size cap: no key, no network,
 jwcrypto alone accepts non-canonical base64 (padding, ``+/``, non-zero unused bits),
 duplicate JSON keys (last one wins), ``jku``/``x5u`` headers and tokens without a ``kid``,
 and crashes with TypeError/OverflowError/RecursionError on some claim shapes
-(reference/security.md §1.7), so the outer form is settled here first.
+(DESIGN.md, "Hostile input"), so the outer form is settled here first.
 
 Structural failures are ``InvalidPayload("malformed JWT: ...")``, PyPI's code for a token
 it cannot even decode; header policy failures are ``InvalidToken``.
