@@ -37,7 +37,9 @@ async def test_stopped_service_gives_503_fast_and_the_stack_recovers(http, stack
         assert status == 503, body
         assert body["errors"][0]["code"] == "unavailable"
         assert headers["Retry-After"] == "1"
-        assert elapsed < DEADLINE_S + 0.5
+        # Within the deadline (a stage may be restarting: it is asked again until then), never a
+        # hang; the upper bound is generous for a loaded machine.
+        assert elapsed < 2 * DEADLINE_S
     finally:
         stack.start(service)
     status, body, _ = await bounded(mint(http, stack, publisher.token()))
@@ -56,7 +58,7 @@ async def test_stuck_service_gives_503_at_the_deadline_not_a_hang(http, stack, p
     assert status == 503, body
     assert body["errors"][0]["code"] == "unavailable"
     assert "did not answer" in body["errors"][0]["description"]
-    assert DEADLINE_S - 0.5 < elapsed < DEADLINE_S + 1.0
+    assert DEADLINE_S - 0.5 < elapsed < 2 * DEADLINE_S
     status, body, _ = await bounded(mint(http, stack, publisher.token()))
     assert status == 200, body
 

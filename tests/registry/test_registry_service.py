@@ -11,6 +11,7 @@ import aiohttp
 import asyncpg
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 from tests.bus import TestBus
 from tests.registry.registry_support import (
     claims_for,
@@ -350,7 +351,8 @@ async def test_database_down_means_unavailable(common):
         with pytest.raises(Unavailable) as info:
             await match(rt, match_request(claims_for(unique("org"))))
         assert info.value.description == "the registry database is unavailable"
-        assert time.monotonic() - started < 3
+        # Bounded by the registry's own timeout, not a hang (generous for a loaded machine).
+        assert time.monotonic() - started < 10
         with pytest.raises(Unavailable):
             await status(rt, str(uuid.uuid4()))
         assert (
@@ -391,7 +393,7 @@ async def test_statement_timeout_means_unavailable(common, database_url, conn):
             started = time.monotonic()
             with pytest.raises(Unavailable, match=r"^the registry database is unavailable$"):
                 await match(rt, match_request(claims))
-            assert time.monotonic() - started < 3
+            assert time.monotonic() - started < 10
         # Nothing was consumed: the same token goes through once the lock is gone.
         grant = await match(rt, match_request(claims))
         assert grant.publisher_id == publisher.id
@@ -468,8 +470,13 @@ async def test_purge_keeps_retained_token_ids(common, database_url, conn):
         async def purged() -> bool:
             return not await conn.fetchval("SELECT count(*) FROM used_tokens WHERE token_key = $1", old_key)
 
-        await wait_until(purged, timeout=10)
-        await asyncio.sleep(0.3)  # a few more purge rounds
+        with capture_logs() as logs:
+            await wait_until(purged, timeout=10)
+
+            def rounds() -> bool:  # a few more purge rounds, which must keep the live ones
+                return sum(e["event"] == "used_tokens_purged" for e in logs) >= 3
+
+            await wait_until(rounds)
         kept = await conn.fetch(
             "SELECT token_key FROM used_tokens WHERE token_key = ANY($1::text[])", [live_key, claims["jti"]]
         )
