@@ -199,6 +199,14 @@ UPLOAD_PROVENANCE: Endpoint[v1.ProvenanceRequest, v1.ProvenanceReply] = Endpoint
     forwards_to=PROVENANCE_SIGN,
 )
 
+# --- the admin API ---------------------------------------------------------------------------
+
+# Every call of the admin API: the gateway's admin listener hands it over sealed, the registry
+# checks the API token's hash, expiry and scope, acts and audits (DESIGN.md, "The admin API").
+ADMIN_CALL: Endpoint[v1.AdminRequest, v1.AdminReply] = Endpoint(
+    "admin.call", v1.AdminRequest, v1.AdminReply, server=REGISTRY, callers=(GATEWAY,), sealed=True
+)
+
 # --- identity providers' keys --------------------------------------------------------------------
 
 # The reply is the sealed entry exactly as stored in the bucket: verifiers check it the same way.
@@ -220,6 +228,7 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
     UPLOAD_RECORD,
     UPLOAD_PROVENANCE,
     PROVENANCE_SIGN,
+    ADMIN_CALL,
 )
 
 # --- events --------------------------------------------------------------------------------------

@@ -239,6 +239,29 @@ class ProvenanceReply(_Msg, frozen=True, tag="trustpub.upload.v1.provenance_repl
     jws: str = ""
 
 
+# --- the admin API -------------------------------------------------------------------------
+
+
+class AdminRequest(_Msg, frozen=True, tag="trustpub.admin.v1.request"):
+    """One call of the admin API as the gateway's admin listener received it (sealed by the
+    gateway): the registry checks the API token and its scope, then acts (DESIGN.md, "The
+    admin API"). ``path`` is below the API's prefix; ``body`` is the raw JSON text."""
+
+    token: str
+    method: str
+    path: str
+    query: dict[str, str] = {}
+    body: str = ""
+
+
+class AdminReply(_Msg, frozen=True, tag="trustpub.admin.v1.reply"):
+    """The HTTP status and JSON body the admin listener answers with."""
+
+    status: int
+    body: str
+    headers: dict[str, str] = {}
+
+
 # --- jwks -------------------------------------------------------------------------------
 
 

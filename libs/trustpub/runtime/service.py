@@ -136,6 +136,7 @@ class Runtime:
         self.advisories: dict[str, HealthCheck] = {}
         self.ops_port = 0
         self.http_port = 0  # the gateway's public port, once bound
+        self.admin_port = 0  # the gateway's admin API port, once bound (if it listens)
         # Run after "not ready" and the grace period, before NATS drains: a front door
         # (the gateway's HTTP server) closes here so in-flight requests finish with NATS up.
         self.before_drain: list[Callable[[], Awaitable[None]]] = []

@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from trustpub.gateway import limits, openapi
+from trustpub.gateway import admin, limits, openapi
 from trustpub.gateway.config import Settings
 from trustpub.gateway.errors import EXCHANGE_ID_RESPONSE_HEADER, error_response, from_error, json_response
 from trustpub.gateway.events import EventPublisher
@@ -352,3 +352,4 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
         tls=ssl_ctx is not None,
         audience=settings.audience,
     )
+    await admin.start(rt, stack, settings)  # the admin API, on its own port when one is set

@@ -26,6 +26,10 @@ class Settings(CommonSettings):
     request_timeout: float = 5.0
     # A GitHub token is ~1-2 KiB; 64 KiB leaves room and bounds parsing work.
     max_body_bytes: int = 65536
+    # The admin API (gateway/admin.py): off unless a port is set (0: any free port). The public
+    # Service and Ingress never expose it (DESIGN.md, "The admin API").
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     # How long clients may cache /_/oidc/jwks (Cache-Control: max-age).

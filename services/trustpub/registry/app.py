@@ -18,6 +18,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from trustpub.messages import ErrorCode, Unavailable
 from trustpub.messages.endpoints import (
+    ADMIN_CALL,
     EXCHANGE_FAILED,
     EXCHANGE_SUCCEEDED,
     MINT_REVOKE,
@@ -29,6 +30,7 @@ from trustpub.messages.endpoints import (
 from trustpub.messages.v1 import ExchangeEvent, ExchangeEvents, MatchRequest, MintRequest
 from trustpub.providers.issuers import IssuerRegistry
 from trustpub.registry import uploads
+from trustpub.registry.admin import Admin
 from trustpub.registry.config import Settings
 from trustpub.registry.db import Database, purge_expired_pending, purge_used_tokens
 from trustpub.registry.match import PROVIDERS, Matcher
@@ -104,6 +106,7 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     rt.serve(MINT_STATUS, matcher.status, concurrency=settings.pool_size)
     rt.serve(PUBLISHER_EXPLAIN, matcher.explain, concurrency=settings.pool_size)
     uploads.serve(rt, db, metrics, settings.pool_size)  # the upload gate's record and provenance
+    rt.serve(ADMIN_CALL, Admin(db, settings).handle, concurrency=max(1, settings.pool_size // 4))
 
     rt.background(
         purge_loop(db, settings.purge_interval, metrics), "purge used tokens, expired pending publishers"

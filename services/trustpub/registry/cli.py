@@ -10,6 +10,7 @@
     trustpub publisher list [--project P | --pending] | publisher remove ID
     trustpub publisher confirm ID [--owner-id N | --namespace-id N]   (one registered with --pin-on-first-use)
     trustpub audit list [--refused] [--code C] [--since ISO] [--limit N] [--json]
+    trustpub admin token create --name N --scope admin|read|owner [--project P] | list | revoke ID
     trustpub bus init DIR | bus authorization DIR [--root R] | bus kubernetes DIR   (no database)
     trustpub provenance verify FILE --url https://upload-host                      (no database)
 
@@ -37,7 +38,7 @@ import asyncpg
 from trustpub.providers import activestate, github, gitlab, google
 from trustpub.providers.issuers import ACTIVESTATE, BUILTIN, GITHUB, GITLAB, GOOGLE, IssuerRegistry
 from trustpub.providers.rules import TOKEN_LIFETIME_MAX, TOKEN_LIFETIME_MIN, RegistrationError
-from trustpub.registry import audit_cli, db, migrations
+from trustpub.registry import admin_cli, audit_cli, db, migrations
 from trustpub.registry.config import Settings
 from trustpub.runtime import buscli, provenancecli
 from trustpub.runtime.config import ConfigError, env_name, load, read_secret
@@ -145,7 +146,7 @@ def _confirm_parser(publisher: Any, common: argparse.ArgumentParser) -> None:  #
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one statement per option)
     common = _Parser(add_help=False)
     common.add_argument(
         "--database-url",
@@ -173,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(
         dest="command",
-        metavar="{migrate,project,publisher,audit,bus,provenance}",
+        metavar="{migrate,project,publisher,audit,admin,bus,provenance}",
         required=True,
         parser_class=_Parser,
     )
@@ -252,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     premove.add_argument("id")
     _confirm_parser(publisher, common)
     audit_cli.add_commands(commands, common, _Parser)
+    admin_cli.add_commands(commands, common, _Parser)
     buscli.add_commands(commands, _Parser)
     provenancecli.add_commands(commands, _Parser)
     return parser
@@ -573,6 +575,7 @@ async def _publisher_remove(conn: Any, args: argparse.Namespace, as_json: bool) 
 
 _HANDLERS: dict[tuple[str, str], Handler] = {
     ("audit", "list"): audit_cli.list_command,
+    ("admin", "token"): admin_cli.token_command,
     ("project", "add"): _project_add,
     ("project", "list"): _project_list,
     ("publisher", "add"): _publisher_add,
