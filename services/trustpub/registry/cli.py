@@ -11,6 +11,7 @@
     trustpub publisher confirm ID [--owner-id N | --namespace-id N]   (one registered with --pin-on-first-use)
     trustpub audit list [--refused] [--code C] [--since ISO] [--limit N] [--json]
     trustpub admin token create --name N --scope admin|read|owner [--project P] | list | revoke ID
+    trustpub apply -f publishers.toml [--dry-run] [--prune] | trustpub export [-o FILE]
     trustpub bus init DIR | bus authorization DIR [--root R] | bus kubernetes DIR   (no database)
     trustpub provenance verify FILE --url https://upload-host                      (no database)
 
@@ -38,7 +39,7 @@ import asyncpg
 from trustpub.providers import activestate, github, gitlab, google
 from trustpub.providers.issuers import ACTIVESTATE, BUILTIN, GITHUB, GITLAB, GOOGLE, IssuerRegistry
 from trustpub.providers.rules import TOKEN_LIFETIME_MAX, TOKEN_LIFETIME_MIN, RegistrationError
-from trustpub.registry import admin_cli, audit_cli, db, migrations
+from trustpub.registry import admin_cli, ascode, audit_cli, db, migrations
 from trustpub.registry.config import Settings
 from trustpub.runtime import buscli, provenancecli
 from trustpub.runtime.config import ConfigError, env_name, load, read_secret
@@ -46,6 +47,7 @@ from trustpub.runtime.config import ConfigError, env_name, load, read_secret
 EXIT_OK = 0
 EXIT_UNAVAILABLE = 1
 EXIT_USAGE = 2
+EXIT_CONFLICT = 3
 
 _AWAITING = "awaiting-confirmation"
 _REMOVAL_NOTE = (
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one statement 
     )
     commands = parser.add_subparsers(
         dest="command",
-        metavar="{migrate,project,publisher,audit,admin,bus,provenance}",
+        metavar="{migrate,project,publisher,audit,admin,apply,export,bus,provenance}",
         required=True,
         parser_class=_Parser,
     )
@@ -254,6 +256,16 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one statement 
     _confirm_parser(publisher, common)
     audit_cli.add_commands(commands, common, _Parser)
     admin_cli.add_commands(commands, common, _Parser)
+    apply = commands.add_parser("apply", parents=[common], help="make the database match a publishers file")
+    apply.add_argument("-f", "--file", required=True, type=Path, help="the file (TOML; see trustpub export)")
+    apply.add_argument("--dry-run", action="store_true", help="print the plan only")
+    apply.add_argument(
+        "--prune", action="store_true", help="remove publishers and projects the file does not list"
+    )
+    export = commands.add_parser(
+        "export", parents=[common], help="print the projects and publishers as a file"
+    )
+    export.add_argument("-o", "--output", type=Path, help="write it to this file instead")
     buscli.add_commands(commands, _Parser)
     provenancecli.add_commands(commands, _Parser)
     return parser
@@ -573,9 +585,47 @@ async def _publisher_remove(conn: Any, args: argparse.Namespace, as_json: bool) 
     _out(f"note: {_REMOVAL_NOTE}")
 
 
+async def _apply(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
+    """``trustpub apply -f FILE``: the plan, then (unless --dry-run) the changes.
+
+    Raises:
+        ascode.FileErrors: the file has errors (nothing changed).
+        ascode.Conflict: another apply ran, or the database changed (nothing changed).
+    """
+    try:
+        text = args.file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistrationError(f"cannot read {args.file}: {exc}") from None
+    desired = ascode.parse(text, registrant=f"apply:{_default_actor()}")
+    plan = await ascode.plan(conn, desired, prune=args.prune)
+    if as_json:
+        done = (
+            0
+            if args.dry_run or plan.empty
+            else await ascode.apply(conn, desired, plan, prune=args.prune, actor=f"apply:{_default_actor()}")
+        )
+        _print_json({"plan": plan.lines(), "applied": done})
+        return
+    _out("\n".join(f"  {line}" for line in plan.lines()) if not plan.empty else "  nothing to change")
+    if args.dry_run or plan.empty:
+        return
+    done = await ascode.apply(conn, desired, plan, prune=args.prune, actor=f"apply:{_default_actor()}")
+    _out(f"applied {done} change(s)")
+
+
+async def _export(conn: Any, args: argparse.Namespace, _: bool) -> None:  # noqa: ANN401, FBT001
+    text = await ascode.export(conn)
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
 _HANDLERS: dict[tuple[str, str], Handler] = {
     ("audit", "list"): audit_cli.list_command,
     ("admin", "token"): admin_cli.token_command,
+    ("apply", ""): _apply,
+    ("export", ""): _export,
     ("project", "add"): _project_add,
     ("project", "list"): _project_list,
     ("publisher", "add"): _publisher_add,
@@ -594,7 +644,7 @@ async def _run(args: argparse.Namespace, url: str) -> None:
         else:
             _out(f"applied {', '.join(applied)}" if applied else "the schema is up to date")
         return
-    handler = _HANDLERS[(args.command, args.action)]
+    handler = _HANDLERS[(args.command, getattr(args, "action", ""))]
     conn = await db.connect(url)
     try:
         await handler(conn, args, as_json)
@@ -670,7 +720,7 @@ def _database_url(args: argparse.Namespace) -> str:
     return load(Settings, env).database_url
 
 
-def _database_command(args: argparse.Namespace) -> int:
+def _database_command(args: argparse.Namespace) -> int:  # noqa: PLR0911  (one exit status per outcome)
     try:
         url = _database_url(args)
     except ConfigError as exc:
@@ -681,6 +731,14 @@ def _database_command(args: argparse.Namespace) -> int:
     except (RegistrationError, db.NotFound) as exc:
         _fail(str(exc))
         return EXIT_USAGE
+    except ascode.FileErrors as exc:
+        for error in exc.errors:
+            _fail(f"{args.file}: {error}")
+        _fail("nothing was changed")
+        return EXIT_USAGE
+    except ascode.Conflict as exc:
+        _fail(str(exc))
+        return EXIT_CONFLICT
     except asyncpg.exceptions.UndefinedTableError:
         _fail(f"the database at {_redact(url)} has no trustpub schema; run: trustpub migrate")
         return EXIT_UNAVAILABLE
