@@ -219,8 +219,8 @@ def test_only_the_gateway_has_a_service_and_the_verifier_scales_on_cpu(overlay):
         for n, s in objects(overlay, "Service").items()
         if s["metadata"]["labels"].get("app.kubernetes.io/part-of") == "trustpub"
     }
-    # The public entries: the gateway and the upload gate.
-    assert trustpub_services == {"gateway", "gate"}
+    # The public entries: the gateway and the upload gate; and the admin API's, inside only.
+    assert trustpub_services == {"gateway", "gate", "gateway-admin"}
     (hpa,) = objects(overlay, "HorizontalPodAutoscaler").values()
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {
@@ -287,6 +287,30 @@ def test_network_policies_expose_only_the_gateway_and_let_only_the_registry_reac
         # jwks fetches issuers' keys; the gate reaches the index.
         assert (443 in egress) is (name in {"jwks", "gate"}), name
         assert 4222 in egress
+    # The admin port: only the labelled admin clients, and nothing else on it.
+    gateway = {"app.kubernetes.io/name": "gateway", "app.kubernetes.io/part-of": "trustpub"}
+    admin_rules = [
+        r
+        for p in policies
+        if _selects(p, gateway) and "Ingress" in p["spec"]["policyTypes"]
+        for r in p["spec"].get("ingress", [])
+        if {"port": "admin", "protocol": "TCP"} in r.get("ports", [])
+    ]
+    assert admin_rules == [
+        {
+            "from": [{"podSelector": {"matchLabels": {"trustpub.io/admin-client": "true"}}}],
+            "ports": [{"port": "admin", "protocol": "TCP"}],
+        }
+    ]
+    # No Ingress routes to it: the public entry is the gateway's HTTP port alone.
+    backends = {
+        (path["backend"]["service"]["name"], path["backend"]["service"]["port"]["name"])
+        for ingress in objects(overlay, "Ingress").values()
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+    assert backends <= {("gateway", "http")}
+    assert backends or overlay == "dev"
     if overlay == "dev":
         (pg,) = [p for p in policies if _selects(p, {"app.kubernetes.io/name": "postgres"})]
         (rule,) = pg["spec"]["ingress"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ class Api:
         headers = {}
         if token is not None:
             headers["Authorization"] = f"Bearer {self.tokens.get(token, token)}"
-        data = raw if raw is not None else (None if body is None else __import__("json").dumps(body))
+        data = raw if raw is not None else (None if body is None else json.dumps(body))
         async with self.session.request(method, self.base + path, data=data, headers=headers) as resp:
             assert resp.status < 500, (method, path, resp.status, await resp.text())
             assert resp.content_type == "application/json"
@@ -398,6 +399,55 @@ async def test_the_clis_validation_applies_with_its_message(api: Api) -> None:
     assert (await api.call("GET", "/publishers/not-a-uuid"))[0] == 404
     assert (await api.call("PUT", "/projects"))[0] == 405
     assert (await api.call("GET", "/nothing/here"))[0] == 404
+
+
+async def test_a_missing_owner_id_names_its_field(api: Api) -> None:
+    body = GITHUB | {"projects": [api.ids["mine"]], "owner_id": None}
+    status, answer = await api.call("POST", "/publishers", body=body)
+    assert status == 422
+    assert [e["field"] for e in answer["errors"]] == ["owner_id"]
+
+
+async def test_the_cli_talks_to_the_api_with_a_token(
+    api: Api, cli: Any, conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRUSTPUB_API_URL", api.base.removesuffix("/admin/v1"))
+    monkeypatch.setenv("TRUSTPUB_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")  # never used
+    monkeypatch.delenv("TRUSTPUB_API_TOKEN", raising=False)
+    code, _, err = await cli("project", "list")
+    assert code == 2
+    assert "TRUSTPUB_API_TOKEN" in err
+    monkeypatch.setenv("TRUSTPUB_API_TOKEN", api.tokens["owner"])
+    code, out, err = await cli("project", "list")
+    assert code == 0, err
+    assert [p["name"] for p in json.loads(out)] == [api.ids["mine"]]
+    owner = unique("cli")
+    args = ["--project", api.ids["mine"], "--owner", owner, "--owner-id", "5", "--repository", "r"]
+    code, out, err = await cli(
+        "publisher", "add", "github", *args, "--workflow", "w.yml", "--allow-ref", "refs/tags/*"
+    )
+    assert code == 0, err
+    made = json.loads(out)["publisher"]
+    assert made["spec"]["allowed_refs"] == ["refs/tags/*"]
+    code, _, err = await cli(
+        "publisher", "add", "github", *args, "--workflow", "w.yml", "--environment", " x"
+    )
+    assert code == 2
+    assert "environment" in err
+    code, _, err = await cli("project", "add", unique("nope"))
+    assert code == 2
+    assert "HTTP 403" in err
+    code, _, err = await cli("audit", "list")
+    assert code == 2
+    assert "HTTP 403" in err
+    code, out, err = await cli("publisher", "remove", made["id"])
+    assert code == 0, err
+    assert json.loads(out)["removed"]["id"] == made["id"]
+    assert await conn.fetchval("SELECT count(*) FROM publishers WHERE id = $1", uuid.UUID(made["id"])) == 0
+    monkeypatch.setenv("TRUSTPUB_API_TOKEN", api.tokens["read"])
+    code, out, err = await cli("audit", "list", "--kind", "admin.call", "--limit", "5")
+    assert code == 0, err
+    assert all(r["kind"] == "admin.call" for r in json.loads(out))
 
 
 async def test_the_openapi_document_is_served_on_the_admin_port_only(api: Api) -> None:

@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-port", type=int, default=int(os.environ.get("TRUSTPUB_HTTP_PORT", "8000")))
     parser.add_argument("--issuer-port", type=int, default=8900)
     parser.add_argument("--gate-port", type=int, default=8443, help="the upload host (https)")
+    parser.add_argument("--admin-port", type=int, default=8001, help="the gateway's admin API")
     parser.add_argument("--exit-after-demo", action="store_true", help="stop everything after the demo")
     parser.add_argument("--prometheus", action="store_true", help="also run Prometheus on every ops port")
     args = parser.parse_args(argv)
@@ -242,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             "TRUSTPUB_AUDIENCE": os.environ.get("TRUSTPUB_AUDIENCE", "trustpub-dev"),
             "TRUSTPUB_LOG_FORMAT": os.environ.get("TRUSTPUB_LOG_FORMAT", "console"),
             "TRUSTPUB_HTTP_PORT": str(port_or_free(args.http_port)),
+            # Read by the gateway alone: its admin API (DESIGN.md, "The admin API").
+            "TRUSTPUB_ADMIN_PORT": str(port_or_free(args.admin_port)),
         }
         stack = Stack(env, default_ports=True)
         cleanup.callback(stack.stop_all)
@@ -250,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.prometheus or os.environ.get("TRUSTPUB_PROMETHEUS"):
             cleanup.callback(serve_for_up(stack, run, port_or_free(9090)).stop)
         say(f"gateway at {stack.base_url}  (GET /_/oidc/audience, POST /_/oidc/mint-token)")
+        say(
+            f"admin API at http://127.0.0.1:{env['TRUSTPUB_ADMIN_PORT']}/admin/v1/ (a token: "
+            f"TRUSTPUB_DATABASE_URL={db_url} trustpub admin token create --name me --scope admin)"
+        )
         gate_url, index, tls = start_index_and_gate(stack, run, cleanup, args.gate_port)
         register_demo(db_url)
         ok = demo_exchange(stack.base_url, issuer)

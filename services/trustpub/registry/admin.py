@@ -26,7 +26,7 @@ from trustpub.providers.rules import RegistrationError, quote
 from trustpub.registry import admintokens, db
 from trustpub.registry.admintokens import AdminToken
 from trustpub.registry.config import Settings
-from trustpub.registry.publisherfields import FieldErrors, registration
+from trustpub.registry.publisherfields import FIELDS, FieldErrors, registration
 
 log = structlog.get_logger("trustpub.registry.admin")
 
@@ -249,6 +249,9 @@ async def create_publisher(call: Call) -> tuple[int, Any]:
         reg = registration(body, registrant=call.actor)
     except FieldErrors as exc:
         raise ApiError(422, "invalid-request", "the body has invalid fields", exc.errors) from None
+    except RegistrationError as exc:
+        field = _field_of(str(body.get("provider")), str(exc))
+        raise ApiError(422, "invalid-request", str(exc), {field: str(exc)}) from None
     if reg.pending_project is not None:
         settings = call.settings
         pending = await db.add_pending_publisher(
@@ -261,6 +264,16 @@ async def create_publisher(call: Call) -> tuple[int, Any]:
         return 201, {"created": True, "pending": True, "publisher": pending.to_json()}
     publisher, created = await db.add_publisher(call.conn, reg.new, reg.projects)
     return (201 if created else 200), {"created": created, "publisher": publisher.to_json()}
+
+
+def _field_of(provider: str, message: str) -> str:
+    """The field a validation message is about: the CLI option it names, or its first word."""
+    names = FIELDS.get(provider, {})
+    for option in re.findall(r"--([a-z][a-z-]*)", message):
+        if option.replace("-", "_") in names:
+            return str(option.replace("-", "_"))
+    first = message.split(" ", 1)[0].lower()
+    return first if first in names else "body"
 
 
 async def _publisher(call: Call) -> db.Publisher:

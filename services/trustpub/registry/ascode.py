@@ -364,7 +364,7 @@ def publisher_fields(p: db.Publisher) -> dict[str, Any]:
     elif p.provider == "activestate":
         out["activestate_project"] = spec.pop("project")
     names = FIELDS[p.provider]
-    out |= {k: v for k, v in spec.items() if k in names and v not in (None, "", [])}
+    out |= {k: spec[k] for k in names if k in spec and spec[k] not in (None, "", [])}
     owner_id = {"github": "owner_id", "gitlab": "namespace_id"}.get(p.provider)
     if owner_id and not spec.get(owner_id):
         out["pin_on_first_use"] = True

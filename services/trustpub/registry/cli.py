@@ -168,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one statement 
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
     )
+    common.add_argument(
+        "--api",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help=(
+            "talk to the admin API at URL (default: $TRUSTPUB_API_URL) instead of PostgreSQL, with "
+            "the token in $TRUSTPUB_API_TOKEN or the file $TRUSTPUB_API_TOKEN_FILE names "
+            "(project, publisher, audit)"
+        ),
+    )
 
     parser = _Parser(
         prog="trustpub",
@@ -676,7 +686,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     if args.command == "provenance":
         return _provenance(args)
+    api = getattr(args, "api", None) or os.environ.get("TRUSTPUB_API_URL")
+    if api and (args.command, getattr(args, "action", "")) in admin_cli.API_COMMANDS:
+        return _api(args, api)
     return _bus(args) if args.command == "bus" else _database_command(args)
+
+
+def _api(args: argparse.Namespace, url: str) -> int:
+    """A command over the admin API; its JSON answer on stdout."""
+    token = os.environ.get("TRUSTPUB_API_TOKEN", "")
+    try:
+        if not token and os.environ.get("TRUSTPUB_API_TOKEN_FILE"):
+            token = read_secret("TRUSTPUB_API_TOKEN_FILE", os.environ["TRUSTPUB_API_TOKEN_FILE"])
+        if not token:
+            _fail("--api needs a token: TRUSTPUB_API_TOKEN or TRUSTPUB_API_TOKEN_FILE")
+            return EXIT_USAGE
+        _print_json(admin_cli.api_command(args, url, token))
+    except ConfigError as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
+    except admin_cli.ApiCommandError as exc:
+        _fail(str(exc))
+        return EXIT_USAGE if str(exc).startswith("HTTP 4") else EXIT_UNAVAILABLE
+    return EXIT_OK
 
 
 def _provenance(args: argparse.Namespace) -> int:
