@@ -32,7 +32,7 @@ from trustpub.messages import ReusedToken, Unavailable
 from trustpub.messages.endpoints import EXCHANGE_FAILED, EXCHANGE_SUCCEEDED, PUBLISHER_MATCH
 from trustpub.messages.v1 import ExchangeEvent, ExchangeEvents, MatchRequest, MintGrant, encode
 from trustpub.registry import db
-from trustpub.registry.match import RELEASE_GRACE_S
+from trustpub.registry.match import RELEASE_GRACE_S, REPORT_QUIET_S
 from trustpub.runtime import Runtime
 from trustpub.runtime.events import ensure_stream
 
@@ -163,17 +163,52 @@ async def test_a_delivered_grant_stays_single_use_even_after_its_lease(registry,
         await match(registry, again(first))
 
 
-async def test_a_second_presentation_during_the_lease_is_a_reuse(registry, conn):
+async def test_a_presentation_right_after_the_grant_is_a_reuse(registry, conn):
     # The first exchange may still deliver (or did, and its report is on its way): PyPI's
     # answer to a token presented twice. So are concurrent presentations.
     owner = unique("org")
     await register(conn, projects=[unique("pkg")], owner=owner)
     first = match_request(claims_for(owner))
-    await match(registry, first)
+    grant = await match(registry, first)
+    # "Right after", however slow this machine: granted now.
+    await conn.execute("UPDATE mints SET issued_at = now() WHERE id = $1", uuid.UUID(grant.mint_id))
     outcomes = await asyncio.gather(
         *(match(registry, again(first)) for _ in range(5)), return_exceptions=True
     )
     assert all(isinstance(o, ReusedToken) for o in outcomes), outcomes
+    assert await mints_of(conn, first) == 1
+
+
+async def test_a_holder_silent_past_the_quiet_time_means_come_back(registry, conn):
+    # Granted seconds ago, its lease still running, no report: the exchange holding it is slow
+    # or its gateway died (a client whose connection was reset retries now). Not a reuse: come
+    # back once the holder can no longer deliver; then the same record.
+    owner = unique("org")
+    await register(conn, projects=[unique("pkg")], owner=owner)
+    first = match_request(claims_for(owner))
+    grant = await match(registry, first)
+    mint_id = uuid.UUID(grant.mint_id)
+    await conn.execute(
+        "UPDATE mints SET issued_at = now() - make_interval(secs => $2), "
+        "lease_until = now() + interval '3 seconds' WHERE id = $1",
+        mint_id,
+        REPORT_QUIET_S + 1,
+    )
+    with pytest.raises(Unavailable, match="present the same token again in") as caught:
+        await match(registry, again(first))
+    wait = int(caught.value.context["retry_after"])
+    assert RELEASE_GRACE_S + 2 <= wait <= RELEASE_GRACE_S + 4
+    await conn.execute(
+        "UPDATE mints SET lease_until = now() - make_interval(secs => $2) WHERE id = $1",
+        mint_id,
+        RELEASE_GRACE_S + 1,
+    )
+    regrant = await match(registry, again(first))
+    assert (regrant.mint_id, regrant.projects, regrant.expires_at) == (
+        grant.mint_id,
+        grant.projects,
+        grant.expires_at,
+    )
     assert await mints_of(conn, first) == 1
 
 

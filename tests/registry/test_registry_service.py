@@ -136,8 +136,11 @@ async def test_concurrent_presentations_give_one_grant(registry, conn):
 
     grants = [r for r in results if isinstance(r, MintGrant)]
     reused = [r for r in results if isinstance(r, ReusedToken)]
+    # Judged more than a second after the grant on a very slow machine: "come back" instead.
+    later = [r for r in results if isinstance(r, Unavailable) and "present the same token again" in str(r)]
     assert len(grants) == 1, results
-    assert len(reused) == 19, results
+    assert len(reused) + len(later) == 19, results
+    assert reused, results
     assert await conn.fetchval("SELECT count(*) FROM mints WHERE token_key = $1", claims["jti"]) == 1
     assert (
         await conn.fetchval(

@@ -114,6 +114,10 @@ COMMIT_MARGIN_S = 0.25
 # reported by its gateway, the registry waits before granting the record again: a gateway
 # reports within a fraction of a second unless it died (same section).
 RELEASE_GRACE_S = 10.0
+# A gateway reports a delivery within milliseconds: a presentation of the same token this soon
+# after its grant is answered as PyPI answers a second presentation; later, while the lease
+# runs with no report, it is asked to come back (same section).
+REPORT_QUIET_S = 1.0
 # The lease of a grant made outside a request (tests calling the matcher directly).
 DEFAULT_LEASE_S = 5.0
 LATE = "the exchange's deadline passed before the publisher was matched"
@@ -235,7 +239,8 @@ SELECT m.*, (SELECT count(*) FROM audit) AS recorded FROM m
 _MINT_OF_TOKEN = """
 SELECT publisher_id, delivered_at, revoked_at, released_at, expires_at <= clock_timestamp() AS expired,
        clock_timestamp() >= $3::timestamptz AS late,
-       extract(epoch FROM lease_until - clock_timestamp())::float8 AS lease_left
+       extract(epoch FROM lease_until - clock_timestamp())::float8 AS lease_left,
+       extract(epoch FROM clock_timestamp() - issued_at)::float8 AS age
 FROM mints WHERE issuer = $1 AND token_key = $2
 """
 
@@ -857,14 +862,16 @@ class Matcher:
         if state["late"]:
             raise Unavailable(LATE)
         lease_left = state["lease_left"]
-        if lease_left > 0 and state["released_at"] is None:
-            # Another exchange of this token is in flight (or a replay right after a success
-            # whose delivery is not recorded yet): PyPI's answer to a second presentation.
+        if lease_left > 0 and state["released_at"] is None and state["age"] < REPORT_QUIET_S:
+            # Granted a moment ago: a concurrent presentation, or a replay right after a success
+            # whose report is on its way. PyPI's answer to a second presentation.
             raise ReusedToken("invalid token: already used")
-        wait = max(1, math.ceil(lease_left + RELEASE_GRACE_S))
+        # The exchange holding the record is slow, or its gateway died without a word (a
+        # delivery would have been reported by now): come back once it can no longer deliver.
+        wait = max(1, math.ceil(max(lease_left, 0) + RELEASE_GRACE_S))
         error = Unavailable(
-            "an earlier exchange of this token ended moments ago and has not yet reported whether "
-            f"it delivered its upload token; present the same token again in {wait} s"
+            "an earlier exchange of this token has not reported whether it delivered its upload "
+            f"token; present the same token again in {wait} s"
         )
         error.context["retry_after"] = str(wait)
         raise error
