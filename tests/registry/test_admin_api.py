@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -396,6 +397,9 @@ async def test_the_clis_validation_applies_with_its_message(api: Api) -> None:
     status, answer = await api.call("GET", "/audit?limit=0&since=yesterday&colour=red")
     assert status == 422
     assert {e["field"] for e in answer["errors"]} == {"limit", "since", "colour"}
+    status, answer = await api.call("GET", "/publishers?colour=red&project=x")
+    assert status == 422
+    assert {e["field"] for e in answer["errors"]} == {"colour"}
     assert (await api.call("GET", "/publishers/not-a-uuid"))[0] == 404
     assert (await api.call("PUT", "/projects"))[0] == 405
     assert (await api.call("GET", "/nothing/here"))[0] == 404
@@ -406,6 +410,12 @@ async def test_a_missing_owner_id_names_its_field(api: Api) -> None:
     status, answer = await api.call("POST", "/publishers", body=body)
     assert status == 422
     assert [e["field"] for e in answer["errors"]] == ["owner_id"]
+
+
+def _json_of(out: str) -> Any:
+    """The CLI's JSON answer in captured stdout (the in-process services' log lines go there too)."""
+    start = min(i for i in (out.find("{\n"), out.find("[\n"), out.find("[]")) if i >= 0)
+    return json.JSONDecoder().raw_decode(out[start:])[0]
 
 
 async def test_the_cli_talks_to_the_api_with_a_token(
@@ -420,14 +430,14 @@ async def test_the_cli_talks_to_the_api_with_a_token(
     monkeypatch.setenv("TRUSTPUB_API_TOKEN", api.tokens["owner"])
     code, out, err = await cli("project", "list")
     assert code == 0, err
-    assert [p["name"] for p in json.loads(out)] == [api.ids["mine"]]
+    assert [p["name"] for p in _json_of(out)] == [api.ids["mine"]]
     owner = unique("cli")
     args = ["--project", api.ids["mine"], "--owner", owner, "--owner-id", "5", "--repository", "r"]
     code, out, err = await cli(
         "publisher", "add", "github", *args, "--workflow", "w.yml", "--allow-ref", "refs/tags/*"
     )
     assert code == 0, err
-    made = json.loads(out)["publisher"]
+    made = _json_of(out)["publisher"]
     assert made["spec"]["allowed_refs"] == ["refs/tags/*"]
     code, _, err = await cli(
         "publisher", "add", "github", *args, "--workflow", "w.yml", "--environment", " x"
@@ -442,12 +452,58 @@ async def test_the_cli_talks_to_the_api_with_a_token(
     assert "HTTP 403" in err
     code, out, err = await cli("publisher", "remove", made["id"])
     assert code == 0, err
-    assert json.loads(out)["removed"]["id"] == made["id"]
+    assert _json_of(out)["removed"]["id"] == made["id"]
     assert await conn.fetchval("SELECT count(*) FROM publishers WHERE id = $1", uuid.UUID(made["id"])) == 0
     monkeypatch.setenv("TRUSTPUB_API_TOKEN", api.tokens["read"])
     code, out, err = await cli("audit", "list", "--kind", "admin.call", "--limit", "5")
     assert code == 0, err
-    assert all(r["kind"] == "admin.call" for r in json.loads(out))
+    assert all(r["kind"] == "admin.call" for r in _json_of(out))
+
+
+async def test_apply_and_export_over_the_api(
+    api: Api, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = api.ids["mine"]
+    status, exported = await api.call("GET", "/export", token="read")
+    assert status == 200
+    assert f'name = "{mine}"' in exported["file"]
+    assert (await api.call("GET", "/export", token="owner"))[0] == 403
+    owner = unique("code")
+    text = f"""[[project]]\nname = "{mine}"\n\n[[publisher]]\nprovider = "github"\nprojects = ["{mine}"]
+owner = "{owner}"\nowner_id = "7"\nrepository = "r"\nworkflow = "w.yml"\n"""
+    for scope in ("read", "owner"):
+        assert (await api.call("POST", "/apply", token=scope, body={"file": text}))[0] == 403
+    status, planned = await api.call("POST", "/apply", body={"file": text, "dry_run": True})
+    assert status == 200
+    assert planned == {"plan": ["create github publisher (line 4) for " + mine], "applied": 0}
+    stale = {"file": text, "plan": ["something else"]}
+    assert (await api.call("POST", "/apply", body=stale))[0] == 409
+    status, done = await api.call("POST", "/apply", body={"file": text, "plan": planned["plan"]})
+    assert status == 200
+    assert done["applied"] == 1
+    status, again = await api.call("POST", "/apply", body={"file": text, "dry_run": True})
+    assert again["plan"] == []
+    status, answer = await api.call("POST", "/apply", body={"file": text.replace('"w.yml"', '"../w.yml"')})
+    assert status == 422
+    assert answer["errors"][0]["field"] == "file"
+    assert "line 4:" in answer["errors"][0]["message"]
+    status, answer = await api.call("POST", "/apply", body={"file": 1, "dry_run": "yes", "prune": None})
+    assert status == 422
+    assert {e["field"] for e in answer["errors"]} == {"file", "dry_run", "prune"}
+    # The CLI does the same over the API.
+    monkeypatch.setenv("TRUSTPUB_API_URL", api.base.removesuffix("/admin/v1"))
+    monkeypatch.setenv("TRUSTPUB_API_TOKEN", api.tokens["admin"])
+    path = tmp_path / "publishers.toml"
+    path.write_text(text.replace('"w.yml"', '"v.yml"'))
+    code, out, err = await cli("apply", "-f", str(path), "--dry-run")
+    assert code == 0, err
+    assert f"  create github publisher (line 4) for {mine}\n" in out
+    code, out, err = await cli("apply", "-f", str(path))
+    assert code == 0, err
+    assert "applied 1 change(s)" in out
+    code, out, err = await cli("export")
+    assert code == 0, err
+    assert 'workflow = "v.yml"' in out
 
 
 async def test_the_openapi_document_is_served_on_the_admin_port_only(api: Api) -> None:

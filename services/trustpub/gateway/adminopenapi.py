@@ -31,7 +31,10 @@ def _errors(*codes: int) -> dict[str, Any]:
         413: "The body is larger than the limit.",
         422: "The request is invalid: `errors` names each field and what is wrong with it.",
     }
-    out: dict[str, Any] = {str(c): {"description": what[c], "content": _ERROR} for c in (401, 403, *codes)}
+    # 422 for every operation: an unknown query parameter is refused, never ignored.
+    out: dict[str, Any] = {
+        str(c): {"description": what[c], "content": _ERROR} for c in (401, 403, 422, *codes)
+    }
     out["503"] = {"description": "The registry did not answer; retry.", "headers": _RETRY, "content": _ERROR}
     return out
 
@@ -182,6 +185,24 @@ _PATHS: dict[str, Any] = {
             ],
         ),
     },
+    "/admin/v1/export": {
+        "get": _op(
+            "exportFile",
+            "The projects and publishers as a publishers file (scope admin or read)",
+            {"200": {"description": "The file.", "content": _json("File")}},
+        ),
+    },
+    "/admin/v1/apply": {
+        "post": _op(
+            "applyFile",
+            "Make the database match a publishers file (scope admin): the plan, then the changes",
+            {"200": {"description": "The plan, and the changes applied.", "content": _json("Applied")}},
+            409,
+            413,
+            422,
+            requestBody=_body("ApplyRequest"),
+        ),
+    },
     "/admin/v1/mints/{id}/revoke": {
         "parameters": _path_param("id", uuid=True),
         "post": _op(
@@ -328,6 +349,23 @@ _COMPONENTS: dict[str, Any] = {
                 "code": _STR,
                 "detail": {"type": "object"},
             },
+        },
+        "File": {"type": "object", "required": ["file"], "properties": {"file": _STR}},
+        "ApplyRequest": {
+            "type": "object",
+            "required": ["file"],
+            "properties": {
+                "file": _STR,
+                "dry_run": {"type": "boolean"},
+                "prune": {"type": "boolean"},
+                "plan": {"type": "array", "items": _STR},
+            },
+            "additionalProperties": False,
+        },
+        "Applied": {
+            "type": "object",
+            "required": ["plan", "applied"],
+            "properties": {"plan": {"type": "array", "items": _STR}, "applied": {"type": "integer"}},
         },
         "Revoked": {
             "type": "object",

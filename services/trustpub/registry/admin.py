@@ -23,7 +23,7 @@ import structlog
 
 from trustpub.messages.v1 import AdminReply, AdminRequest
 from trustpub.providers.rules import RegistrationError, quote
-from trustpub.registry import admintokens, db
+from trustpub.registry import admintokens, ascode, db
 from trustpub.registry.admintokens import AdminToken
 from trustpub.registry.config import Settings
 from trustpub.registry.publisherfields import FIELDS, FieldErrors, registration
@@ -45,6 +45,9 @@ WITH upd AS (
 )
 SELECT (SELECT count(*) FROM audit) AS revoked_now
 """
+
+
+_JSON_TYPES: dict[str, type] = {"string": str, "boolean": bool, "array": list}
 
 
 class ApiError(Exception):
@@ -110,8 +113,8 @@ class Call:
             if name not in value:
                 if name in required:
                     errors[name] = "is required"
-            elif kind == "string" and not isinstance(value[name], str):
-                errors[name] = "must be a string"
+            elif not isinstance(value[name], _JSON_TYPES[kind]):
+                errors[name] = f"must be a{'n' if kind == 'array' else ''} {kind}"
         if errors:
             raise ApiError(422, "invalid-request", "the body has invalid fields", errors)
         return value
@@ -375,6 +378,46 @@ async def revoke_mint(call: Call) -> tuple[int, Any]:
     return 200, {"mint_id": str(mint_id), "revoked": True, "revoked_now": bool(done["revoked_now"])}
 
 
+# --- publishers as code -------------------------------------------------------------------------------
+
+
+async def export_file(call: Call) -> tuple[int, Any]:
+    call.need_read_all()
+    return 200, {"file": await ascode.export(call.conn)}
+
+
+async def apply_file(call: Call) -> tuple[int, Any]:
+    """``trustpub apply`` over the API (scope admin): the plan, and unless ``dry_run`` the
+    changes; ``plan`` (a dry run's lines) makes it stop if the plan is no longer that one."""
+    call.need_admin()
+    body = call.object_body(
+        {"file": "string", "dry_run": "boolean", "prune": "boolean", "plan": "array"}, required=("file",)
+    )
+    expected = body.get("plan")
+    if expected is not None and not all(isinstance(x, str) for x in expected):
+        raise ApiError(422, "invalid-request", "invalid plan", {"plan": "must be an array of strings"})
+    prune = bool(body.get("prune", False))
+    try:
+        desired = ascode.parse(body["file"], registrant=call.actor)
+        shown = await ascode.plan(call.conn, desired, prune=prune)
+    except ascode.FileErrors as exc:
+        raise ApiError(
+            422,
+            "invalid-request",
+            "the file has errors; nothing was changed",
+            {"file": "\n".join(exc.errors)},
+        ) from None
+    if expected is not None and expected != shown.lines():
+        raise ApiError(409, "conflict", "the database changed since that plan was made; nothing was changed")
+    done = 0
+    if not body.get("dry_run", False) and not shown.empty:
+        try:
+            done = await ascode.apply(call.conn, desired, shown, prune=prune, actor=call.actor)
+        except ascode.Conflict as exc:
+            raise ApiError(409, "conflict", str(exc)) from None
+    return 200, {"plan": shown.lines(), "applied": done}
+
+
 # --- routing ----------------------------------------------------------------------------------------
 
 _SEGMENT = r"([^/]+)"
@@ -394,8 +437,23 @@ ROUTES: tuple[tuple[str, re.Pattern[str], Operation], ...] = tuple(
         ("DELETE", "/pending/{}", remove_pending),
         ("GET", "/audit", list_audit),
         ("POST", "/mints/{}/revoke", revoke_mint),
+        ("GET", "/export", export_file),
+        ("POST", "/apply", apply_file),
     )
 )
+
+
+# The query parameters each operation takes; any other is a 422 (never silently ignored).
+_QUERY: dict[Any, tuple[str, ...]] = {list_publishers: ("project",)}
+
+
+def _check_query(op: Operation, query: dict[str, str]) -> None:
+    if op is list_audit:
+        return  # it checks its filters itself, every error at once
+    allowed = _QUERY.get(op, ())
+    unknown = {k: "is not a parameter of this operation" for k in query if k not in allowed}
+    if unknown:
+        raise ApiError(422, "invalid-request", "unknown query parameters", unknown)
 
 
 def route(method: str, path: str) -> tuple[Operation, tuple[str, ...]]:
@@ -439,6 +497,7 @@ class Admin:
                     token = await admintokens.authenticate(conn, req.token)
                 except admintokens.Refused as exc:
                     raise ApiError(401, "unauthenticated", str(exc)) from None
+                _check_query(op, req.query)
                 async with conn.transaction():
                     call = Call(token=token, req=req, conn=conn, args=args, settings=self.settings)
                     status, value = await op(call)

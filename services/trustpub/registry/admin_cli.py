@@ -104,7 +104,7 @@ async def token_command(conn: Any, args: argparse.Namespace, as_json: bool) -> N
 
 # The commands that work over the admin API too (``--api URL``, token in TRUSTPUB_API_TOKEN).
 API_COMMANDS = {("project", "add"), ("project", "list"), ("publisher", "add"), ("publisher", "list")}
-API_COMMANDS |= {("publisher", "remove"), ("audit", "list")}
+API_COMMANDS |= {("publisher", "remove"), ("audit", "list"), ("apply", ""), ("export", "")}
 
 
 class ApiCommandError(Exception):
@@ -146,13 +146,28 @@ def _registration(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
+def _file_command(args: argparse.Namespace, base: str, token: str) -> Any:  # noqa: ANN401
+    """``export`` and ``apply`` over the API: the registry plans and applies under its lock."""
+    if args.command == "export":
+        return _request(base, token, "GET", "/export")
+    try:
+        text = args.file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ApiCommandError(f"cannot read {args.file}: {exc}") from None
+    return _request(
+        base, token, "POST", "/apply", {"file": text, "dry_run": args.dry_run, "prune": args.prune}
+    )
+
+
 def api_command(args: argparse.Namespace, base: str, token: str) -> Any:  # noqa: ANN401, PLR0911  (one call per command)
     """Run ``args`` over the admin API; returns the answer (JSON).
 
     Raises:
         ApiCommandError: a refusal, or the API cannot be reached.
     """
-    key = (args.command, args.action)
+    key = (args.command, getattr(args, "action", ""))
+    if args.command in {"apply", "export"}:
+        return _file_command(args, base, token)
     if key == ("project", "add"):
         return _request(base, token, "POST", "/projects", {"name": args.name})
     if key == ("project", "list"):

@@ -624,7 +624,10 @@ async def _apply(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  #
 
 
 async def _export(conn: Any, args: argparse.Namespace, _: bool) -> None:  # noqa: ANN401, FBT001
-    text = await ascode.export(conn)
+    _write_export(args, await ascode.export(conn))
+
+
+def _write_export(args: argparse.Namespace, text: str) -> None:
     if args.output:
         args.output.write_text(text, encoding="utf-8")
     else:
@@ -701,12 +704,22 @@ def _api(args: argparse.Namespace, url: str) -> int:
         if not token:
             _fail("--api needs a token: TRUSTPUB_API_TOKEN or TRUSTPUB_API_TOKEN_FILE")
             return EXIT_USAGE
-        _print_json(admin_cli.api_command(args, url, token))
+        answer = admin_cli.api_command(args, url, token)
+        if args.command == "export" and not getattr(args, "json", False):
+            _write_export(args, answer["file"])
+        elif args.command == "apply" and not getattr(args, "json", False):
+            _out("\n".join(f"  {line}" for line in answer["plan"]) or "  nothing to change")
+            if answer["applied"]:
+                _out(f"applied {answer['applied']} change(s)")
+        else:
+            _print_json(answer)
     except ConfigError as exc:
         _fail(str(exc))
         return EXIT_USAGE
     except admin_cli.ApiCommandError as exc:
         _fail(str(exc))
+        if str(exc).startswith("HTTP 409"):
+            return EXIT_CONFLICT
         return EXIT_USAGE if str(exc).startswith("HTTP 4") else EXIT_UNAVAILABLE
     return EXIT_OK
 
