@@ -11,10 +11,8 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import msgspec
-import nats.errors
 import structlog
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from trustpub.messages import ErrorCode, Unavailable
 from trustpub.messages.endpoints import (
@@ -32,22 +30,16 @@ from trustpub.providers.issuers import IssuerRegistry
 from trustpub.registry import uploads
 from trustpub.registry.admin import Admin
 from trustpub.registry.config import Settings
+from trustpub.registry.consumer import RETRY_DELAY_S, EventConsumer
 from trustpub.registry.db import Database, purge_expired_pending, purge_used_tokens
 from trustpub.registry.match import PROVIDERS, Matcher
 from trustpub.registry.metrics import RegistryMetrics
 from trustpub.runtime import Forward, Runtime
-from trustpub.runtime.events import ensure_stream
 from trustpub.runtime.seal import SealError
 from trustpub.runtime.streamwatch import watch_event_stream
 
 log = structlog.get_logger("trustpub.registry")
 
-AUDIT_BATCH = 100
-AUDIT_FETCH_WAIT_S = 1.0
-# How long JetStream waits for an ack before redelivering; a batch insert takes
-# milliseconds, so this only matters when this replica died mid-batch.
-AUDIT_ACK_WAIT_S = 30.0
-AUDIT_RETRY_DELAY_S = 2.0
 MAX_DESCRIPTION = 1000
 # Non-UUID event ids are mapped to a UUID deterministically, so redelivery stays idempotent.
 _EVENT_NAMESPACE = uuid.UUID("5f0c7a52-6f1e-4d57-9a51-0d4f1bb1f0a4")
@@ -166,7 +158,7 @@ AUDIT_CODES = frozenset(c.value for c in ErrorCode) | {"rate-limited"}
 AUDIT_PROVIDERS = frozenset(PROVIDERS) | {"unknown"}
 
 
-class AuditConsumer:
+class AuditConsumer(EventConsumer):
     """Stores the gateway's exchange events in ``audit_events``, each once, and applies them
     to the mint records: ``exchange.failed`` (one event per message) or ``exchange.succeeded``
     (batches), one consumer per event.
@@ -188,68 +180,21 @@ class AuditConsumer:
         issuers: IssuerRegistry,
         event: Event[ExchangeEvent] | Event[ExchangeEvents] = EXCHANGE_FAILED,
     ) -> None:
-        self.rt = rt
+        super().__init__(rt, event)
         self.db = db
         self.metrics = metrics
         self.issuers = issuers
-        self.event = event
         self.kind = f"exchange.{event.fact}"
-        self.subject = event.subject(rt.subjects.root)
-        self.durable = rt.subjects.durable(event.durable)
         self._decoder: msgspec.json.Decoder[ExchangeEvent | ExchangeEvents] = msgspec.json.Decoder(event.type)
-        self._sub: Any = None
+        self._backlog_at = 0.0
 
-    async def run(self) -> None:
-        try:
-            await self._consume()
-        finally:
-            # A pull subscription left open holds nc.drain() until its timeout.
-            if self._sub is not None:
-                with contextlib.suppress(Exception):
-                    await self._sub.unsubscribe()
-
-    async def _consume(self) -> None:
-        js = self.rt.nc.jetstream()
-        sub: Any = None
-        delay = AUDIT_RETRY_DELAY_S
-        backlog_at = 0.0
-        while not self.rt.stopping:
-            try:
-                if sub is None:
-                    await ensure_stream(js, self.rt.subjects)
-                    sub = await js.pull_subscribe(
-                        self.subject,
-                        durable=self.durable,
-                        stream=self.rt.subjects.events_stream,
-                        config=ConsumerConfig(
-                            ack_policy=AckPolicy.EXPLICIT,
-                            deliver_policy=DeliverPolicy.ALL,
-                            ack_wait=AUDIT_ACK_WAIT_S,
-                        ),
-                    )
-                    self._sub = sub
-                    log.info("audit_consumer_started", durable=self.durable)
-                try:
-                    msgs = await sub.fetch(batch=AUDIT_BATCH, timeout=AUDIT_FETCH_WAIT_S)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    msgs = []
-                if msgs:
-                    await self.store(msgs)
-                if not msgs or time.monotonic() - backlog_at >= 1.0:
-                    info = await sub.consumer_info()
-                    self.metrics.audit_backlog.labels(self.kind).set(
-                        (info.num_pending or 0) + (info.num_ack_pending or 0)
-                    )
-                    backlog_at = time.monotonic()
-                delay = AUDIT_RETRY_DELAY_S
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001  (outages of NATS or PostgreSQL: retry)
-                if self.rt.stopping:
-                    break
-                log.warning("audit_consumer_retrying", error=type(exc).__name__, detail=str(exc)[:200])
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+    async def observe(self, sub: Any, fetched: int) -> None:  # noqa: ANN401
+        if not fetched or time.monotonic() - self._backlog_at >= 1.0:
+            info = await sub.consumer_info()
+            self.metrics.audit_backlog.labels(self.kind).set(
+                (info.num_pending or 0) + (info.num_ack_pending or 0)
+            )
+            self._backlog_at = time.monotonic()
 
     async def store(self, msgs: Sequence[Msg]) -> int:
         """Insert a batch of events and apply them to the mint records; ack them after the
@@ -283,7 +228,7 @@ class AuditConsumer:
         except Unavailable:
             for msg in good:
                 with contextlib.suppress(Exception):
-                    await msg.nak(delay=AUDIT_RETRY_DELAY_S)
+                    await msg.nak(delay=RETRY_DELAY_S)
             raise
         self.metrics.audited(self.kind, row["audited"])
         self.metrics.delivery_marks.labels("delivered").inc(row["delivered"])

@@ -11,7 +11,6 @@ Refused uploads arrive as sealed ``upload.refused`` events and become audit rows
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import uuid
@@ -19,10 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-import nats.errors
 import structlog
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from trustpub.messages import InvalidPayload, InvalidToken, Unavailable
 from trustpub.messages.endpoints import UPLOAD_PROVENANCE, UPLOAD_RECORD, UPLOAD_REFUSED
@@ -35,10 +32,10 @@ from trustpub.messages.v1 import (
     UploadRecord,
     UploadRecordRequest,
 )
+from trustpub.registry.consumer import RETRY_DELAY_S, EventConsumer
 from trustpub.registry.db import Database
 from trustpub.registry.metrics import RegistryMetrics
 from trustpub.runtime import Forward, Runtime
-from trustpub.runtime.events import ensure_stream
 from trustpub.runtime.seal import SealError
 
 log = structlog.get_logger("trustpub.registry")
@@ -50,9 +47,6 @@ MAX_NAME = 300
 REFUSAL_CODES = frozenset(
     {"invalid-token", "forbidden", "invalid-upload", "too-large", "unavailable", "index-refused"}
 )
-CONSUMER_BATCH = 100
-FETCH_WAIT_S = 1.0
-RETRY_DELAY_S = 2.0
 
 _RECORD = """
 WITH m AS (
@@ -181,57 +175,15 @@ class Uploads:
         return Forward(ProvenanceSignRequest(record=_record(row)))
 
 
-class RefusalConsumer:
+class RefusalConsumer(EventConsumer):
     """Stores the gate's ``upload.refused`` events in ``audit_events``, once each, only with the
     gate's seal and a code a gate refuses with; acknowledged after the commit."""
 
     def __init__(self, rt: Runtime, db: Database, metrics: RegistryMetrics) -> None:
-        self.rt = rt
+        super().__init__(rt, UPLOAD_REFUSED)
         self.db = db
         self.metrics = metrics
         self.decoder = msgspec.json.Decoder(UploadEvent)
-        self._sub: Any = None
-
-    async def run(self) -> None:
-        try:
-            await self._consume()
-        finally:
-            # A pull subscription left open holds nc.drain() until its timeout.
-            if self._sub is not None:
-                with contextlib.suppress(Exception):
-                    await self._sub.unsubscribe()
-
-    async def _consume(self) -> None:
-        js = self.rt.nc.jetstream()
-        names = self.rt.subjects
-        delay = RETRY_DELAY_S
-        while not self.rt.stopping:
-            try:
-                if self._sub is None:
-                    await ensure_stream(js, names)
-                    self._sub = await js.pull_subscribe(
-                        UPLOAD_REFUSED.subject(names.root),
-                        durable=names.durable(UPLOAD_REFUSED.durable),
-                        stream=names.events_stream,
-                        config=ConsumerConfig(
-                            ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30.0
-                        ),
-                    )
-                try:
-                    msgs = await self._sub.fetch(batch=CONSUMER_BATCH, timeout=FETCH_WAIT_S)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    msgs = []
-                if msgs:
-                    await self.store(msgs)
-                delay = RETRY_DELAY_S
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001  (outages of NATS or PostgreSQL: retry)
-                if self.rt.stopping:
-                    break
-                log.warning("upload_audit_retrying", error=type(exc).__name__, detail=str(exc)[:200])
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
 
     async def store(self, msgs: Sequence[Msg]) -> int:
         """Insert a batch of refusals; ack them after the commit. Returns the rows inserted.
