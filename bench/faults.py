@@ -51,6 +51,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from bench.exchange import PUBLISHER
 from trustpub.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
 from trustpub.devstack.servers import DevServerError, NatsServer, PostgresServer
 from trustpub.devstack.stack import SERVICES, Stack
@@ -61,23 +62,7 @@ MINT_PATH = "/_/oidc/mint-token"
 # The audit rows of an HTTP answer of mint-token: exactly one per answer.
 ANSWER_KINDS = ("exchange.succeeded", "exchange.failed")
 GRANT_KIND = "mint.granted"
-# The publisher every token matches (github_claims' defaults; both ids pinned at registration,
-# so no exchange takes the publisher's row lock).
 PROJECT = "faults-pkg"
-PUBLISHER = (
-    "--owner",
-    "octo-org",
-    "--owner-id",
-    "1001",
-    "--repository",
-    "demo",
-    "--repository-id",
-    "2002",
-    "--workflow",
-    "release.yml",
-    "--environment",
-    "release",
-)
 # A 503 or no answer at all is worth trying again; a 422 is final.
 RETRYABLE = frozenset({0, 429, 502, 503, 504})
 # Tokens signed ahead are used within this many seconds (they are valid for 300, and a retry
