@@ -59,7 +59,7 @@ from tests.waiting import WAIT_S, bounded
 from trustpub.devstack.issuer import SigningKey
 from trustpub.devstack.servers import free_port
 from trustpub.devstack.stack import Stack
-from trustpub.messages import DEADLINE_HEADER, EXCHANGE_ID_HEADER, Subjects, uploadtoken
+from trustpub.messages import DEADLINE_HEADER, EXCHANGE_ID_HEADER, Subjects
 from trustpub.messages.endpoints import (
     EXCHANGE_FAILED,
     EXCHANGE_SUCCEEDED,
@@ -80,6 +80,7 @@ from trustpub.messages.endpoints import (
     pair_name,
 )
 from trustpub.messages.keys import kv_key
+from trustpub.messages.text import b64, unb64
 from trustpub.messages.v1 import (
     BurnRequest,
     ErrorReply,
@@ -402,7 +403,7 @@ async def legit_mint(http, stack: Stack, token: str) -> str:
 
 
 def claims_of(upload_token: str) -> dict[str, Any]:
-    return json.loads(uploadtoken.unb64(upload_token.removeprefix("trustpub-").split(".")[1]))
+    return json.loads(unb64(upload_token.removeprefix("trustpub-").split(".")[1]))
 
 
 async def introspect(http, base_url: str, token: str) -> dict[str, Any]:
@@ -550,9 +551,9 @@ def tampered(token: str) -> str:
     """``token`` with another project in its claims, its signature kept."""
     prefix, rest = "trustpub-", token.removeprefix("trustpub-")
     header, payload, signature = rest.split(".")
-    claims = json.loads(uploadtoken.unb64(payload))
+    claims = json.loads(unb64(payload))
     claims["projects"] = [*claims["projects"], "someone-elses-project"]
-    body = uploadtoken.b64(json.dumps(claims, separators=(",", ":")).encode()).decode()
+    body = b64(json.dumps(claims, separators=(",", ":")).encode()).decode()
     return f"{prefix}{header}.{body}.{signature}"
 
 

@@ -43,6 +43,7 @@ from tests.waiting import until
 from trustpub.devstack.index import DevCertificate, PypiServer
 from trustpub.devstack.servers import free_port
 from trustpub.messages import provenance, uploadtoken
+from trustpub.messages.text import b64, unb64
 from trustpub.minter import keys as minter_keys
 from trustpub.minter.tokens import Signer
 
@@ -83,7 +84,7 @@ async def upload_token(http, stack, publisher: Publisher) -> str:
 
 def claims_of(token: str) -> dict:
     payload = token.split(".")[1]
-    return json.loads(uploadtoken.unb64(payload))
+    return json.loads(unb64(payload))
 
 
 async def jwks(gate: GateUnderTest) -> dict[str, uploadtoken.PublicKey]:
@@ -349,7 +350,7 @@ async def test_expired_burned_foreign_and_forged_tokens_are_refused_with_401(
     # Forged: the real token with its projects widened, the signature kept.
     head, _, sig = token.removeprefix("trustpub-").split(".")
     widened = {**claims, "projects": [*claims["projects"], "someone-elses"]}
-    forged = "trustpub-" + ".".join([head, uploadtoken.b64(json.dumps(widened).encode()).decode(), sig])
+    forged = "trustpub-" + ".".join([head, b64(json.dumps(widened).encode()).decode(), sig])
     for bad_token, why in ((expired, "expired"), (foreign, "not a token"), (forged, "signature")):
         status, _, text = await upload(bad_token)
         assert status == 401, (why, status, text)

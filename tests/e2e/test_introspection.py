@@ -20,7 +20,8 @@ import pytest
 from tests.e2e.conftest import bounded, mint
 
 from trustpub.gateway.minterkeys import MinterKeys
-from trustpub.messages import InvalidToken, Unavailable, uploadtoken
+from trustpub.messages import InvalidToken, Unavailable
+from trustpub.messages.text import unb64
 from trustpub.messages.v1 import KeysReply, MintGrant
 from trustpub.minter import keys as minter_keys
 from trustpub.minter.tokens import Signer
@@ -35,7 +36,7 @@ def signer(stack_env: dict[str, str], **overrides: str) -> Signer:
 
 def claims_of(token: str) -> dict[str, Any]:
     payload = token.removeprefix("trustpub-").split(".")[1]
-    return json.loads(uploadtoken.unb64(payload))
+    return json.loads(unb64(payload))
 
 
 async def introspect(http, stack, token: str) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def test_use_and_alg_may_be_absent(good):
         (
             lambda: padded(rsa_jwk("pad")),
             "key",
-            "n must be a base64url string",
+            "n is not valid base64url",
         ),
         (lambda: {**rsa_jwk("ne"), "e": 65537}, "key", "e must be a base64url string"),
         (lambda: {**ec_jwk("k1"), "crv": "secp256k1"}, "key", "crv 'secp256k1'"),
@@ -92,7 +92,7 @@ def test_ec_key_with_rsa_algorithm_is_dropped(good):
 @pytest.mark.parametrize(
     ("doc", "reason"),
     [
-        ([], "must be a JSON object, got a list"),
+        ([], "must be a JSON object, got an array"),
         ({}, "must have a 'keys' list, got null"),
         ({"keys": {}}, "must have a 'keys' list, got an object"),
         ({"keys": []}, "no usable key (0 listed, 0 dropped)"),

@@ -7,8 +7,9 @@ so both import :func:`kv_key` from here; both judge a ``kid`` by :data:`KID_RE`.
 
 from __future__ import annotations
 
-import base64
 import re
+
+from trustpub.messages.text import b64
 
 # RFC 7517 allows any string as a kid, and real issuers use more than [A-Za-z0-9._-]: RFC 7520's
 # example key is "bilbo.baggins@hobbiton.example", hosted issuers use base64 with + / =. A kid
@@ -24,4 +25,4 @@ def kv_key(issuer: str) -> str:
     An issuer is a URL, whose ``:`` and ``/`` are not allowed in a key-value key; base64url
     maps every string onto ``[A-Za-z0-9_-]``, which is, and keeps distinct issuers distinct.
     """
-    return base64.urlsafe_b64encode(issuer.encode()).rstrip(b"=").decode("ascii")
+    return b64(issuer.encode()).decode("ascii")

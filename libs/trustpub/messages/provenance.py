@@ -11,7 +11,6 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
-import binascii
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -19,7 +18,8 @@ from typing import Any
 import orjson
 
 from trustpub.messages.errors import InvalidToken
-from trustpub.messages.uploadtoken import PublicKey, b64, unb64
+from trustpub.messages.text import b64, unb64
+from trustpub.messages.uploadtoken import PublicKey
 from trustpub.messages.v1 import UploadRecord
 
 TYP = "trustpub-provenance+jwt"
@@ -88,7 +88,7 @@ def verify(jws: str, *, keys: Mapping[str, PublicKey], issuer: str | None = None
         head = orjson.loads(unb64(parts[0]))
         body = orjson.loads(unb64(parts[1]))
         sig = unb64(parts[2])
-    except (ValueError, binascii.Error, orjson.JSONDecodeError):
+    except (ValueError, orjson.JSONDecodeError):
         raise InvalidToken("not a provenance statement") from None
     if not isinstance(head, dict) or head.get("typ") != TYP or not isinstance(body, dict):
         raise InvalidToken("not a provenance statement")

@@ -15,6 +15,8 @@ import math
 import re
 from typing import Any
 
+from trustpub.messages.text import shown
+
 MAX_DEPTH = 32
 # A JSON escape of a UTF-16 surrogate (\ud800-\udfff): only then can a lone one be present.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -27,21 +29,13 @@ class StrictJSONError(ValueError):
     UTF-16 surrogate escape``."""
 
 
-def shown(value: str, limit: int = 40) -> str:
-    """``value`` cut to ``limit`` characters, unprintable ones escaped (safe in a message)."""
-    cut = value[:limit]
-    if not cut.isprintable():
-        cut = cut.encode("unicode_escape").decode("ascii")
-    return cut + ("..." if len(value) > limit else "")
-
-
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise StrictJSONError(f'is not strict JSON: duplicate key "{shown(key)}"')
+                raise StrictJSONError(f'is not strict JSON: duplicate key "{shown(key, 40)}"')
             seen.add(key)
     return obj
 

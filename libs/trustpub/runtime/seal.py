@@ -16,8 +16,6 @@ the bucket, an event) binds its key or subject and the bytes.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import hashlib
 import hmac
@@ -27,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trustpub.messages.endpoints import pair_name, pairs_of
+from trustpub.messages.text import b64, unb64
 
 SEAL_HEADER = "Trustpub-Seal"
 # A sealed request is good until its deadline, and never longer than this after it was sent,
@@ -54,15 +53,6 @@ class KeyRingError(Exception):
     """A key ring file is missing or unusable; the message says which and why."""
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    # validate: a character outside the alphabet is an error, not silently skipped.
-    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-
-
 @dataclass(frozen=True)
 class KeyRing:
     """The keys of one (sender, receiver) pair; the first seals."""
@@ -84,7 +74,7 @@ class KeyRing:
             raw = part.encode() if isinstance(part, str) else bytes(part)
             mac.update(len(raw).to_bytes(4, "big"))
             mac.update(raw)
-        return _b64(mac.digest())
+        return b64(mac.digest()).decode("ascii")
 
     def seal(self, *parts: bytes | str) -> tuple[str, str]:
         """(key id, MAC) over ``parts`` with the first key."""
@@ -120,8 +110,11 @@ def parse_ring(name: str, text: str) -> KeyRing:
             raise KeyRingError(f"key ring {name}, line {number}: expected '<key id> <secret>'")
         kid, secret = fields
         try:
-            key = _unb64(secret)
-        except (ValueError, binascii.Error):
+            # `trustpub bus init` writes base64url without padding; a secret an operator made
+            # for a rotation (README, "The bus") may be encoded otherwise: its bytes count.
+            key = unb64(secret, canonical=False)
+        except ValueError:
+            # The secret is not repeated in the error, nor in its cause.
             raise KeyRingError(f"key ring {name}, line {number}: the secret is not base64url") from None
         if len(key) < KEY_BYTES:
             raise KeyRingError(
@@ -135,7 +128,7 @@ def parse_ring(name: str, text: str) -> KeyRing:
 
 def new_ring_line() -> str:
     """A fresh key, as a line of a key ring file."""
-    return f"{secrets.token_hex(4)} {_b64(secrets.token_bytes(KEY_BYTES))}\n"
+    return f"{secrets.token_hex(4)} {b64(secrets.token_bytes(KEY_BYTES)).decode('ascii')}\n"
 
 
 def write_secret(path: Path, text: str) -> None:

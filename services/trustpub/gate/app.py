@@ -39,6 +39,7 @@ from trustpub.messages.endpoints import (
     UPLOAD_RECORD,
     UPLOAD_REFUSED,
 )
+from trustpub.messages.text import reason_phrase
 from trustpub.messages.v1 import (
     KeysReply,
     KeysRequest,
@@ -278,8 +279,7 @@ class Gate:
     @staticmethod
     def _answer(status: int, reason: str, body: bytes, content_type: str) -> web.Response:
         """The index's own answer, passed on."""
-        reason = "".join(c if " " <= c <= "~" else "?" for c in reason)[:300] or None  # type: ignore[assignment]
-        response = web.Response(status=status, reason=reason or None, body=body)
+        response = web.Response(status=status, reason=reason_phrase(reason) or None, body=body)
         response.headers["Content-Type"] = content_type
         return response
 

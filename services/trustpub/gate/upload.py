@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from aiohttp import BodyPartReader, MultipartReader, web
 
 from trustpub.messages.provenance import distribution_of, normalize
+from trustpub.messages.text import reason_phrase
 
 T = TypeVar("T")
 
@@ -49,11 +50,12 @@ class Refusal(Exception):
 
     def response(self) -> web.Response:
         # The message in the status line too, as PyPI does: twine shows the reason phrase.
-        reason = "".join(c if " " <= c <= "~" else "?" for c in self.message)[:300]
         headers = {"WWW-Authenticate": 'Basic realm="trustpub"'} if self.status == 401 else None
         if self.status == 503:
             headers = {"Retry-After": "5"}
-        return web.Response(status=self.status, reason=reason, text=self.message + "\n", headers=headers)
+        return web.Response(
+            status=self.status, reason=reason_phrase(self.message), text=self.message + "\n", headers=headers
+        )
 
 
 def bad(message: str) -> Refusal:

@@ -18,6 +18,7 @@ import aiohttp
 
 from trustpub.jwks.validate import KeySetRefused, ValidKeys, validate_key_set
 from trustpub.messages import strictjson
+from trustpub.messages.text import shown
 from trustpub.providers.issuers import Issuer, https_origin, origins
 
 # (DESIGN.md, "Keys of identity providers"): connect within 2 s; the total (fetch_timeout) bounds the rest.
@@ -121,7 +122,7 @@ class Fetcher:
                     if len(body) > self._max_bytes:
                         raise FetchError(f"{what} at {url} is over {self._max_bytes} bytes", result="refused")
         except aiohttp.ClientError as exc:
-            raise FetchError(f"{what} at {url}: {type(exc).__name__}: {_bounded(str(exc))}") from exc
+            raise FetchError(f"{what} at {url}: {type(exc).__name__}: {shown(exc, 197)}") from exc
         except TimeoutError:
             raise FetchError(f"{what} at {url}: no answer within {self._timeout:g} s") from None
         return parse_json(bytes(body), f"{what} at {url}"), max_age
@@ -171,9 +172,9 @@ def check_jwks_uri(uri: object, iss: Issuer) -> None:
     allowed = origins(iss, keys=True)
     if origin in allowed:
         return
-    shown = ", ".join(f"'{h}:{p}'" for h, p in sorted(allowed))
+    hosts = ", ".join(f"'{h}:{p}'" for h, p in sorted(allowed))
     raise FetchError(
-        f"jwks_uri {_show(uri)} is not https on the issuer's hosts and ports ({shown})", result="refused"
+        f"jwks_uri {_show(uri)} is not https on the issuer's hosts and ports ({hosts})", result="refused"
     )
 
 
@@ -199,9 +200,4 @@ def _is_loopback(host: str) -> bool:
 
 
 def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _bounded(text: str) -> str:
-    return text if len(text) <= 200 else text[:197] + "..."
+    return shown(repr(value), 77)

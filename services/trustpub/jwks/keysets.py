@@ -50,6 +50,7 @@ from trustpub.jwks.metrics import JwksMetrics
 from trustpub.jwks.store import Stored
 from trustpub.jwks.validate import ValidKeys
 from trustpub.messages import InvalidPayload, Unavailable
+from trustpub.messages.text import shown
 from trustpub.messages.v1 import KeySet, KeySetRotated
 from trustpub.providers.issuers import Issuer, IssuerRegistry
 from trustpub.runtime.keysets import CLOCK_SLACK_S
@@ -220,8 +221,7 @@ class KeySets:
         if iss is None or not iss.enabled:
             # Never fetched: only the operator's configuration names URLs (invariant 4,
             # DESIGN.md "Invariants").
-            shown = issuer if len(issuer) <= 100 else issuer[:97] + "..."
-            raise InvalidPayload(f"issuer {shown!r} is not a configured, enabled issuer")
+            raise InvalidPayload(f"issuer {shown(issuer, 97)!r} is not a configured, enabled issuer")
         return iss
 
     async def _read(self, iss: Issuer) -> KeySet | None:
@@ -363,7 +363,7 @@ class KeySets:
         # other replicas respect the cooldown and verifiers know the set may be incomplete.
         # Conditional: a replica that stored a new set meanwhile wins.
         checked = msgspec.structs.replace(
-            prev.keyset, checked_at=self.now(), pending_since=0.0, last_error=_bounded(reason)
+            prev.keyset, checked_at=self.now(), pending_since=0.0, last_error=shown(reason, 297)
         )
         try:
             if await self._store.update(checked, prev.revision) is not None:
@@ -479,7 +479,3 @@ def _event_id(old: KeySet | None, new: KeySet) -> str:
     digest.update(repr(old.fetched_at if old is not None else None).encode())
     digest.update(json.dumps(new.keys, sort_keys=True).encode())
     return digest.hexdigest()[:32]
-
-
-def _bounded(text: str) -> str:
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -12,9 +12,6 @@ key it cannot use, and only its public members are kept.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwcrypto import jwk
 
 from trustpub.messages.keys import KID_RE, KID_RULE
-
-_B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
+from trustpub.messages.text import json_type, shown, unb64
 
 # 2048 bits is the floor of RFC 7518 §3.3 for RS256; above 4096 a verification costs much
 # CPU for no gain, and no identity provider publishes such keys.
@@ -95,10 +91,10 @@ def validate_key_set(doc: object, *, algorithms: Collection[str], max_keys: int)
             duplicate kids, or no usable key left.
     """
     if not isinstance(doc, dict):
-        raise KeySetRefused(f"key set must be a JSON object, got {_json_type(doc)}")
+        raise KeySetRefused(f"key set must be a JSON object, got {json_type(doc)}")
     raw = doc.get("keys")
     if not isinstance(raw, list):
-        raise KeySetRefused(f"key set must have a 'keys' list, got {_json_type(raw)}")
+        raise KeySetRefused(f"key set must have a 'keys' list, got {json_type(raw)}")
     if len(raw) > max_keys:
         raise KeySetRefused(f"key set has {len(raw)} keys, at most {max_keys} are accepted")
     seen: set[str] = set()
@@ -117,8 +113,8 @@ def validate_key_set(doc: object, *, algorithms: Collection[str], max_keys: int)
             keys.append(public_key_members(entry, algorithms=algorithms))
         except KeyDropped as exc:
             kid = entry.get("kid") if isinstance(entry, dict) else None
-            shown = kid if isinstance(kid, str) and KID_RE.fullmatch(kid) else ""
-            dropped.append(DroppedKey(kid=shown, category=exc.category, reason=exc.reason))
+            safe_kid = kid if isinstance(kid, str) and KID_RE.fullmatch(kid) else ""
+            dropped.append(DroppedKey(kid=safe_kid, category=exc.category, reason=exc.reason))
     if not keys:
         detail = "; ".join(d.reason for d in dropped[:3])
         raise KeySetRefused(
@@ -135,7 +131,7 @@ def public_key_members(entry: object, *, algorithms: Collection[str]) -> dict[st
         KeyDropped: the key is unusable (why is in ``reason``).
     """
     if not isinstance(entry, dict):
-        raise KeyDropped("key", f"a key must be a JSON object, got {_json_type(entry)}")
+        raise KeyDropped("key", f"a key must be a JSON object, got {json_type(entry)}")
     kid, kty = _check_identity(entry)
     use, alg = _check_purpose(entry, kid, algorithms)
     out: dict[str, str] = {"kty": kty, "kid": kid}
@@ -229,41 +225,18 @@ def _ec_members(entry: dict[str, Any], kid: str, alg: object) -> dict[str, str]:
 
 def _b64(value: object, kid: str, name: str) -> bytes:
     """Strict base64url without padding (RFC 7515 §2): canonical, so one key has one form."""
-    if not isinstance(value, str) or not value or not _B64URL_RE.fullmatch(value):
+    if not isinstance(value, str) or not value:
         raise KeyDropped("key", f"key {kid}: {name} must be a base64url string")
     try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise KeyDropped("key", f"key {kid}: {name} is not valid base64url") from exc
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != value:
-        raise KeyDropped("key", f"key {kid}: {name} is not in canonical base64url")
-    return raw
+        return unb64(value)
+    except ValueError as exc:
+        raise KeyDropped("key", f"key {kid}: {name} {exc}") from exc
 
 
 def _b64_int(value: object, kid: str, name: str) -> int:
     return int.from_bytes(_b64(value, kid, name), "big")
 
 
-_JSON_TYPES: tuple[tuple[type, str], ...] = (
-    (bool, "a boolean"),
-    (int, "a number"),
-    (float, "a number"),
-    (str, "a string"),
-    (list, "a list"),
-    (dict, "an object"),
-)
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    for typ, name in _JSON_TYPES:
-        if isinstance(value, typ):
-            return name
-    return type(value).__name__
-
-
 def _show(value: object) -> str:
     """A value from the document, bounded, for a log line."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return shown(repr(value), 37)

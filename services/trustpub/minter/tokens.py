@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
 from trustpub.messages import provenance, uploadtoken
-from trustpub.messages.uploadtoken import b64
+from trustpub.messages.text import b64
 from trustpub.messages.v1 import MintGrant, UploadRecord
 from trustpub.minter.keys import MinterKey
 

@@ -18,10 +18,10 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from trustpub.messages.text import shown
 from trustpub.runtime.keysets import KeySetRefused, open_bucket, unseal
 from trustpub.runtime.seal import Seals
 from trustpub.verifier.keys import KeyCache
-from trustpub.verifier.preparse import shown
 
 log = structlog.get_logger("trustpub.verifier.feed")
 

@@ -17,8 +17,6 @@ for that long, and keys it may have withdrawn meanwhile must not be trusted fore
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,10 +28,10 @@ from jwcrypto import jwk
 
 from trustpub.messages import InvalidToken, TrustpubError, Unavailable
 from trustpub.messages.keys import KID_RE, kv_key
+from trustpub.messages.text import shown, unb64
 from trustpub.messages.v1 import KeySet
 from trustpub.providers.issuers import Issuer, IssuerRegistry
 from trustpub.verifier.metrics import VerifierMetrics
-from trustpub.verifier.preparse import shown
 
 log = structlog.get_logger("trustpub.verifier.keys")
 
@@ -58,12 +56,10 @@ bucket_key = kv_key  # the shared contract with the jwks service
 def issuer_of(key: str) -> str | None:
     """The issuer a bucket key names, or None when it is not one of ours."""
     try:
-        raw = base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
-        issuer = raw.decode("utf-8")
-    except (binascii.Error, ValueError):
+        # Canonical base64url of UTF-8: exactly the one key bucket_key gives the issuer.
+        return unb64(key).decode("utf-8")
+    except ValueError:
         return None
-    # urlsafe_b64decode skips characters outside the alphabet: only the exact encoding counts.
-    return issuer if bucket_key(issuer) == key else None
 
 
 class KeyRejected(Exception):

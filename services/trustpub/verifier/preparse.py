@@ -12,14 +12,13 @@ it cannot even decode; header policy failures are ``InvalidToken``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from trustpub.messages import InvalidPayload, InvalidToken, strictjson
 from trustpub.messages.keys import KID_RE, KID_RULE
+from trustpub.messages.text import json_type, shown, unb64
 from trustpub.providers.issuers import Issuer
 
 # Nesting deeper than this is refused: real tokens are flat objects (GitHub's nests nothing),
@@ -55,30 +54,6 @@ def malformed(reason: str) -> InvalidPayload:
     return InvalidPayload(f"malformed JWT: {reason}")
 
 
-def shown(value: str, limit: int = 64) -> str:
-    """``value`` cut to ``limit`` characters, control and other unprintable ones escaped."""
-    cut = value[:limit]
-    if not cut.isprintable():
-        cut = cut.encode("unicode_escape").decode("ascii")
-    return cut + ("..." if len(value) > limit else "")
-
-
-_JSON_TYPES = {
-    type(None): "null",
-    bool: "a boolean",
-    int: "an integer",
-    float: "a number with a fraction",
-    str: "a string",
-    list: "an array",
-    dict: "an object",
-}
-
-
-def json_type(value: object) -> str:
-    """How a JSON value reads in a message: "a string", "an array", ..."""
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
 def strict_json_object(raw: bytes, what: str) -> dict[str, Any]:
     """Decode ``raw`` as strict UTF-8 JSON that must be an object.
 
@@ -96,14 +71,10 @@ def strict_json_object(raw: bytes, what: str) -> dict[str, Any]:
 
 def _b64(segment: str, name: str) -> bytes:
     try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        raise malformed(f"the {name} segment is not valid base64url") from None
-    # One string per byte sequence: unused low bits must be zero (no padding or "+/" got past
-    # the alphabet check). Otherwise many strings carry one signature, and replay keys differ.
-    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
-        raise malformed(f"the {name} segment is not canonical base64url (non-zero unused bits)")
-    return raw
+        return unb64(segment)
+    except ValueError as exc:
+        # A refusal of the token: the message says all the cause knows.
+        raise malformed(f"the {name} segment {exc}") from None
 
 
 def _why_not_compact(token: str) -> str:

@@ -27,12 +27,12 @@ from jwcrypto import jws
 from jwcrypto.jwk import JWK
 
 from trustpub.messages import InternalError, InvalidPayload, InvalidToken, NotEnabled, TrustpubError
+from trustpub.messages.text import json_type, shown
 from trustpub.messages.v1 import VerifiedToken
 from trustpub.providers.issuers import Issuer, IssuerRegistry
 from trustpub.verifier import preparse
 from trustpub.verifier.config import Settings
 from trustpub.verifier.metrics import VerifierMetrics
-from trustpub.verifier.preparse import json_type, shown
 
 log = structlog.get_logger("trustpub.verifier")
 
