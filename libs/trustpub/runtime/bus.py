@@ -116,7 +116,7 @@ def tls_context(settings: CommonSettings) -> ssl.SSLContext:
             key = str(settings.nats_tls_key) if settings.nats_tls_key else None
             ctx.load_cert_chain(str(settings.nats_tls_cert), key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"TRUSTPUB_NATS_TLS_*: {exc}") from None
+        raise ConfigError(f"TRUSTPUB_NATS_TLS_*: {exc}") from exc
     return ctx
 
 
@@ -198,7 +198,7 @@ def public_keys(directory: Path) -> dict[str, str]:
         try:
             keys[service] = public_key_of_seed(path.read_text())
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+            raise ConfigError(f"{path}: {exc}") from exc
     return keys
 
 

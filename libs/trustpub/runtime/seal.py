@@ -114,7 +114,7 @@ def parse_ring(name: str, text: str) -> KeyRing:
             # for a rotation (README, "The bus") may be encoded otherwise: its bytes count.
             key = unb64(secret, canonical=False)
         except ValueError:
-            # The secret is not repeated in the error, nor in its cause.
+            # Not chained: the cause of a failed decoding may hold the secret.
             raise KeyRingError(f"key ring {name}, line {number}: the secret is not base64url") from None
         if len(key) < KEY_BYTES:
             raise KeyRingError(

@@ -343,11 +343,12 @@ class Runtime:
         except TrustpubError as exc:
             outcome = exc.code.value
             raise
-        except msgspec.ValidationError:
+        except msgspec.ValidationError as exc:
             outcome = "internal-error"
+            # The cause names the field that did not validate.
             raise InternalError(
                 f"{label} answered with something else than {endpoint.reply.__name__}"
-            ) from None
+            ) from exc
         else:
             return typing.cast("Rep", reply)
         finally:
@@ -386,8 +387,8 @@ class Runtime:
                 nats.errors.ConnectionClosedError,
                 nats.errors.OutboundBufferLimitError,
                 nats.errors.StaleConnectionError,
-            ):
-                raise Unavailable("the message bus is unreachable") from None
+            ) as exc:
+                raise Unavailable("the message bus is unreachable") from exc
         if endpoint.sealed_reply:
             try:
                 self.seals.check_message(

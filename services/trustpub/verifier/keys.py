@@ -80,8 +80,8 @@ def import_key(doc: object, issuer: Issuer) -> tuple[str, jwk.JWK]:
         # Builds (and caches inside the JWK) the cryptography key now: an off-curve point or
         # a bad exponent fails here rather than at the first token.
         public = key.get_op_key("verify")
-    except Exception as exc:  # noqa: BLE001  (jwcrypto raises many types for bad key material)
-        raise KeyRejected(f"key {kid} does not import ({type(exc).__name__})") from None
+    except Exception as exc:  # jwcrypto raises many types for bad key material
+        raise KeyRejected(f"key {kid} does not import ({type(exc).__name__})") from exc
     if isinstance(public, rsa.RSAPublicKey):
         bits, exponent = public.key_size, public.public_numbers().e
         if not RSA_MIN_BITS <= bits <= RSA_MAX_BITS or exponent != RSA_EXPONENT:
