@@ -2,6 +2,12 @@
 
 Each service declares a frozen dataclass of its settings and builds it with
 :func:`load`; a value that does not parse is a :class:`ConfigError` naming the variable.
+
+A setting more than one service reads is declared here once, with its default, its
+validation and why it is what it is: a service's settings inherit :class:`CommonSettings`
+and the groups below it reads (``class Settings(CommonSettings, LeewaySettings)``), so two
+services cannot disagree on a default or on what is valid. A service that checks settings
+of its own does so in ``__post_init__`` after ``super().__post_init__()``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+from trustpub.runtime.seal import MAX_VALIDITY_S
 
 PREFIX = "TRUSTPUB_"
 
@@ -70,6 +78,7 @@ def read_secret(name: str, path: str) -> str:
         return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
         msg = f"{name}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+        # A UnicodeDecodeError holds the file's bytes: a secret.
         raise ConfigError(msg) from None
 
 
@@ -115,7 +124,16 @@ def load(cls: type[T], env: Mapping[str, str] | None = None) -> T:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class CommonSettings:
+class _Settings:
+    """The end of the ``__post_init__`` chain of a service's settings."""
+
+    def __post_init__(self) -> None:
+        """Nothing left to check; a ValueError raised on the way becomes a ConfigError
+        naming the problem (:func:`load`)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CommonSettings(_Settings):
     """Settings every service has."""
 
     nats_url: str = "nats://127.0.0.1:4222"
@@ -151,3 +169,122 @@ class CommonSettings:
     # Sizing: docs/metrics.md, "The events stream".
     events_max_bytes: int = 256 * 1024 * 1024
     events_max_msgs: int = 1_000_000
+
+
+# -- settings more than one service reads ---------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IssuerSettings(_Settings):
+    """The issuers a service knows (jwks, verifier; the registry's audit names only these)."""
+
+    # Operator-registered issuers and overrides of the built-in four (TOML); see
+    # trustpub.providers.issuers. Only issuers configured here or built in are ever fetched.
+    issuers_file: Path | None = None
+    # Providers switched off (comma-separated), e.g. "google,activestate".
+    disabled_providers: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExchangeSettings(_Settings):
+    """What clients exchange their tokens for (gateway, verifier)."""
+
+    # The ``aud`` every token must carry, exactly (GET /_/oidc/audience tells clients); PyPI
+    # uses "pypi". Give every index its own so a token meant for another index is refused.
+    audience: str = "trustpub"
+    # Trusted Publishing as a whole: off answers audience with 403 and every exchange with
+    # not-enabled.
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.audience:
+            msg = "TRUSTPUB_AUDIENCE must not be empty"
+            raise ValueError(msg)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LeewaySettings(_Settings):
+    """Clock skew allowed on a token's exp/iat/nbf (verifier); the registry keeps a used token
+    id past its token's exp by this plus a margin, so it cannot be replayed while still
+    accepted."""
+
+    # Seconds: PyPI's value.
+    leeway: int = 30
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.leeway <= 300:
+            msg = f"TRUSTPUB_LEEWAY must be between 0 and 300 seconds, got {self.leeway}"
+            raise ValueError(msg)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KeyStalenessSettings(_Settings):
+    """How old an issuer's key set may be and still verify tokens (jwks, verifier)."""
+
+    # Seconds: a set last fetched longer ago than this is not usable. The verifiers answer its
+    # issuer's tokens with unavailable (503) instead of trusting keys the issuer may have
+    # withdrawn meanwhile; the jwks service reports not ready: 24 h (DESIGN.md, "Keys of
+    # identity providers").
+    key_staleness: float = 86400.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.key_staleness > 0:
+            msg = f"TRUSTPUB_KEY_STALENESS must be positive, got {self.key_staleness}"
+            raise ValueError(msg)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UploadTokenSettings(_Settings):
+    """What upload tokens say (the minter writes it; the gateway and the gate check it)."""
+
+    token_prefix: str = "trustpub-"
+    token_issuer: str = "trustpub"
+    token_audience: str = "trustpub-index"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UploadTokenCheckSettings(UploadTokenSettings):
+    """What a service that verifies upload tokens trusts (gateway, gate)."""
+
+    # The minter's key ids (RFC 7638 thumbprints, comma-separated): only these verify upload
+    # tokens (and are served at /_/oidc/jwks), whatever the bus answers. `trustpub bus init`
+    # prints them; list the new one too while rotating.
+    minter_key_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.minter_key_ids:
+            msg = (
+                "TRUSTPUB_MINTER_KEY_IDS is required: the key ids of the minter's signing keys "
+                "(`trustpub bus init` prints them)"
+            )
+            raise ValueError(msg)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HttpSettings(_Settings):
+    """The public HTTP listener (gateway, gate)."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    # uv, twine and the GitHub action speak only https to an index that is not local: the
+    # certificate (or terminate TLS in front of the service).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # End-to-end deadline of one request in seconds: every service hop gets what is left of it.
+    request_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.request_timeout > 0:
+            msg = f"TRUSTPUB_REQUEST_TIMEOUT must be positive, got {self.request_timeout}"
+            raise ValueError(msg)
+        if self.request_timeout > MAX_VALIDITY_S:
+            # A stage refuses a request whose deadline lies further ahead (runtime/seal.py).
+            msg = (
+                f"TRUSTPUB_REQUEST_TIMEOUT must be at most {MAX_VALIDITY_S:.0f} s, got {self.request_timeout}"
+            )
+            raise ValueError(msg)

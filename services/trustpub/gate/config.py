@@ -6,19 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from trustpub.runtime.config import CommonSettings
-from trustpub.runtime.seal import MAX_VALIDITY_S
+from trustpub.runtime.config import CommonSettings, HttpSettings, UploadTokenCheckSettings
 
 
 @dataclass(frozen=True, kw_only=True)
-class Settings(CommonSettings):
+class Settings(CommonSettings, HttpSettings, UploadTokenCheckSettings):
     ops_port: int = 9105
-    http_host: str = "127.0.0.1"
     http_port: int = 8001
-    # uv and twine speak only https to an index that is not local: the certificate of the
-    # upload host (or terminate TLS in front of the gate).
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
     # Where the index takes uploads (pypiserver: its root; devpi: the index URL; Nexus and
     # Artifactory: the repository's upload URL), and the index's own credentials: a user and a
     # password from a Secret (TRUSTPUB_INDEX_PASSWORD) or a file (TRUSTPUB_INDEX_PASSWORD_FILE).
@@ -38,17 +32,10 @@ class Settings(CommonSettings):
     max_metadata_bytes: int = 2 * 1024 * 1024
     # A client that sends nothing for this long is cut off (its upload goes nowhere).
     body_idle_timeout: float = 30.0
-    # Deadline of each request to the other services (mint.status, upload.record, provenance).
-    request_timeout: float = 5.0
     # When set, /_/oidc/* is passed to the gateway at this URL: clients derive the OIDC
     # URLs from the upload URL's host, so the upload host must answer them (README, "The upload
     # gate"). Leave empty when a proxy in front routes /_/oidc/ to the gateway itself.
     gateway_url: str = ""
-    # The minter key ids this gate trusts (as the gateway's), and what upload tokens say.
-    minter_key_ids: tuple[str, ...] = ()
-    token_prefix: str = "trustpub-"
-    token_issuer: str = "trustpub"
-    token_audience: str = "trustpub-index"
 
     def index_password_value(self) -> str:
         """The index's password: the file's first line wins over the variable.
@@ -67,18 +54,12 @@ class Settings(CommonSettings):
         return self.index_password
 
     def __post_init__(self) -> None:
-        # A ValueError here becomes a ConfigError naming the problem (runtime.config.load).
+        super().__post_init__()
         url = urlsplit(self.index_upload_url)
         if url.scheme not in {"http", "https"} or not url.hostname:
             msg = (
                 f"TRUSTPUB_INDEX_UPLOAD_URL must be the index's http(s) upload URL: {self.index_upload_url!r}"
             )
-            raise ValueError(msg)
-        if not self.minter_key_ids:
-            msg = "TRUSTPUB_MINTER_KEY_IDS is required: the key ids of the minter's signing keys"
-            raise ValueError(msg)
-        if not 0 < self.request_timeout <= MAX_VALIDITY_S:
-            msg = f"TRUSTPUB_REQUEST_TIMEOUT must be positive and at most {MAX_VALIDITY_S:.0f} s"
             raise ValueError(msg)
         for name in ("index_connect_timeout", "index_timeout", "body_idle_timeout"):
             if not getattr(self, name) > 0:

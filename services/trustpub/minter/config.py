@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from trustpub.runtime.config import CommonSettings
+from trustpub.runtime.config import CommonSettings, UploadTokenSettings
 
 
 @dataclass(frozen=True, kw_only=True)
-class Settings(CommonSettings):
+class Settings(CommonSettings, UploadTokenSettings):
     ops_port: int = 9104
     # The signing key: a private JWK, or a JWK Set whose first key signs and whose other
     # keys are still published (rotation). ``minter_key`` (from a Secret) wins over
@@ -18,6 +18,3 @@ class Settings(CommonSettings):
     # tokens stop verifying when the process restarts).
     minter_key: str = ""
     minter_key_file: Path | None = None
-    token_prefix: str = "trustpub-"
-    token_issuer: str = "trustpub"
-    token_audience: str = "trustpub-index"
