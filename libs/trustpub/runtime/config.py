@@ -125,11 +125,30 @@ def load(cls: type[T], env: Mapping[str, str] | None = None) -> T:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _Settings:
-    """The end of the ``__post_init__`` chain of a service's settings."""
+    """The end of the ``__post_init__`` chain of a service's settings, and its checks."""
 
     def __post_init__(self) -> None:
         """Nothing left to check; a ValueError raised on the way becomes a ConfigError
         naming the problem (:func:`load`)."""
+
+    def require(self, condition: bool, message: str) -> None:  # noqa: FBT001  (reads as a sentence)
+        """A check in ``__post_init__``.
+
+        Raises:
+            ValueError: ``condition`` does not hold; ``message`` names the variable.
+        """
+        if not condition:
+            raise ValueError(message)
+
+    def require_positive(self, *fields: str) -> None:
+        """:meth:`require` that each of ``fields`` is positive.
+
+        Raises:
+            ValueError: one is not; the message names its variable and value.
+        """
+        for field in fields:
+            value = getattr(self, field)
+            self.require(value > 0, f"{env_name(field)} must be positive, got {value}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -198,9 +217,7 @@ class ExchangeSettings(_Settings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.audience:
-            msg = "TRUSTPUB_AUDIENCE must not be empty"
-            raise ValueError(msg)
+        self.require(bool(self.audience), "TRUSTPUB_AUDIENCE must not be empty")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -214,9 +231,9 @@ class LeewaySettings(_Settings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.leeway <= 300:
-            msg = f"TRUSTPUB_LEEWAY must be between 0 and 300 seconds, got {self.leeway}"
-            raise ValueError(msg)
+        self.require(
+            0 <= self.leeway <= 300, f"TRUSTPUB_LEEWAY must be between 0 and 300 seconds, got {self.leeway}"
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -231,9 +248,7 @@ class KeyStalenessSettings(_Settings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.key_staleness > 0:
-            msg = f"TRUSTPUB_KEY_STALENESS must be positive, got {self.key_staleness}"
-            raise ValueError(msg)
+        self.require_positive("key_staleness")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -256,12 +271,11 @@ class UploadTokenCheckSettings(UploadTokenSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.minter_key_ids:
-            msg = (
-                "TRUSTPUB_MINTER_KEY_IDS is required: the key ids of the minter's signing keys "
-                "(`trustpub bus init` prints them)"
-            )
-            raise ValueError(msg)
+        self.require(
+            bool(self.minter_key_ids),
+            "TRUSTPUB_MINTER_KEY_IDS is required: the key ids of the minter's signing keys "
+            "(`trustpub bus init` prints them)",
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -279,12 +293,9 @@ class HttpSettings(_Settings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.request_timeout > 0:
-            msg = f"TRUSTPUB_REQUEST_TIMEOUT must be positive, got {self.request_timeout}"
-            raise ValueError(msg)
-        if self.request_timeout > MAX_VALIDITY_S:
-            # A stage refuses a request whose deadline lies further ahead (runtime/seal.py).
-            msg = (
-                f"TRUSTPUB_REQUEST_TIMEOUT must be at most {MAX_VALIDITY_S:.0f} s, got {self.request_timeout}"
-            )
-            raise ValueError(msg)
+        self.require_positive("request_timeout")
+        # A stage refuses a request whose deadline lies further ahead (runtime/seal.py).
+        self.require(
+            self.request_timeout <= MAX_VALIDITY_S,
+            f"TRUSTPUB_REQUEST_TIMEOUT must be at most {MAX_VALIDITY_S:.0f} s, got {self.request_timeout}",
+        )

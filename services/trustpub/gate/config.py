@@ -56,18 +56,16 @@ class Settings(CommonSettings, HttpSettings, UploadTokenCheckSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         url = urlsplit(self.index_upload_url)
-        if url.scheme not in {"http", "https"} or not url.hostname:
-            msg = (
-                f"TRUSTPUB_INDEX_UPLOAD_URL must be the index's http(s) upload URL: {self.index_upload_url!r}"
-            )
-            raise ValueError(msg)
-        for name in ("index_connect_timeout", "index_timeout", "body_idle_timeout"):
-            if not getattr(self, name) > 0:
-                msg = f"TRUSTPUB_{name.upper()} must be positive, got {getattr(self, name)}"
-                raise ValueError(msg)
-        if self.max_upload_bytes < 1 or self.max_metadata_bytes < 1024:
-            msg = "TRUSTPUB_MAX_UPLOAD_BYTES must be positive and TRUSTPUB_MAX_METADATA_BYTES at least 1024"
-            raise ValueError(msg)
-        if self.gateway_url and urlsplit(self.gateway_url).scheme not in {"http", "https"}:
-            msg = f"TRUSTPUB_GATEWAY_URL must be an http(s) URL, got {self.gateway_url!r}"
-            raise ValueError(msg)
+        self.require(
+            url.scheme in {"http", "https"} and bool(url.hostname),
+            f"TRUSTPUB_INDEX_UPLOAD_URL must be the index's http(s) upload URL: {self.index_upload_url!r}",
+        )
+        self.require_positive("index_connect_timeout", "index_timeout", "body_idle_timeout")
+        self.require(
+            self.max_upload_bytes >= 1 and self.max_metadata_bytes >= 1024,
+            "TRUSTPUB_MAX_UPLOAD_BYTES must be positive and TRUSTPUB_MAX_METADATA_BYTES at least 1024",
+        )
+        self.require(
+            not self.gateway_url or urlsplit(self.gateway_url).scheme in {"http", "https"},
+            f"TRUSTPUB_GATEWAY_URL must be an http(s) URL, got {self.gateway_url!r}",
+        )

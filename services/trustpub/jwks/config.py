@@ -25,11 +25,12 @@ class Settings(CommonSettings, IssuerSettings, KeyStalenessSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.fetch_timeout <= 0:
-            raise ValueError(f"TRUSTPUB_FETCH_TIMEOUT must be positive, got {self.fetch_timeout}")
-        if self.max_response_bytes <= 0 or self.max_keys <= 0:
-            raise ValueError("TRUSTPUB_MAX_RESPONSE_BYTES and TRUSTPUB_MAX_KEYS must be positive")
-        if self.refresh_interval <= 0 or self.refresh_cooldown < 0:
-            raise ValueError(
-                "TRUSTPUB_REFRESH_INTERVAL must be positive and TRUSTPUB_REFRESH_COOLDOWN not negative"
-            )
+        self.require_positive("fetch_timeout")
+        self.require(
+            self.max_response_bytes > 0 and self.max_keys > 0,
+            "TRUSTPUB_MAX_RESPONSE_BYTES and TRUSTPUB_MAX_KEYS must be positive",
+        )
+        self.require(
+            self.refresh_interval > 0 and self.refresh_cooldown >= 0,
+            "TRUSTPUB_REFRESH_INTERVAL must be positive and TRUSTPUB_REFRESH_COOLDOWN not negative",
+        )

@@ -30,21 +30,20 @@ class Settings(CommonSettings, IssuerSettings, ExchangeSettings, LeewaySettings,
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 1024 <= self.max_token_bytes <= 1_000_000:
-            msg = f"TRUSTPUB_MAX_TOKEN_BYTES must be between 1024 and 1000000, got {self.max_token_bytes}"
-            raise ValueError(msg)
-        if not 10 <= self.max_claims <= 10_000:
-            msg = f"TRUSTPUB_MAX_CLAIMS must be between 10 and 10000, got {self.max_claims}"
-            raise ValueError(msg)
-        if not 256 <= self.max_claim_length <= self.max_token_bytes:
-            msg = (
-                f"TRUSTPUB_MAX_CLAIM_LENGTH must be between 256 and TRUSTPUB_MAX_TOKEN_BYTES "
-                f"({self.max_token_bytes}), got {self.max_claim_length}"
-            )
-            raise ValueError(msg)
-        if not self.refresh_timeout > 0:
-            msg = f"TRUSTPUB_REFRESH_TIMEOUT must be positive, got {self.refresh_timeout}"
-            raise ValueError(msg)
-        if self.concurrency < 1:
-            msg = f"TRUSTPUB_CONCURRENCY must be at least 1, got {self.concurrency}"
-            raise ValueError(msg)
+        self.require(
+            1024 <= self.max_token_bytes <= 1_000_000,
+            f"TRUSTPUB_MAX_TOKEN_BYTES must be between 1024 and 1000000, got {self.max_token_bytes}",
+        )
+        self.require(
+            10 <= self.max_claims <= 10_000,
+            f"TRUSTPUB_MAX_CLAIMS must be between 10 and 10000, got {self.max_claims}",
+        )
+        self.require(
+            256 <= self.max_claim_length <= self.max_token_bytes,
+            f"TRUSTPUB_MAX_CLAIM_LENGTH must be between 256 and TRUSTPUB_MAX_TOKEN_BYTES "
+            f"({self.max_token_bytes}), got {self.max_claim_length}",
+        )
+        self.require_positive("refresh_timeout")
+        self.require(
+            self.concurrency >= 1, f"TRUSTPUB_CONCURRENCY must be at least 1, got {self.concurrency}"
+        )
