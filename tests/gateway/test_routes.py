@@ -9,7 +9,7 @@ import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
-from trustpub.gateway import openapi
+from trustpub.gateway import admin, adminopenapi, openapi
 from trustpub.gateway.app import Gateway, http_app
 from trustpub.gateway.config import Settings
 from trustpub.gateway.errors import EXCHANGE_ID_RESPONSE_HEADER
@@ -77,3 +77,13 @@ async def test_a_non_mint_endpoints_log_lines_carry_the_exchange_id() -> None:
     [over] = [e for e in logs if e["event"] == "rate_limited"]
     assert over["exchange_id"] == limited.headers[EXCHANGE_ID_RESPONSE_HEADER]
     assert over["exchange_id"] != refused["exchange_id"]
+
+
+def test_the_admin_site_forwards_every_documented_operation() -> None:
+    settings = load(Settings, PINNED)
+    app = admin.admin_app(Runtime("gateway", settings), settings)
+    served = _methods(openapi.served_routes(app))
+    assert served == {adminopenapi.OPENAPI_PATH: {"GET"}, adminopenapi.PREFIX + "/{tail}": {"*"}}
+    documented = set(adminopenapi.document()["paths"])
+    assert documented
+    assert all(path.startswith(adminopenapi.PREFIX + "/") for path in documented)

@@ -205,8 +205,8 @@ def _switched(route: Route, settings: Settings, handler: Handler) -> Handler:
         return handler
 
     async def switched(request: web.Request) -> web.StreamResponse:
-        if not switch(settings):
-            return http_error(404, route.switched_off)
+        if not switch.on(settings):
+            return http_error(404, switch.off)
         return await handler(request)
 
     return switched

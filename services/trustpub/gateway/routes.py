@@ -1,7 +1,7 @@
 """The gateway's route table: each endpoint declared once.
 
-A :class:`Route` names its method and path, the handler, how the rate limit treats it, its
-OpenAPI operation (openapi.py) and the setting that switches it off. The router
+A :class:`Route` names its method and path, the handler, its OpenAPI operation (openapi.py),
+how the rate limit treats it and the setting that switches it off, if any. The router
 (``app.http_app``), the rate limiter (``limits.ExchangeGuard``) and the OpenAPI document
 (``openapi.document``) all read :data:`ROUTES`; ``tests/gateway/test_routes.py`` checks that
 they agree. A new endpoint is one line here (and its operation and handler).
@@ -38,68 +38,38 @@ class RateLimit(enum.Enum):
     AUDITED = "audited"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
+class Switch:
+    """The setting that switches a route on; off, the route answers 404 with ``off`` (after the
+    rate limit, before the handler, so nobody is asked)."""
+
+    on: Callable[[Settings], bool]
+    off: str
+
+
+@dataclass(frozen=True)
 class Route:
     method: str
     path: str
-    # The handler, of the gateway that serves the route.
-    handler: Callable[[Gateway], Handler]
+    handler: Callable[[Gateway], Handler]  # of the gateway that serves the route
     operation: openapi.Operation
     limit: RateLimit = RateLimit.NONE
-    # The setting that switches the route on; off, it answers 404 with ``switched_off``
-    # (after the rate limit, before the handler, so nobody is asked).
-    switch: Callable[[Settings], bool] | None = None
-    switched_off: str = ""
+    switch: Switch | None = None
 
 
-MINT_TOKEN = "/_/oidc/mint-token"
+AUDITED, COUNTED = RateLimit.AUDITED, RateLimit.COUNTED
+EXPLAIN = Switch(lambda settings: settings.explain_enabled, "explain is switched off on this index")
 
 ROUTES: tuple[Route, ...] = (
-    Route(method="GET", path="/_/oidc/audience", handler=lambda gw: gw.audience, operation=openapi.AUDIENCE),
-    Route(
-        method="POST",
-        path=MINT_TOKEN,
-        handler=lambda gw: gw.mint_token,
-        operation=openapi.MINT,
-        limit=RateLimit.AUDITED,
-    ),
-    # PyPI's first path for GitHub's tokens, still used by older clients.
-    Route(
-        method="POST",
-        path="/_/oidc/github/mint-token",
-        handler=lambda gw: gw.mint_token,
-        operation=openapi.MINT_LEGACY,
-        limit=RateLimit.AUDITED,
-    ),
-    Route(
-        method="POST",
-        path="/_/oidc/burn-token",
-        handler=lambda gw: gw.burn_token,
-        operation=openapi.BURN,
-        limit=RateLimit.COUNTED,
-    ),
-    Route(
-        method="POST",
-        path="/_/oidc/introspect",
-        handler=lambda gw: gw.introspect,
-        operation=openapi.INTROSPECT,
-    ),
-    Route(
-        method="POST",
-        path="/_/oidc/explain",
-        handler=lambda gw: gw.explainer.handle,
-        operation=openapi.EXPLAIN,
-        limit=RateLimit.COUNTED,
-        switch=lambda settings: settings.explain_enabled,
-        switched_off="explain is switched off on this index",
-    ),
-    Route(method="GET", path="/_/oidc/jwks", handler=lambda gw: gw.jwks, operation=openapi.JWKS),
-    Route(
-        method="GET",
-        path="/_/oidc/openapi.json",
-        handler=lambda gw: gw.document,
-        operation=openapi.DOCUMENT,
-    ),
+    Route("GET", "/_/oidc/audience", lambda gw: gw.audience, openapi.AUDIENCE),
+    Route("POST", "/_/oidc/mint-token", lambda gw: gw.mint_token, openapi.MINT, AUDITED),
+    # PyPI's first path, for GitHub's tokens; older clients still use it.
+    Route("POST", "/_/oidc/github/mint-token", lambda gw: gw.mint_token, openapi.MINT_LEGACY, AUDITED),
+    Route("POST", "/_/oidc/burn-token", lambda gw: gw.burn_token, openapi.BURN, COUNTED),
+    Route("POST", "/_/oidc/introspect", lambda gw: gw.introspect, openapi.INTROSPECT),
+    Route("POST", "/_/oidc/explain", lambda gw: gw.explainer.handle, openapi.EXPLAIN, COUNTED, EXPLAIN),
+    Route("GET", "/_/oidc/jwks", lambda gw: gw.jwks, openapi.JWKS),
+    Route("GET", "/_/oidc/openapi.json", lambda gw: gw.document, openapi.DOCUMENT),
 )
 
 _LIMITS = {(route.method, route.path): route.limit for route in ROUTES}
