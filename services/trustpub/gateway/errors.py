@@ -24,6 +24,7 @@ EXCHANGE_ID = web.RequestKey("exchange_id", str)
 # answers every refused exchange with 422; a dependency outage is ours to report as 503 (never
 # 500) so that clients know to retry with a fresh token.
 _STATUS = {ErrorCode.UNAVAILABLE: 503, ErrorCode.INTERNAL_ERROR: 503}
+RATE_LIMITED = "rate-limited"
 # The code of an answer given by status alone (aiohttp's own 404/405/413, the rate limit, a
 # switched-off route or service); any other 4xx is "invalid-request".
 _HTTP_CODES = {
@@ -31,7 +32,7 @@ _HTTP_CODES = {
     404: "not-found",
     405: "method-not-allowed",
     413: ErrorCode.INVALID_PAYLOAD.value,
-    429: "rate-limited",
+    429: RATE_LIMITED,
 }
 INTERNAL_ERROR = "internal error; try again"
 

@@ -34,6 +34,7 @@ from trustpub.gateway.config import Settings
 from trustpub.gateway.errors import (
     EXCHANGE_ID,
     EXCHANGE_ID_RESPONSE_HEADER,
+    RATE_LIMITED,
     HttpRefusal,
     error_response,
     http_error,
@@ -48,7 +49,6 @@ log = structlog.get_logger("trustpub.gateway.limits")
 
 # Which routes the rate limit counts, and which of those are exchanges: the route table's
 # ``limit`` (routes.py).
-RATE_LIMITED = "rate-limited"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
