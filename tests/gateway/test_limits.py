@@ -9,6 +9,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from trustpub.gateway import limits, openapi
 from trustpub.gateway.config import Settings
+from trustpub.gateway.routes import ROUTES
 from trustpub.runtime.config import ConfigError, load
 
 
@@ -120,7 +121,7 @@ def test_openapi_document_lists_only_the_routes_served() -> None:
 
     app.router.add_post("/_/oidc/mint-token", handler)
     app.router.add_get("/_/oidc/audience", handler)
-    doc = openapi.document(app)
+    doc = openapi.document(app, ROUTES)
     assert doc["openapi"].startswith("3.")
     assert set(doc["paths"]) == {"/_/oidc/mint-token", "/_/oidc/audience"}
     mint = doc["paths"]["/_/oidc/mint-token"]["post"]

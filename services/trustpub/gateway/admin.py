@@ -19,6 +19,7 @@ from aiohttp import web
 
 from trustpub.gateway import adminopenapi, limits
 from trustpub.gateway.config import Settings
+from trustpub.gateway.errors import INTERNAL_ERROR
 from trustpub.messages import TrustpubError
 from trustpub.messages.endpoints import ADMIN_CALL
 from trustpub.messages.v1 import AdminRequest
@@ -26,8 +27,6 @@ from trustpub.runtime import Runtime
 from trustpub.runtime.service import bound_port
 
 log = structlog.get_logger("trustpub.gateway.admin")
-
-PREFIX = "/admin/v1"
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -50,7 +49,7 @@ async def _never_500(request: web.Request, handler: Any) -> web.StreamResponse: 
         return resp
     except Exception:  # the last line of defence (DESIGN.md, "Invariants"): never a 500
         log.exception("admin_handler_failed", path=request.path[:200])
-        return _error(503, "unavailable", "internal error; try again", {"Retry-After": "1"})
+        return _error(503, "unavailable", INTERNAL_ERROR, {"Retry-After": "1"})
 
 
 class AdminListener:
@@ -91,7 +90,7 @@ def admin_app(rt: Runtime, settings: Settings) -> web.Application:
     listener = AdminListener(rt, settings)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_never_500])
     app.router.add_get(adminopenapi.OPENAPI_PATH, adminopenapi.serve)
-    app.router.add_route("*", PREFIX + "/{tail:.*}", listener.forward)
+    app.router.add_route("*", adminopenapi.PREFIX + "/{tail:.*}", listener.forward)
     return app
 
 

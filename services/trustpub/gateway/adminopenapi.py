@@ -9,7 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
-OPENAPI_PATH = "/admin/v1/openapi.json"
+# Every operation of the admin API is under this prefix: the admin site forwards all of them to
+# the registry (admin.py), which routes them; only the document is answered here.
+PREFIX = "/admin/v1"
+OPENAPI_PATH = f"{PREFIX}/openapi.json"
 
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 _RETRY = {"Retry-After": {"schema": {"type": "string"}}}

@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import ssl
 import time
-import uuid
-from typing import Any, cast
+from typing import cast
 
 import structlog
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 
 from trustpub.gateway import admin, limits, openapi
 from trustpub.gateway.config import Settings
-from trustpub.gateway.errors import EXCHANGE_ID_RESPONSE_HEADER, error_response, from_error, json_response
-from trustpub.gateway.events import EventPublisher
-from trustpub.gateway.explain import EXPLAIN_PATH, Explainer
+from trustpub.gateway.errors import EXCHANGE_ID, from_error, http_error, internal_error, json_response
+from trustpub.gateway.explain import Explainer
 from trustpub.gateway.minterkeys import MinterKeys
+from trustpub.gateway.outcome import Exchange, Outcomes
 from trustpub.gateway.payload import token_from_body
+from trustpub.gateway.routes import ROUTES, Handler, Route
 from trustpub.messages import InvalidPayload, InvalidToken, NotEnabled, TrustpubError, Unavailable
 from trustpub.messages.endpoints import (
     MINT_STATUS,
@@ -36,22 +34,15 @@ from trustpub.messages.endpoints import (
 )
 from trustpub.messages.v1 import (
     BurnRequest,
-    ExchangeEvent,
     KeysReply,
     KeysRequest,
     MintStatusRequest,
     VerifyRequest,
 )
-from trustpub.runtime import Runtime, bound_port
+from trustpub.runtime import Runtime, bound_port, new_exchange_id
 from trustpub.runtime.events import ensure_stream
-from trustpub.runtime.metrics import LATENCY_BUCKETS
 
 log = structlog.get_logger("trustpub.gateway")
-
-
-_HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "invalid-payload"}
-# How long a 503 waits for its release to be stored before it is answered anyway.
-SETTLE_TIMEOUT_S = 1.0
 
 
 class Gateway:
@@ -61,22 +52,12 @@ class Gateway:
         self.rt = rt
         self.settings = settings
         self.minter_keys = MinterKeys(settings.minter_key_ids, self._fetch_keys)
-        self.exchanges = Counter(
-            "trustpub_exchange_requests_total",
-            "Token exchanges answered, by provider, outcome (minted, refused, unavailable) and error code.",
-            ["provider", "outcome", "code"],
-            registry=rt.registry,
-        )
-        self.duration = Histogram(
-            "trustpub_exchange_duration_seconds",
-            "Time from request to response of a token exchange, by outcome.",
-            ["outcome"],
-            buckets=LATENCY_BUCKETS,
-            registry=rt.registry,
-        )
-        self.events = EventPublisher(rt)
+        # How each exchange ends: its event, metrics and log line (outcome.py).
+        self.outcomes = Outcomes(rt)
+        self.events = self.outcomes.events
+        self.explainer: Explainer = Explainer(rt, settings)
         # The per-client rate limit of the exchange endpoints (limits.py).
-        self.guard = limits.ExchangeGuard(settings, self.events.record, rt)
+        self.guard = limits.ExchangeGuard(settings, self.outcomes.rate_limited, rt)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -98,128 +79,33 @@ class Gateway:
 
     async def audience(self, _: web.Request) -> web.Response:
         if not self.settings.enabled:
-            return error_response(
-                "not-enabled",
+            return http_error(
+                403,
                 "trusted publishing functionality not enabled",
-                status=403,
                 message="Trusted publishing functionality not enabled",
             )
         return json_response({"audience": self.settings.audience})
 
     async def mint_token(self, request: web.Request) -> web.Response:
-        started = time.perf_counter()
-        exchange_id = uuid.uuid4().hex
-        token = ""
-        with structlog.contextvars.bound_contextvars(exchange_id=exchange_id):
-            try:
-                if not self.settings.enabled:
-                    raise NotEnabled("trusted publishing functionality not enabled")
-                token = await self._body_token(request)
-                deadline = self._deadline()
-                minted = await self.rt.call(
-                    TOKEN_VERIFY,
-                    VerifyRequest(token=token),
-                    deadline=deadline,
-                    exchange_id=exchange_id,
-                )
-                if time.time() > deadline:
-                    # This process was held up (stopped, starved) past the deadline: the mint
-                    # record's lease has ended and a retry may be granted it; never deliver now.
-                    raise Unavailable("the exchange's deadline passed before its answer could be sent")
-            except TrustpubError as exc:
-                return await self._refused(exc, exchange_id, token, started)
-            provider = minted.provider or "unknown"
-            response = json_response(
-                {"success": True, "token": minted.token, "expires": minted.expires},
-                headers={EXCHANGE_ID_RESPONSE_HEADER: exchange_id},
+        ex = Exchange(request[EXCHANGE_ID])
+        try:
+            if not self.settings.enabled:
+                raise NotEnabled("trusted publishing functionality not enabled")
+            ex.token = await self._body_token(request)
+            deadline = self._deadline()
+            minted = await self.rt.call(
+                TOKEN_VERIFY,
+                VerifyRequest(token=ex.token),
+                deadline=deadline,
+                exchange_id=ex.id,
             )
-            transport = request.transport
-            try:
-                if transport is None or transport.is_closing():
-                    raise ConnectionResetError
-                await response.prepare(request)
-                await response.write_eof()
-            except (ConnectionError, RuntimeError):
-                # Not delivered: release the record, so that the client's retry gets it.
-                gone = Unavailable("the client hung up before its answer was sent")
-                gone.context.update(issuer=minted.issuer, provider=provider)
-                await self.events.settle(
-                    self._failure_event(exchange_id, token, gone, "unavailable"), timeout=SETTLE_TIMEOUT_S
-                )
-                self.exchanges.labels(provider, "unavailable", "unavailable").inc()
-                log.info("exchange_undelivered", mint_id=minted.mint_id, reason="client gone")
-                return response
-            # Written to the client: report the delivery (the record is single use from then on).
-            self.events.record(
-                ExchangeEvent(
-                    event_id=uuid.uuid4().hex,
-                    exchange_id=exchange_id,
-                    at=time.time(),
-                    outcome="succeeded",
-                    issuer=minted.issuer,
-                    provider=provider,
-                    token_hash_prefix=_token_hash(token)[:16],
-                    publisher_id=minted.publisher_id,
-                    mint_id=minted.mint_id,
-                )
-            )
-            self.exchanges.labels(provider, "minted", "").inc()
-            elapsed = time.perf_counter() - started
-            self.duration.labels("minted").observe(elapsed)
-            log.debug(
-                "exchange_succeeded",
-                provider=provider,
-                issuer=minted.issuer,
-                publisher_id=minted.publisher_id,
-                mint_id=minted.mint_id,
-                projects=minted.projects,
-                duration_ms=round(elapsed * 1000, 2),
-            )
-            return response
-
-    @staticmethod
-    def _failure_event(exchange_id: str, token: str, exc: TrustpubError, code: str) -> ExchangeEvent:
-        """The audit record of an answer that delivered no token; it releases the exchange's
-        mint record, if one was granted to it."""
-        return ExchangeEvent(
-            event_id=uuid.uuid4().hex,
-            exchange_id=exchange_id,
-            at=time.time(),
-            outcome="failed",
-            code=code,
-            description=exc.description[:500],
-            issuer=exc.context.get("issuer", ""),
-            provider=exc.context.get("provider", "unknown"),
-            token_hash_prefix=_token_hash(token)[:16] if token else "",
-        )
-
-    async def _refused(
-        self, exc: TrustpubError, exchange_id: str, token: str, started: float
-    ) -> web.Response:
-        response = from_error(exc)
-        outcome = "unavailable" if response.status == 503 else "refused"
-        # Whose token it was: what the stage that refused it knew (verifier or registry).
-        provider = exc.context.get("provider", "unknown")
-        code = exc.code.value if response.status != 503 else "unavailable"
-        self.exchanges.labels(provider, outcome, code).inc()
-        elapsed = time.perf_counter() - started
-        self.duration.labels(outcome).observe(elapsed)
-        log.info(
-            "exchange_failed",
-            provider=provider,
-            code=code,
-            reason=exc.description[:300],
-            duration_ms=round(elapsed * 1000, 2),
-        )
-        event = self._failure_event(exchange_id, token, exc, code)
-        if response.status == 503 and token:
-            # A grant may have been committed for this exchange: release it before the
-            # client can retry (DESIGN.md, "Exactly once, as the publisher sees it").
-            await self.events.settle(event, timeout=SETTLE_TIMEOUT_S)
-        else:
-            self.events.record(event)
-        response.headers[EXCHANGE_ID_RESPONSE_HEADER] = exchange_id
-        return response
+            if time.time() > deadline:
+                # This process was held up (stopped, starved) past the deadline: the mint
+                # record's lease has ended and a retry may be granted it; never deliver now.
+                raise Unavailable("the exchange's deadline passed before its answer could be sent")
+        except TrustpubError as exc:
+            return await self.outcomes.refuse(ex, exc)
+        return await self.outcomes.deliver(request, ex, minted)
 
     async def burn_token(self, request: web.Request) -> web.Response:
         """Revoke a minted token early (uv calls this after its upload): 202 when done. The
@@ -263,6 +149,10 @@ class Gateway:
             return json_response({"active": False})
         return json_response({"active": True, **claims})
 
+    async def document(self, request: web.Request) -> web.Response:
+        """The OpenAPI document of the routes this app serves (openapi.py)."""
+        return openapi.handler(request.app, ROUTES)
+
     async def jwks(self, _: web.Request) -> web.Response:
         """The minter's public keys that this gateway is configured to trust, so an index
         verifies minted tokens offline."""
@@ -274,25 +164,27 @@ class Gateway:
         return json_response(document, headers={"Cache-Control": f"public, max-age={max_age}"})
 
 
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+@web.middleware
+async def exchange_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request its exchange id, bound to every log line written while it is served."""
+    exchange_id = new_exchange_id()
+    request[EXCHANGE_ID] = exchange_id
+    with structlog.contextvars.bound_contextvars(exchange_id=exchange_id):
+        return await handler(request)
 
 
 @web.middleware
-async def error_shape(request: web.Request, handler: Any) -> web.StreamResponse:  # noqa: ANN401
+async def error_shape(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error, including aiohttp's own 404/405/413, in PyPI's JSON shape; never a 500."""
     try:
-        return cast("web.StreamResponse", await handler(request))
+        return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _HTTP_CODES.get(exc.status, "invalid-request")
         desc = exc.text or exc.reason
         if exc.status == 413:
             desc = f"request body larger than {request.app[SETTINGS].max_body_bytes} bytes"
-        resp = error_response(
-            code, desc.removeprefix(f"{exc.status}: "), status=exc.status, message=exc.reason
-        )
+        resp = http_error(exc.status, desc.removeprefix(f"{exc.status}: "), message=exc.reason)
         if "Allow" in exc.headers:
             resp.headers["Allow"] = exc.headers["Allow"]
         return resp
@@ -300,27 +192,40 @@ async def error_shape(request: web.Request, handler: Any) -> web.StreamResponse:
         return from_error(exc)
     except Exception:  # the last line of defence of invariant 3 (DESIGN.md, "Invariants"): never a 500
         log.exception("gateway_handler_failed", path=request.path)
-        return error_response(
-            "unavailable", "internal error; try again", status=503, headers={"Retry-After": "1"}
-        )
+        return internal_error()
 
 
 SETTINGS = web.AppKey("settings", Settings)
 
 
+def _switched(route: Route, settings: Settings, handler: Handler) -> Handler:
+    """``handler``, answering 404 while ``route``'s switch is off."""
+    switch = route.switch
+    if switch is None:
+        return handler
+
+    async def switched(request: web.Request) -> web.StreamResponse:
+        if not switch.on(settings):
+            return http_error(404, switch.off)
+        return await handler(request)
+
+    return switched
+
+
 def http_app(gw: Gateway) -> web.Application:
+    """The gateway's app: the routes of the table (routes.py), behind the exchange id, the
+    error shape and the rate limit."""
     app = web.Application(
-        client_max_size=gw.settings.max_body_bytes, middlewares=[error_shape, gw.guard.middleware]
+        client_max_size=gw.settings.max_body_bytes,
+        middlewares=[exchange_ids, error_shape, gw.guard.middleware],
     )
     app[SETTINGS] = gw.settings
-    app.router.add_get("/_/oidc/audience", gw.audience)
-    for path in sorted(limits.MINT_PATHS):
-        app.router.add_post(path, gw.mint_token)
-    app.router.add_post("/_/oidc/burn-token", gw.burn_token)
-    app.router.add_post("/_/oidc/introspect", gw.introspect)
-    app.router.add_get("/_/oidc/jwks", gw.jwks)
-    app.router.add_get(openapi.OPENAPI_PATH, openapi.serve)
-    app.router.add_post(EXPLAIN_PATH, Explainer(gw.rt, gw.settings).handle)
+    for route in ROUTES:
+        handler = _switched(route, gw.settings, route.handler(gw))
+        if route.method == "GET":
+            app.router.add_get(route.path, handler)  # and HEAD, as aiohttp does
+        else:
+            app.router.add_route(route.method, route.path, handler)
     return app
 
 

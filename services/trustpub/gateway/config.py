@@ -110,6 +110,6 @@ class Settings(CommonSettings):
         for entry in self.trusted_proxies:
             try:
                 ipaddress.ip_network(entry, strict=False)
-            except ValueError:
+            except ValueError as exc:
                 msg = f"TRUSTPUB_TRUSTED_PROXIES entry {entry!r} is not an IP address or CIDR block"
-                raise ValueError(msg) from None
+                raise ValueError(msg) from exc

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from http import HTTPStatus
 
 import orjson
 from aiohttp import web
@@ -16,10 +17,24 @@ TOKEN_REQUEST_FAILED = "Token request failed"
 # On every exchange answer; quoted in support requests: the same id is in every service's
 # log lines for that exchange and in its audit record.
 EXCHANGE_ID_RESPONSE_HEADER = "X-Trustpub-Exchange-Id"
+# Each request's exchange id (given by ``app.exchange_ids``, bound to its log lines).
+EXCHANGE_ID = web.RequestKey("exchange_id", str)
 
-# PyPI answers every refused exchange with 422; a dependency outage is ours to report
-# as 503 (never 500) so that clients know to retry with a fresh token.
+# The one map between errors and HTTP statuses. A TrustpubError's status by its code: PyPI
+# answers every refused exchange with 422; a dependency outage is ours to report as 503 (never
+# 500) so that clients know to retry with a fresh token.
 _STATUS = {ErrorCode.UNAVAILABLE: 503, ErrorCode.INTERNAL_ERROR: 503}
+RATE_LIMITED = "rate-limited"
+# The code of an answer given by status alone (aiohttp's own 404/405/413, the rate limit, a
+# switched-off route or service); any other 4xx is "invalid-request".
+_HTTP_CODES = {
+    403: ErrorCode.NOT_ENABLED.value,
+    404: "not-found",
+    405: "method-not-allowed",
+    413: ErrorCode.INVALID_PAYLOAD.value,
+    429: RATE_LIMITED,
+}
+INTERNAL_ERROR = "internal error; try again"
 
 
 def json_response(
@@ -37,10 +52,41 @@ def error_response(
     *,
     status: int = 422,
     message: str = TOKEN_REQUEST_FAILED,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> web.Response:
     body = {"message": message, "errors": [{"code": code, "description": description}]}
     return json_response(body, status=status, headers=headers)
+
+
+def status_of(exc: TrustpubError) -> int:
+    """The HTTP status of an answer refusing with ``exc``."""
+    if isinstance(exc, HttpRefusal):
+        return exc.status
+    return _STATUS.get(exc.code, 422)
+
+
+def http_error(
+    status: int,
+    description: str,
+    *,
+    message: str = "",
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """An answer given by status alone, its code from the map above; the message is the
+    status's reason phrase unless given."""
+    return error_response(
+        _HTTP_CODES.get(status, "invalid-request"),
+        description,
+        status=status,
+        message=message or HTTPStatus(status).phrase,
+        headers=headers,
+    )
+
+
+def internal_error() -> web.Response:
+    """The answer to a failure of our own: a 503 that shows nothing of it, never a 500
+    (invariant 3, DESIGN.md, "Invariants")."""
+    return error_response("unavailable", INTERNAL_ERROR, status=503, headers={"Retry-After": "1"})
 
 
 class HttpRefusal(InvalidPayload):
@@ -66,10 +112,10 @@ def from_error(exc: TrustpubError) -> web.Response:
             # client reads the answer rather than a connection reset.)
             response.force_close()
         return response
-    status = _STATUS.get(exc.code, 422)
+    status = status_of(exc)
     if status == 503:
         # An internal error's detail stays in the log of the service that had it.
-        desc = exc.description if exc.code is ErrorCode.UNAVAILABLE else "internal error; try again"
+        desc = exc.description if exc.code is ErrorCode.UNAVAILABLE else INTERNAL_ERROR
         return error_response("unavailable", desc, status=503, headers={"Retry-After": retry_after(exc)})
     return error_response(exc.code.value, exc.description, status=status)
 

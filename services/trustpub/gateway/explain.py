@@ -8,7 +8,7 @@ the publishers the token was plausibly meant for (same workflow file, pipeline f
 of the others only that they exist and which of those rules differs (DESIGN.md, "Explain").
 The token id is not claimed, so the same token can be exchanged afterwards; every explanation
 is audited (``exchange.explained``). Publishers of other identities are never shown. Operators
-switch it off with ``TRUSTPUB_EXPLAIN_ENABLED=false`` (404).
+switch it off with ``TRUSTPUB_EXPLAIN_ENABLED=false`` (404; its route's switch, routes.py).
 """
 
 from __future__ import annotations
@@ -20,17 +20,15 @@ import structlog
 from aiohttp import web
 
 from trustpub.gateway.config import Settings
-from trustpub.gateway.errors import EXCHANGE_ID_RESPONSE_HEADER, error_response, from_error, json_response
+from trustpub.gateway.errors import EXCHANGE_ID, EXCHANGE_ID_RESPONSE_HEADER, from_error, json_response
 from trustpub.gateway.limits import read_body
 from trustpub.gateway.payload import token_from_body
 from trustpub.messages import NotEnabled, TrustpubError
 from trustpub.messages.endpoints import TOKEN_EXPLAIN
 from trustpub.messages.v1 import ExplainCandidate, ExplainReply, VerifyRequest
-from trustpub.runtime import Runtime, new_exchange_id
+from trustpub.runtime import Runtime
 
 log = structlog.get_logger("trustpub.gateway")
-
-EXPLAIN_PATH = "/_/oidc/explain"
 
 
 def report(reply: ExplainReply) -> dict[str, Any]:
@@ -85,12 +83,8 @@ class Explainer:
         self.settings = settings
 
     async def handle(self, request: web.Request) -> web.Response:
-        if not self.settings.explain_enabled:
-            return error_response(
-                "not-found", "explain is switched off on this index", status=404, message="Not Found"
-            )
         deadline = time.time() + self.settings.request_timeout
-        exchange_id = new_exchange_id()
+        exchange_id = request[EXCHANGE_ID]
         provider = "unknown"
         try:
             if not self.settings.enabled:
@@ -101,10 +95,9 @@ class Explainer:
             )
             token = token_from_body(body)
             # The verifier hands the verified token to the registry's read-only judgement.
-            with structlog.contextvars.bound_contextvars(exchange_id=exchange_id):
-                reply = await self.rt.call(
-                    TOKEN_EXPLAIN, VerifyRequest(token=token), deadline=deadline, exchange_id=exchange_id
-                )
+            reply = await self.rt.call(
+                TOKEN_EXPLAIN, VerifyRequest(token=token), deadline=deadline, exchange_id=exchange_id
+            )
             provider = reply.provider
         except TrustpubError as exc:
             response = from_error(exc)
@@ -114,7 +107,6 @@ class Explainer:
                 provider=provider,
                 code=exc.code.value,
                 reason=exc.description[:300],
-                exchange_id=exchange_id,
             )
             response.headers[EXCHANGE_ID_RESPONSE_HEADER] = exchange_id
             return response
@@ -123,6 +115,5 @@ class Explainer:
             provider=provider,
             outcome=reply.outcome,
             candidates=len(reply.candidates),
-            exchange_id=exchange_id,
         )
         return json_response(report(reply), headers={EXCHANGE_ID_RESPONSE_HEADER: exchange_id})

@@ -22,7 +22,6 @@ import collections
 import ipaddress
 import math
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,19 +31,24 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from prometheus_client import Counter
 
 from trustpub.gateway.config import Settings
-from trustpub.gateway.errors import EXCHANGE_ID_RESPONSE_HEADER, HttpRefusal, error_response
+from trustpub.gateway.errors import (
+    EXCHANGE_ID,
+    EXCHANGE_ID_RESPONSE_HEADER,
+    RATE_LIMITED,
+    HttpRefusal,
+    error_response,
+    http_error,
+    internal_error,
+)
+from trustpub.gateway.routes import RateLimit, rate_limit
 from trustpub.gateway.shared_limit import SharedCounts
 from trustpub.messages.endpoints import RATE_LIMITS
-from trustpub.messages.v1 import ExchangeEvent
 from trustpub.runtime import Runtime
 
 log = structlog.get_logger("trustpub.gateway.limits")
 
-# The exchange endpoints, whose POSTs the rate limit counts. Introspection and the key set
-# are for index servers, and the audience for clients' discovery: not limited.
-MINT_PATHS = frozenset({"/_/oidc/mint-token", "/_/oidc/github/mint-token"})
-RATE_LIMITED_PATHS = MINT_PATHS | {"/_/oidc/burn-token", "/_/oidc/explain"}
-RATE_LIMITED = "rate-limited"
+# Which routes the rate limit counts, and which of those are exchanges: the route table's
+# ``limit`` (routes.py).
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -67,10 +71,10 @@ async def read_body(request: web.Request, *, max_bytes: int, timeout: float) -> 
     try:
         async with asyncio.timeout(timeout):
             return await request.read()  # bounded by the app's client_max_size (== max_bytes)
-    except TimeoutError:
-        raise HttpRefusal(f"request body not received within {timeout:g} s", status=408) from None
-    except web.HTTPRequestEntityTooLarge:
-        raise HttpRefusal(f"request body larger than the limit of {max_bytes} bytes", status=413) from None
+    except TimeoutError as exc:
+        raise HttpRefusal(f"request body not received within {timeout:g} s", status=408) from exc
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise HttpRefusal(f"request body larger than the limit of {max_bytes} bytes", status=413) from exc
 
 
 # --- errors of aiohttp's HTTP parser, in the JSON shape -------------------------------------
@@ -107,17 +111,10 @@ class _JsonErrors(web_protocol.RequestHandler):
         if isinstance(exc, LineTooLong) or (
             isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc.message)
         ):
-            response = error_response(
-                "invalid-request",
-                f"request headers are too large: {_safe(exc.message)}",
-                status=431,
-                message="Request Header Fields Too Large",
-            )
+            response = http_error(431, f"request headers are too large: {_safe(exc.message)}")
         elif status >= 500:
             # Invariant 3 (DESIGN.md, "Invariants"): never a 500. Nothing of the failure is shown.
-            response = error_response(
-                "unavailable", "internal error; try again", status=503, headers={"Retry-After": "1"}
-            )
+            response = internal_error()
         else:
             detail = _safe(getattr(exc, "message", "") or message or "")
             response = error_response(
@@ -297,9 +294,10 @@ class ExchangeGuard:
     flood cannot turn into as many audit rows (DESIGN.md, "Hostile input": aggregated, counted exactly).
     """
 
-    def __init__(self, settings: Settings, record: Callable[[ExchangeEvent], None], rt: Runtime) -> None:
+    def __init__(self, settings: Settings, audit: Callable[[str, str, str], None], rt: Runtime) -> None:
         self.settings = settings
-        self.record = record
+        # Audits a refused exchange: (exchange id, code, description) (outcome.py).
+        self.audit = audit
         self.trusted = networks(settings.trusted_proxies)
         self.limiter = (
             RateLimiter(
@@ -328,40 +326,29 @@ class ExchangeGuard:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:  # noqa: ANN401
-        if self.limiter is None or request.method != "POST" or request.path not in RATE_LIMITED_PATHS:
+        limit_class = rate_limit(request.method, request.path)
+        if self.limiter is None or limit_class is RateLimit.NONE:
             return await handler(request)  # type: ignore[no-any-return]
         client = client_address(request, self.trusted)
         allowed, retry_after, first = self.limiter.take(bucket_key(client))
         if allowed:
             return await handler(request)  # type: ignore[no-any-return]
         self.refused.inc()
-        exchange_id = uuid.uuid4().hex
+        exchange_id = request[EXCHANGE_ID]
         wait = max(1, math.ceil(retry_after))
         limit = (
             f"{self.settings.rate_limit:g} requests per second (bursts of {self.settings.rate_limit_burst})"
         )
         description = f"too many requests from this client: the limit is {limit}; retry in {wait} s"
         if first:
-            log.warning("rate_limited", client=client, path=request.path, exchange_id=exchange_id)
-            if request.path in MINT_PATHS:
-                self.record(
-                    ExchangeEvent(
-                        event_id=uuid.uuid4().hex,
-                        exchange_id=exchange_id,
-                        at=time.time(),
-                        outcome="failed",
-                        code=RATE_LIMITED,
-                        description=(
-                            f"client {client} went over the rate limit of {limit}; its further "
-                            "refusals until it slows down are counted, not audited one by one"
-                        ),
-                        provider="unknown",
-                    )
+            log.warning("rate_limited", client=client, path=request.path)
+            if limit_class is RateLimit.AUDITED:
+                self.audit(
+                    exchange_id,
+                    RATE_LIMITED,
+                    f"client {client} went over the rate limit of {limit}; its further "
+                    "refusals until it slows down are counted, not audited one by one",
                 )
-        return error_response(
-            RATE_LIMITED,
-            description,
-            status=429,
-            message="Too Many Requests",
-            headers={"Retry-After": str(wait), EXCHANGE_ID_RESPONSE_HEADER: exchange_id},
+        return http_error(
+            429, description, headers={"Retry-After": str(wait), EXCHANGE_ID_RESPONSE_HEADER: exchange_id}
         )

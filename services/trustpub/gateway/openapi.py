@@ -1,19 +1,24 @@
 """The gateway's OpenAPI 3.0 document, served at ``GET /_/oidc/openapi.json``.
 
-Written by hand from what the handlers answer (PyPI's wire protocol plus trustpub's own
-endpoints) and checked against the live gateway by schemathesis in the test suite. Only the
-routes the running app registered are listed, so an endpoint added later (``explain``) shows
-up once its route exists.
+One operation object per endpoint, written by hand from what the handlers answer (PyPI's wire
+protocol plus trustpub's own endpoints); the route table (routes.py) names each route's
+operation, and the document lists the routes of the table that the running app serves.
+Schemathesis checks it against the live gateway in the test suite.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-OPENAPI_PATH = "/_/oidc/openapi.json"
+if TYPE_CHECKING:
+    from trustpub.gateway.routes import Route
+
+# An OpenAPI operation object.
+Operation = dict[str, Any]
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _EXCHANGE_ID = {
@@ -61,142 +66,130 @@ def _transport_errors(*, audited: bool) -> dict[str, Any]:
     }
 
 
-_MINT = {
-    "post": {
-        "summary": "Exchange an OIDC identity token for a short-lived upload token",
-        "operationId": "mintToken",
-        "requestBody": _token_body("The CI platform's OIDC token"),
-        "responses": {
-            "200": {
-                "description": "Minted.",
-                "headers": _EXCHANGE_ID,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Minted"}}},
-            },
-            **_transport_errors(audited=True),
+MINT: Operation = {
+    "summary": "Exchange an OIDC identity token for a short-lived upload token",
+    "operationId": "mintToken",
+    "requestBody": _token_body("The CI platform's OIDC token"),
+    "responses": {
+        "200": {
+            "description": "Minted.",
+            "headers": _EXCHANGE_ID,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Minted"}}},
         },
-    }
+        **_transport_errors(audited=True),
+    },
 }
+MINT_LEGACY: Operation = {**MINT, "operationId": "mintTokenLegacy"}
 
-_PATHS: dict[str, dict[str, Any]] = {
-    "/_/oidc/audience": {
-        "get": {
-            "summary": "The audience OIDC tokens must be requested for",
-            "operationId": "audience",
-            "responses": {
-                "200": {
-                    "description": "The audience.",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["audience"],
-                                "properties": {"audience": {"type": "string"}},
-                            }
-                        }
-                    },
-                },
-                "403": _error("Trusted publishing is switched off."),
-            },
-        }
-    },
-    "/_/oidc/mint-token": _MINT,
-    "/_/oidc/github/mint-token": {"post": {**_MINT["post"], "operationId": "mintTokenLegacy"}},
-    "/_/oidc/burn-token": {
-        "post": {
-            "summary": "Revoke a minted token before it expires",
-            "operationId": "burnToken",
-            "requestBody": _token_body("The minted token"),
-            "responses": {
-                "202": {
-                    "description": "Revoked.",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["message"],
-                                "properties": {"message": {"type": "string"}},
-                            }
-                        }
-                    },
-                },
-                **_transport_errors(audited=False),
-            },
-        }
-    },
-    "/_/oidc/introspect": {
-        "post": {
-            "summary": "Whether a minted token is active, and its claims (RFC 7662 style)",
-            "operationId": "introspect",
-            "requestBody": _token_body("The minted token"),
-            "responses": {
-                "200": {
-                    "description": "The token's state.",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["active"],
-                                "properties": {"active": {"type": "boolean"}},
-                                "additionalProperties": True,
-                            }
-                        }
-                    },
-                },
-                **{k: v for k, v in _transport_errors(audited=False).items() if k != "429"},
-            },
-        }
-    },
-    "/_/oidc/explain": {
-        "post": {
-            "summary": "Dry run of an exchange: which publisher would match, and why not",
-            "description": (
-                "Reports in full only the publishers the token was plausibly meant for (same "
-                "workflow file, pipeline file or account); of the others only that they exist and "
-                "which rule differs. Audited (exchange.explained). Operators may switch it off."
-            ),
-            "operationId": "explain",
-            "requestBody": _token_body("The CI platform's OIDC token"),
-            "responses": {
-                "200": {
-                    "description": "The verdict.",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                },
-                "404": _error("Explain is switched off on this index (TRUSTPUB_EXPLAIN_ENABLED)."),
-                **_transport_errors(audited=False),
-            },
-        }
-    },
-    "/_/oidc/jwks": {
-        "get": {
-            "summary": "The public keys of minted tokens, for offline verification",
-            "operationId": "jwks",
-            "responses": {
-                "200": {
-                    "description": "A JWK set.",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["keys"],
-                                "properties": {"keys": {"type": "array", "items": {"type": "object"}}},
-                            }
-                        }
-                    },
-                },
-                "503": _error("The minter did not answer in time.", _RETRY_AFTER),
-            },
-        }
-    },
-    OPENAPI_PATH: {
-        "get": {
-            "summary": "This document",
-            "operationId": "openapi",
-            "responses": {
-                "200": {
-                    "description": "OpenAPI 3.0.",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
+AUDIENCE: Operation = {
+    "summary": "The audience OIDC tokens must be requested for",
+    "operationId": "audience",
+    "responses": {
+        "200": {
+            "description": "The audience.",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["audience"],
+                        "properties": {"audience": {"type": "string"}},
+                    }
                 }
             },
+        },
+        "403": _error("Trusted publishing is switched off."),
+    },
+}
+
+BURN: Operation = {
+    "summary": "Revoke a minted token before it expires",
+    "operationId": "burnToken",
+    "requestBody": _token_body("The minted token"),
+    "responses": {
+        "202": {
+            "description": "Revoked.",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["message"],
+                        "properties": {"message": {"type": "string"}},
+                    }
+                }
+            },
+        },
+        **_transport_errors(audited=False),
+    },
+}
+
+INTROSPECT: Operation = {
+    "summary": "Whether a minted token is active, and its claims (RFC 7662 style)",
+    "operationId": "introspect",
+    "requestBody": _token_body("The minted token"),
+    "responses": {
+        "200": {
+            "description": "The token's state.",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["active"],
+                        "properties": {"active": {"type": "boolean"}},
+                        "additionalProperties": True,
+                    }
+                }
+            },
+        },
+        **{k: v for k, v in _transport_errors(audited=False).items() if k != "429"},
+    },
+}
+
+EXPLAIN: Operation = {
+    "summary": "Dry run of an exchange: which publisher would match, and why not",
+    "description": (
+        "Reports in full only the publishers the token was plausibly meant for (same "
+        "workflow file, pipeline file or account); of the others only that they exist and "
+        "which rule differs. Audited (exchange.explained). Operators may switch it off."
+    ),
+    "operationId": "explain",
+    "requestBody": _token_body("The CI platform's OIDC token"),
+    "responses": {
+        "200": {
+            "description": "The verdict.",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        "404": _error("Explain is switched off on this index (TRUSTPUB_EXPLAIN_ENABLED)."),
+        **_transport_errors(audited=False),
+    },
+}
+
+JWKS: Operation = {
+    "summary": "The public keys of minted tokens, for offline verification",
+    "operationId": "jwks",
+    "responses": {
+        "200": {
+            "description": "A JWK set.",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["keys"],
+                        "properties": {"keys": {"type": "array", "items": {"type": "object"}}},
+                    }
+                }
+            },
+        },
+        "503": _error("The minter did not answer in time.", _RETRY_AFTER),
+    },
+}
+
+DOCUMENT: Operation = {
+    "summary": "This document",
+    "operationId": "openapi",
+    "responses": {
+        "200": {
+            "description": "OpenAPI 3.0.",
+            "content": {"application/json": {"schema": {"type": "object"}}},
         }
     },
 }
@@ -239,18 +232,15 @@ _COMPONENTS = {
 }
 
 
-def document(app: web.Application, *, title: str = "trustpub", version: str = "1") -> dict[str, Any]:
-    """The OpenAPI document of the routes ``app`` serves."""
-    served: dict[str, set[str]] = {}
-    for route in app.router.routes():
-        info = route.resource.get_info() if route.resource is not None else {}
-        path = info.get("path") or info.get("formatter")
-        if path:
-            served.setdefault(str(path), set()).add(route.method.lower())
-    paths = {
-        path: {method: op for method, op in ops.items() if method in served.get(path, set())}
-        for path, ops in _PATHS.items()
-    }
+def document(
+    app: web.Application, table: Iterable[Route], *, title: str = "trustpub", version: str = "1"
+) -> dict[str, Any]:
+    """The OpenAPI document of the routes of ``table`` that ``app`` serves."""
+    served = set(served_routes(app))
+    paths: dict[str, dict[str, Operation]] = {}
+    for route in table:
+        if (route.method, route.path) in served:
+            paths.setdefault(route.path, {})[route.method.lower()] = route.operation
     return {
         "openapi": "3.0.3",
         "info": {
@@ -261,18 +251,25 @@ def document(app: web.Application, *, title: str = "trustpub", version: str = "1
                 'Every error is {"message": ..., "errors": [{"code", "description"}]}.'
             ),
         },
-        "paths": {path: ops for path, ops in paths.items() if ops},
+        "paths": paths,
         "components": _COMPONENTS,
     }
 
 
-def handler(app: web.Application) -> web.Response:
+def served_routes(app: web.Application) -> list[tuple[str, str]]:
+    """(method, path) of every route ``app``'s router has, but the HEADs aiohttp adds to GETs."""
+    out: list[tuple[str, str]] = []
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("path") or info.get("formatter")
+        if path and route.method != "HEAD":
+            out.append((route.method, str(path)))
+    return out
+
+
+def handler(app: web.Application, table: Iterable[Route]) -> web.Response:
     """The document as a response."""
-    body = json.dumps(document(app), sort_keys=True)
+    body = json.dumps(document(app, table), sort_keys=True)
     return web.Response(
         text=body, content_type="application/json", headers={"Cache-Control": "public, max-age=300"}
     )
-
-
-async def serve(request: web.Request) -> web.Response:
-    return handler(request.app)

@@ -34,7 +34,7 @@ def token_from_body(body: bytes) -> str:
     try:
         doc = strictjson.loads(body)
     except strictjson.StrictJSONError as exc:
-        raise InvalidPayload(f"request body {exc}") from None
+        raise InvalidPayload(f"request body {exc}") from exc
     if not isinstance(doc, dict):
         raise InvalidPayload(
             f'request body must be a JSON object with a "token" string, got {json_type(doc)}'
