@@ -10,6 +10,9 @@ from trustpub.messages import InvalidPublisher
 from trustpub.providers import github, rules
 from trustpub.providers.rules import RegistrationError
 
+unique_key = github.PROVIDER.unique_key
+merge_spec = github.PROVIDER.merge_spec
+
 AUD = "trustpub-test"
 WF = "octo-org/demo/.github/workflows/release.yml@refs/tags/v1.0.0"
 
@@ -472,22 +475,20 @@ def test_owner_id_required_unless_pinned_on_first_use():
 def test_unique_key():
     a = spec(owner="Octo-Org", repository="Demo", environment="Release")
     b = spec()
-    assert github.unique_key(GITHUB_ISSUER, a) == github.unique_key(GITHUB_ISSUER, b)
-    assert github.unique_key(GITHUB_ISSUER, b) != github.unique_key("https://ghes.example/_services/token", b)
-    assert github.unique_key(GITHUB_ISSUER, b) != github.unique_key(
-        GITHUB_ISSUER, spec(workflow="Release.yml")
-    )
-    assert github.unique_key(GITHUB_ISSUER, b) != github.unique_key(GITHUB_ISSUER, spec(environment=""))
+    assert unique_key(GITHUB_ISSUER, a) == unique_key(GITHUB_ISSUER, b)
+    assert unique_key(GITHUB_ISSUER, b) != unique_key("https://ghes.example/_services/token", b)
+    assert unique_key(GITHUB_ISSUER, b) != unique_key(GITHUB_ISSUER, spec(workflow="Release.yml"))
+    assert unique_key(GITHUB_ISSUER, b) != unique_key(GITHUB_ISSUER, spec(environment=""))
     # The owner id is not part of the identity (as in Warehouse).
-    assert github.unique_key(GITHUB_ISSUER, b) == github.unique_key(GITHUB_ISSUER, spec(owner_id="5"))
+    assert unique_key(GITHUB_ISSUER, b) == unique_key(GITHUB_ISSUER, spec(owner_id="5"))
     assert github.spec_lookup_key(a) == github.lookup_key(claims())
 
 
 def test_merge_spec():
     open_owner = spec(owner_id=None, pin_on_first_use=True)
-    assert github.merge_spec(open_owner, spec()) == {"owner_id": "1001"}
-    assert github.merge_spec(spec(), spec(owner_id=None, repository_id=None, pin_on_first_use=True)) == {}
+    assert merge_spec(open_owner, spec()) == {"owner_id": "1001"}
+    assert merge_spec(spec(), spec(owner_id=None, repository_id=None, pin_on_first_use=True)) == {}
     with pytest.raises(RegistrationError, match="owner id 1001, not 5"):
-        github.merge_spec(spec(), spec(owner_id="5"))
+        merge_spec(spec(), spec(owner_id="5"))
     with pytest.raises(RegistrationError, match="allowed events"):
-        github.merge_spec(spec(), spec(allowed_events=["workflow_run"]))
+        merge_spec(spec(), spec(allowed_events=["workflow_run"]))

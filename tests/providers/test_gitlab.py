@@ -15,6 +15,9 @@ from trustpub.messages import InvalidPublisher
 from trustpub.providers import gitlab
 from trustpub.providers.rules import RegistrationError
 
+unique_key = gitlab.PROVIDER.unique_key
+merge_spec = gitlab.PROVIDER.merge_spec
+
 AUD = "trustpub-test"
 SELF_MANAGED = "https://gitlab.example.test"
 URI = "gitlab.com/my-group/my-project//.gitlab-ci.yml@refs/heads/main"
@@ -271,16 +274,14 @@ def test_split_project_path():
 
 def test_unique_key_and_merge():
     a, b = spec(namespace="My-Group"), spec()
-    assert gitlab.unique_key(GITLAB_ISSUER, a) == gitlab.unique_key(GITLAB_ISSUER, b)
+    assert unique_key(GITLAB_ISSUER, a) == unique_key(GITLAB_ISSUER, b)
     # The issuer is part of the identity: a self-managed instance's publisher is another one.
-    assert gitlab.unique_key(GITLAB_ISSUER, b) != gitlab.unique_key(SELF_MANAGED, b)
-    assert gitlab.unique_key(GITLAB_ISSUER, b) != gitlab.unique_key(
-        GITLAB_ISSUER, spec(environment="Production")
-    )
-    assert gitlab.merge_spec(spec(namespace_id=None, pin_on_first_use=True), spec()) == {"namespace_id": "72"}
+    assert unique_key(GITLAB_ISSUER, b) != unique_key(SELF_MANAGED, b)
+    assert unique_key(GITLAB_ISSUER, b) != unique_key(GITLAB_ISSUER, spec(environment="Production"))
+    assert merge_spec(spec(namespace_id=None, pin_on_first_use=True), spec()) == {"namespace_id": "72"}
     with pytest.raises(RegistrationError, match="namespace id 72, not 5"):
-        gitlab.merge_spec(spec(), spec(namespace_id="5"))
+        merge_spec(spec(), spec(namespace_id="5"))
     with pytest.raises(RegistrationError, match="allowed refs"):
-        gitlab.merge_spec(spec(), spec(allowed_refs=["refs/tags/v*"]))
+        merge_spec(spec(), spec(allowed_refs=["refs/tags/v*"]))
     with pytest.raises(RegistrationError, match="token lifetime"):
-        gitlab.merge_spec(spec(), spec(token_lifetime=600))
+        merge_spec(spec(), spec(token_lifetime=600))

@@ -16,6 +16,9 @@ from trustpub.messages import InvalidPublisher
 from trustpub.providers import google
 from trustpub.providers.rules import RegistrationError
 
+unique_key = google.PROVIDER.unique_key
+merge_spec = google.PROVIDER.merge_spec
+
 AUD = "trustpub-test"
 EMAIL = "publisher@my-project.iam.gserviceaccount.com"
 SUB = "117898162393834569872"
@@ -103,4 +106,4 @@ def test_google_registration():
     assert len(flagged) == 2
     assert "no sub registered" in flagged[0]
     assert "default service account" in flagged[1]
-    assert google.unique_key(GOOGLE_ISSUER, g_spec()) != google.unique_key(GOOGLE_ISSUER, g_spec(sub=""))
+    assert unique_key(GOOGLE_ISSUER, g_spec()) != unique_key(GOOGLE_ISSUER, g_spec(sub=""))

@@ -36,6 +36,7 @@ from trustpub.messages.v1 import (
     VerifiedToken,
 )
 from trustpub.providers import github
+from trustpub.providers.base import Provider
 from trustpub.registry import db
 from trustpub.registry.app import setup
 from trustpub.registry.config import Settings
@@ -99,15 +100,7 @@ async def register(
     }
     fields.update(spec_fields)
     spec = github.validate_spec(**fields)
-    new = db.NewPublisher(
-        provider="github",
-        issuer=issuer,
-        lookup_key=github.spec_lookup_key(spec),
-        unique_key=github.unique_key(issuer, spec),
-        spec=spec,
-        merge=github.merge_spec,
-        registrant="test",
-    )
+    new = db.NewPublisher.of(github.PROVIDER, issuer, spec, "test")
     publisher, _ = await db.add_publisher(conn, new, projects)
     return publisher
 
@@ -123,18 +116,10 @@ async def wait_until(predicate: Any, timeout: float = WAIT_S, interval: float = 
 
 
 def new_publisher(
-    module: Any, spec: dict[str, Any], *, issuer: str, registrant: str = "test"
+    provider: Provider, spec: dict[str, Any], *, issuer: str, registrant: str = "test"
 ) -> db.NewPublisher:
-    """The registration of an already validated spec of any provider module."""
-    return db.NewPublisher(
-        provider=module.NAME,
-        issuer=issuer,
-        lookup_key=module.spec_lookup_key(spec),
-        unique_key=module.unique_key(issuer, spec),
-        spec=spec,
-        merge=module.merge_spec,
-        registrant=registrant,
-    )
+    """The registration of an already validated spec of any provider."""
+    return db.NewPublisher.of(provider, issuer, spec, registrant)
 
 
 async def register_pending(
@@ -158,7 +143,7 @@ async def register_pending(
         "environment": "release",
     }
     fields.update(spec_fields)
-    new = new_publisher(github, github.validate_spec(**fields), issuer=issuer, registrant=registrant)
+    new = new_publisher(github.PROVIDER, github.validate_spec(**fields), issuer=issuer, registrant=registrant)
     return await db.add_pending_publisher(
         conn, new, project, ttl_days=30, max_per_registrant=max_per_registrant
     )

@@ -230,7 +230,9 @@ async def test_gitlab_namespace_id_is_confirmed_the_same_way(registry, conn):
         namespace=ns, project="proj", ci_config_path=".gitlab-ci.yml", pin_on_first_use=True
     )
     await db.add_project(conn, project)
-    publisher, _ = await db.add_publisher(conn, new_publisher(gitlab, spec, issuer=GITLAB_ISSUER), [project])
+    publisher, _ = await db.add_publisher(
+        conn, new_publisher(gitlab.PROVIDER, spec, issuer=GITLAB_ISSUER), [project]
+    )
     assert publisher.needs_confirmation
 
     def req():

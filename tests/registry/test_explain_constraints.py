@@ -200,7 +200,9 @@ async def test_gitlab_ids_pinned_on_first_use(registry, conn):
     )
     project = unique("pkg")
     await db.add_project(conn, project)
-    publisher, _ = await db.add_publisher(conn, new_publisher(gitlab, spec, issuer=GITLAB_ISSUER), [project])
+    publisher, _ = await db.add_publisher(
+        conn, new_publisher(gitlab.PROVIDER, spec, issuer=GITLAB_ISSUER), [project]
+    )
 
     def claims(**kw):
         return gitlab_claims(AUDIENCE, namespace=ns, project="proj", **kw)

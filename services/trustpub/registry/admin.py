@@ -26,7 +26,7 @@ from trustpub.providers.rules import RegistrationError, quote
 from trustpub.registry import admintokens, ascode, db
 from trustpub.registry.admintokens import AdminToken
 from trustpub.registry.config import Settings
-from trustpub.registry.publisherfields import FIELDS, FieldErrors, registration
+from trustpub.registry.publisherfields import FieldErrors, field_names, registration
 
 log = structlog.get_logger("trustpub.registry.admin")
 
@@ -271,7 +271,7 @@ async def create_publisher(call: Call) -> tuple[int, Any]:
 
 def _field_of(provider: str, message: str) -> str:
     """The field a validation message is about: the CLI option it names, or its first word."""
-    names = FIELDS.get(provider, {})
+    names = field_names(provider)
     for option in re.findall(r"--([a-z][a-z-]*)", message):
         if option.replace("-", "_") in names:
             return str(option.replace("-", "_"))

@@ -26,13 +26,14 @@ from trustpub.messages.endpoints import (
     Event,
 )
 from trustpub.messages.v1 import ExchangeEvent, ExchangeEvents, MatchRequest, MintRequest
+from trustpub.providers import PROVIDERS
 from trustpub.providers.issuers import IssuerRegistry
 from trustpub.registry import uploads
 from trustpub.registry.admin import Admin
 from trustpub.registry.config import Settings
 from trustpub.registry.consumer import RETRY_DELAY_S, EventConsumer
 from trustpub.registry.db import Database, purge_expired_pending, purge_used_tokens
-from trustpub.registry.match import PROVIDERS, Matcher
+from trustpub.registry.match import Matcher
 from trustpub.registry.metrics import RegistryMetrics
 from trustpub.runtime import Forward, Runtime
 from trustpub.runtime.seal import SealError

@@ -34,10 +34,10 @@ from typing import Any
 
 import asyncpg
 
-from trustpub.providers import gitlab
+from trustpub.providers import PROVIDERS
 from trustpub.providers.rules import RegistrationError, quote
 from trustpub.registry import db
-from trustpub.registry.publisherfields import FIELDS, FieldErrors, registration
+from trustpub.registry.publisherfields import FieldErrors, registration
 
 # The advisory lock of an apply: one at a time.
 _LOCK = 0x7472757374707562
@@ -357,18 +357,8 @@ def _toml_value(value: Any) -> str:  # noqa: ANN401
 
 def publisher_fields(p: db.Publisher) -> dict[str, Any]:
     """The file's fields of a stored publisher (what ``parse`` turns back into it)."""
-    spec = dict(p.spec)
     out: dict[str, Any] = {"provider": p.provider, "projects": p.projects, "issuer": p.issuer}
-    if p.provider == gitlab.NAME:
-        out["project_path"] = f"{spec.pop('namespace')}/{spec.pop('project')}"
-    elif p.provider == "activestate":
-        out["activestate_project"] = spec.pop("project")
-    names = FIELDS[p.provider]
-    out |= {k: spec[k] for k in names if k in spec and spec[k] not in (None, "", [])}
-    owner_id = {"github": "owner_id", "gitlab": "namespace_id"}.get(p.provider)
-    if owner_id and not spec.get(owner_id):
-        out["pin_on_first_use"] = True
-    return out
+    return out | PROVIDERS[p.provider].registration_fields(p.spec)
 
 
 async def export(conn: asyncpg.Connection) -> str:

@@ -24,9 +24,9 @@ import orjson
 import structlog
 
 from trustpub.messages import Unavailable
-from trustpub.providers import activestate, github, gitlab, google
+from trustpub.providers import PROVIDERS
+from trustpub.providers.base import Provider
 from trustpub.providers.rules import (
-    ProviderRules,
     RegistrationError,
     Spec,
     describe_char,
@@ -73,17 +73,13 @@ class NotFound(LookupError):
     """A project or publisher named in the request does not exist; the message says which."""
 
 
-# What registration derives from a provider's spec: whether the publisher needs a confirmation.
-_PROVIDERS: Mapping[str, ProviderRules] = {m.NAME: m.PROVIDER for m in (activestate, github, gitlab, google)}
-# The spec field that names the owner whose id is confirmed, per provider.
-_OWNER_NAME = {github.NAME: "owner", gitlab.NAME: "namespace"}
 _NUMERIC_ID = re.compile(r"[0-9]{1,20}")
 
 
 def needs_confirmation(provider: str, spec: Spec) -> bool:
     """A GitHub or GitLab publisher registered without its owner's id mints only once an
     operator confirmed the id its first token pinned (DESIGN.md, "Owners are confirmed")."""
-    rules = _PROVIDERS.get(provider)
+    rules = PROVIDERS.get(provider)
     return rules is not None and rules.owner_open(spec)
 
 
@@ -470,9 +466,22 @@ class NewPublisher:
     lookup_key: str
     unique_key: str
     spec: dict[str, Any]
-    # Reconciles the request with an identical publisher that exists (see github.merge_spec).
+    # Reconciles the request with an identical publisher that exists (see Provider.merge_spec).
     merge: Callable[[Spec, Spec], dict[str, Any]]
     registrant: str = ""
+
+    @classmethod
+    def of(cls, provider: Provider, issuer: str, spec: dict[str, Any], registrant: str = "") -> NewPublisher:
+        """The registration of ``spec``, validated by ``provider``, for ``issuer``."""
+        return cls(
+            provider=provider.name,
+            issuer=issuer,
+            lookup_key=provider.spec_lookup_key(spec),
+            unique_key=provider.unique_key(issuer, spec),
+            spec=spec,
+            merge=provider.merge_spec,
+            registrant=registrant,
+        )
 
     @property
     def needs_confirmation(self) -> bool:
@@ -859,6 +868,12 @@ ORDER BY at DESC, id DESC LIMIT 1
 """
 
 
+def _owner_name(provider: str) -> str:
+    """The spec field that names the owner whose id is confirmed."""
+    found = PROVIDERS.get(provider)
+    return found.owner_name_field if found is not None else "owner"
+
+
 def _flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
@@ -888,7 +903,7 @@ async def confirm_publisher(
         if row is None:
             raise NotFound(f"no publisher with id {pid}")
         provider, spec = row["provider"], dict(row["spec"])
-        rules = _PROVIDERS.get(provider)
+        rules = PROVIDERS.get(provider)
         field_name = rules.owner_field if rules is not None and rules.owner_field else ""
         wrong = sorted(set(ids) - {field_name})
         if wrong and not field_name:
@@ -906,7 +921,7 @@ async def confirm_publisher(
         if value is not None and pinned is not None and value != pinned:
             raise RegistrationError(
                 f"publisher {pid} has {field_name.replace('_', ' ')} {pinned}, not {value}: the account now "
-                f"named {quote(spec.get(_OWNER_NAME.get(provider, ''), ''))} is not the one you expect; "
+                f"named {quote(spec.get(_owner_name(provider), ''))} is not the one you expect; "
                 f"remove the publisher (trustpub publisher remove {pid}) and register it again with "
                 f"{_flag(field_name)} {value}"
             )
@@ -940,7 +955,7 @@ async def confirm_publisher(
 async def _awaiting_message(
     conn: asyncpg.Connection, pid: uuid.UUID, provider: str, spec: Mapping[str, Any], field_name: str
 ) -> str:
-    owner_field = _OWNER_NAME.get(provider, "owner")
+    owner_field = _owner_name(provider)
     owner = f"{owner_field} {quote(spec.get(owner_field, ''))}"
     what = field_name.replace("_", " ")
     pinned = spec.get(field_name)

@@ -77,9 +77,9 @@ from trustpub.messages.v1 import (
     RevokeRequest,
     VerifiedToken,
 )
-from trustpub.providers import activestate, github, gitlab, google
+from trustpub.providers import PROVIDERS
+from trustpub.providers.base import Provider
 from trustpub.providers.rules import (
-    ProviderRules,
     RuleResult,
     all_passed,
     failed,
@@ -122,12 +122,6 @@ REPORT_QUIET_S = 1.0
 DEFAULT_LEASE_S = 5.0
 LATE = "the exchange's deadline passed before the publisher was matched"
 
-PROVIDERS: Mapping[str, ProviderRules] = {
-    github.NAME: github.PROVIDER,
-    gitlab.NAME: gitlab.PROVIDER,
-    google.NAME: google.PROVIDER,
-    activestate.NAME: activestate.PROVIDER,
-}
 
 _PROJECTS = """
     ARRAY(SELECT pr.name FROM publisher_projects pp JOIN projects pr ON pr.id = pp.project_id
@@ -332,7 +326,7 @@ class Candidate:
         return all_passed(self.results)
 
 
-def judge(provider: ProviderRules, row: Mapping[str, Any], claims: Mapping[str, Any]) -> Candidate:
+def judge(provider: Provider, row: Mapping[str, Any], claims: Mapping[str, Any]) -> Candidate:
     """Run the provider's rules, and the registry's own conditions, on one candidate row."""
     spec = dict(row["spec"])
     results = provider.evaluate(spec, claims)
@@ -363,7 +357,7 @@ def judge(provider: ProviderRules, row: Mapping[str, Any], claims: Mapping[str, 
     )
 
 
-def decide(provider: ProviderRules, claims: Mapping[str, Any], candidates: Sequence[Candidate]) -> Candidate:
+def decide(provider: Provider, claims: Mapping[str, Any], candidates: Sequence[Candidate]) -> Candidate:
     """The candidate an exchange uses: a passing pending publisher first (PyPI's order), else
     the most specific passing publisher.
 
@@ -387,7 +381,7 @@ def decide(provider: ProviderRules, claims: Mapping[str, Any], candidates: Seque
     raise InvalidPublisher(_no_publisher("; ".join(failure_descriptions(refusals))))
 
 
-def _awaiting(provider: ProviderRules, candidate: Candidate, pins: Mapping[str, str]) -> str:
+def _awaiting(provider: Provider, candidate: Candidate, pins: Mapping[str, str]) -> str:
     """Why a publisher registered without its owner's id mints nothing yet."""
     field_name = provider.owner_field or ""
     value = str(pins.get(field_name) or candidate.spec.get(field_name) or "")
@@ -409,7 +403,7 @@ def _project_exists(project: str) -> str:
 
 
 def _awaiting_verdict(
-    provider: ProviderRules, chosen: Candidate, claims: Mapping[str, Any]
+    provider: Provider, chosen: Candidate, claims: Mapping[str, Any]
 ) -> tuple[str, str, str]:
     """What explain reports for a chosen publisher awaiting its confirmation."""
     pins = provider.pins(chosen.spec, claims)
@@ -432,7 +426,7 @@ class _Done:
 
 
 def _environment_ignored(
-    provider: ProviderRules, spec: Mapping[str, Any], claims: Mapping[str, Any]
+    provider: Provider, spec: Mapping[str, Any], claims: Mapping[str, Any]
 ) -> dict[str, str]:
     """The token ran in an environment the publisher does not require.
 
@@ -491,7 +485,7 @@ class Matcher:
     db: Database
     settings: Settings
     metrics: RegistryMetrics
-    providers: Mapping[str, ProviderRules] = field(default_factory=lambda: PROVIDERS)
+    providers: Mapping[str, Provider] = field(default_factory=lambda: PROVIDERS)
     candidates: CandidateCache = field(default_factory=CandidateCache)
 
     # -- publisher.match ------------------------------------------------------------------
@@ -536,7 +530,7 @@ class Matcher:
         log.debug("match_granted", provider=label, publisher_id=grant.publisher_id, mint_id=grant.mint_id)
         return grant
 
-    def _prepare(self, token: VerifiedToken) -> tuple[ProviderRules, str]:
+    def _prepare(self, token: VerifiedToken) -> tuple[Provider, str]:
         provider = self.providers.get(token.provider)
         if provider is None:
             raise InvalidPublisher(f"{token.provider} publishers are not supported yet")
@@ -562,7 +556,7 @@ class Matcher:
         return self._granted(provider, done)
 
     async def _match_cached(
-        self, req: MatchRequest, provider: ProviderRules, key: str, retain_until: datetime
+        self, req: MatchRequest, provider: Provider, key: str, retain_until: datetime
     ) -> _Done | None:
         """The hot path: candidates from memory, one statement. None when the cache has no
         answer it may give (not cached, a refusal, a pending publisher, an id to pin, or the
@@ -596,7 +590,7 @@ class Matcher:
         return done
 
     async def _match_fresh(
-        self, req: MatchRequest, provider: ProviderRules, key: str, retain_until: datetime
+        self, req: MatchRequest, provider: Provider, key: str, retain_until: datetime
     ) -> _Done:
         token = req.token
         async with self.db.connection() as conn:
@@ -641,7 +635,7 @@ class Matcher:
         assert done is not None  # noqa: S101  (no generation was given: nothing can be stale)
         return done
 
-    def _granted(self, provider: ProviderRules, done: _Done) -> MintGrant:
+    def _granted(self, provider: Provider, done: _Done) -> MintGrant:
         grant = done.grant
         if not done.regranted:
             self.metrics.audited("mint.granted")
@@ -670,7 +664,7 @@ class Matcher:
         self,
         conn: asyncpg.Connection,
         req: MatchRequest,
-        provider: ProviderRules,
+        provider: Provider,
         chosen: Candidate,
         pins: Mapping[str, str],
     ) -> None:
@@ -693,9 +687,7 @@ class Matcher:
             },
         )
 
-    def _pinned_unconfirmed(
-        self, provider: ProviderRules, chosen: Candidate, pins: Mapping[str, str]
-    ) -> None:
+    def _pinned_unconfirmed(self, provider: Provider, chosen: Candidate, pins: Mapping[str, str]) -> None:
         if pins:
             self.metrics.publishers_pinned.labels(provider.name).inc()
             self.metrics.audited("pending.pinned" if chosen.pending else "publisher.pinned")
@@ -712,7 +704,7 @@ class Matcher:
         self,
         conn: asyncpg.Connection,
         req: MatchRequest,
-        provider: ProviderRules,
+        provider: Provider,
         publisher_id: uuid.UUID,
         spec: Mapping[str, Any],
         projects: list[str],
@@ -805,7 +797,7 @@ class Matcher:
         self,
         conn: asyncpg.Connection,
         req: MatchRequest,
-        provider: ProviderRules,
+        provider: Provider,
         publisher_id: uuid.UUID,
         commit_by: datetime,
         lease_until: datetime,
@@ -880,7 +872,7 @@ class Matcher:
         self,
         conn: asyncpg.Connection,
         req: MatchRequest,
-        provider: ProviderRules,
+        provider: Provider,
         chosen: Candidate,
         retain_until: datetime,
     ) -> _Done:
@@ -943,7 +935,7 @@ class Matcher:
         return done
 
     async def _hold_unconfirmed(
-        self, conn: asyncpg.Connection, req: MatchRequest, provider: ProviderRules, chosen: Candidate
+        self, conn: asyncpg.Connection, req: MatchRequest, provider: Provider, chosen: Candidate
     ) -> None:
         """A pending publisher awaiting its confirmation: judged again on its locked row (a rival
         first token or the operator may have pinned its owner's id since the candidate query),
@@ -974,7 +966,7 @@ class Matcher:
         self,
         conn: asyncpg.Connection,
         req: MatchRequest,
-        provider: ProviderRules,
+        provider: Provider,
         row: Mapping[str, Any],
         project: Mapping[str, Any],
         retain_until: datetime,
@@ -1115,7 +1107,7 @@ class Matcher:
 
     def _withheld_description(
         self,
-        provider: ProviderRules,
+        provider: Provider,
         claims: Mapping[str, Any],
         candidates: Sequence[Candidate],
         addressed: Sequence[Candidate],
@@ -1142,7 +1134,7 @@ class Matcher:
         return _no_publisher("; ".join([*failures, tail]))
 
     @staticmethod
-    def _withheld(provider: ProviderRules, c: Candidate) -> ExplainCandidate:
+    def _withheld(provider: Provider, c: Candidate) -> ExplainCandidate:
         """A publisher the token was not meant for: that it exists and which rules differ."""
         return ExplainCandidate(
             publisher_id="",
@@ -1212,7 +1204,7 @@ class Matcher:
         return lifetime if isinstance(lifetime, int) else self.settings.token_lifetime
 
     def _report(
-        self, provider: ProviderRules, c: Candidate, claims: Mapping[str, Any], *, chosen: bool
+        self, provider: Provider, c: Candidate, claims: Mapping[str, Any], *, chosen: bool
     ) -> ExplainCandidate:
         return ExplainCandidate(
             publisher_id=str(c.id),
