@@ -35,18 +35,18 @@ def claims(**kw):
 
 
 def failures(s, c) -> dict[str, str]:
-    return {r.rule: r.description for r in github.evaluate(s, c) if not r.ok}
+    return {r.rule: r.description for r in github.PROVIDER.evaluate(s, c) if not r.ok}
 
 
 def test_baseline_passes_every_rule():
-    results = github.evaluate(spec(), claims())
+    results = github.PROVIDER.evaluate(spec(), claims())
     assert [r.rule for r in results] == list(github.RULES)
     assert all(r.ok for r in results), results
     assert github.lookup_key(claims()) == "octo-org/demo"
 
 
 def test_result_carries_expected_and_actual():
-    (result,) = [r for r in github.evaluate(spec(), claims(repo="other")) if r.rule == "repository"]
+    (result,) = [r for r in github.PROVIDER.evaluate(spec(), claims(repo="other")) if r.rule == "repository"]
     assert result.ok is False
     assert result.expected == "octo-org/demo"
     assert result.actual == "octo-org/other"
@@ -107,8 +107,8 @@ def test_unpinned_ids_pass_and_are_reported_for_pinning():
     assert s["owner_id"] is None
     assert s["repository_id"] is None
     assert failures(s, claims()) == {}
-    assert github.pins(s, claims()) == {"owner_id": "1001", "repository_id": "2002"}
-    assert github.pins(spec(), claims()) == {}
+    assert github.PROVIDER.pins(s, claims()) == {"owner_id": "1001", "repository_id": "2002"}
+    assert github.PROVIDER.pins(spec(), claims()) == {}
 
 
 def test_unpinned_id_must_still_be_numeric():
@@ -364,8 +364,8 @@ def test_empty_rule_table_fails_closed():
 
 
 def test_specificity():
-    assert github.specificity(spec()) == 1
-    assert github.specificity(spec(environment="")) == 0
+    assert github.PROVIDER.specificity(spec()) == 1
+    assert github.PROVIDER.specificity(spec(environment="")) == 0
     assert rules.most_specific([(0, "any"), (1, "env")]) == "env"
     with pytest.raises(InvalidPublisher, match="equally well"):
         rules.most_specific([(1, "a"), (1, "b")])

@@ -453,7 +453,3 @@ PROVIDER = Provider(
     summary=summary,
     file_fields=file_fields,
 )
-# Module-level names for callers that think in terms of one provider.
-evaluate = PROVIDER.evaluate
-specificity = PROVIDER.specificity
-pins = PROVIDER.pins

@@ -227,7 +227,3 @@ PROVIDER = Provider(
     describe=describe,
     summary=summary,
 )
-# Module-level names for callers that think in terms of one provider.
-evaluate = PROVIDER.evaluate
-specificity = PROVIDER.specificity
-pins = PROVIDER.pins

@@ -146,9 +146,9 @@ def _check_url(url: str, iss: Issuer, *, what: str, same_host: bool) -> None:
         parts = urlsplit(url)
         host = parts.hostname or ""
         origin = https_origin(url)
-    except ValueError:
+    except ValueError as exc:
         msg = f"issuer {iss.issuer!r}: {what} {url!r} is not a URL"
-        raise ConfigError(msg) from None
+        raise ConfigError(msg) from exc
     if parts.username or parts.password or not host:
         msg = f"issuer {iss.issuer!r}: {what} {url!r} must be an absolute URL without credentials"
         raise ConfigError(msg)

@@ -39,8 +39,26 @@ import asyncpg
 from trustpub.providers import PROVIDERS
 from trustpub.providers.base import Provider
 from trustpub.providers.rules import RegistrationError
-from trustpub.registry import admin_cli, ascode, audit_cli, db, migrations, publisherfields
+from trustpub.registry import admin_cli, ascode, audit_cli, migrations, publisherfields
 from trustpub.registry.config import Settings
+from trustpub.registry.owners import confirm_publisher
+from trustpub.registry.pending import (
+    PendingPublisher,
+    add_pending_publisher,
+    list_pending_publishers,
+    remove_pending_publisher,
+)
+from trustpub.registry.pool import OUTAGE_ERRORS, connect
+from trustpub.registry.publishers import (
+    NewPublisher,
+    NotFound,
+    Publisher,
+    add_project,
+    add_publisher,
+    list_projects,
+    list_publishers,
+    remove_publisher,
+)
 from trustpub.runtime import buscli, provenancecli
 from trustpub.runtime.config import ConfigError, env_name, load, read_secret
 
@@ -215,13 +233,13 @@ def identity_lines(
     return found.identity_lines(spec)
 
 
-def _publisher_summary(p: db.Publisher | db.PendingPublisher) -> list[str]:
+def _publisher_summary(p: Publisher | PendingPublisher) -> list[str]:
     lines = [
         f"  provider     {p.provider}",
         f"  issuer       {p.issuer}",
         *identity_lines(p.provider, p.spec),
     ]
-    if isinstance(p, db.PendingPublisher):
+    if isinstance(p, PendingPublisher):
         lines += [
             f"  creates      {p.project_name} (pending: on its first exchange)",
             f"  expires      {p.expires_at.isoformat(timespec='seconds')}",
@@ -240,9 +258,9 @@ def identity_short(provider: str, spec: dict[str, Any], providers: Mapping[str, 
     return found.summary(spec) if found is not None else json.dumps(spec, sort_keys=True)
 
 
-def _publisher_line(p: db.Publisher | db.PendingPublisher) -> str:
+def _publisher_line(p: Publisher | PendingPublisher) -> str:
     what = identity_short(p.provider, p.spec)
-    if isinstance(p, db.PendingPublisher):
+    if isinstance(p, PendingPublisher):
         expires = p.expires_at.isoformat(timespec="seconds")
         line = f"{p.id}  {p.provider}  {what}  pending={p.project_name}  expires={expires}"
     else:
@@ -254,7 +272,7 @@ Handler = Callable[[Any, argparse.Namespace, bool], Awaitable[None]]
 
 
 async def _project_add(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
-    project = await db.add_project(conn, args.name, created_by=args.registrant)
+    project = await add_project(conn, args.name, created_by=args.registrant)
     if as_json:
         _print_json(project.to_json())
     else:
@@ -262,7 +280,7 @@ async def _project_add(conn: Any, args: argparse.Namespace, as_json: bool) -> No
 
 
 async def _project_list(conn: Any, _: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
-    projects = await db.list_projects(conn)
+    projects = await list_projects(conn)
     if as_json:
         _print_json([p.to_json() for p in projects])
         return
@@ -270,14 +288,14 @@ async def _project_list(conn: Any, _: argparse.Namespace, as_json: bool) -> None
         _out(f"{p.id}  {p.name}")
 
 
-def new_publisher(args: argparse.Namespace, providers: Mapping[str, Provider] = PROVIDERS) -> db.NewPublisher:
+def new_publisher(args: argparse.Namespace, providers: Mapping[str, Provider] = PROVIDERS) -> NewPublisher:
     """Validate ``publisher add <provider>``'s arguments and build the registration."""
     provider = providers[args.provider]
     registrant = args.registrant if args.registrant is not None else _default_actor()
     return publisherfields.new_publisher(provider, provider.values(args), registrant=registrant)
 
 
-def _warnings(new: db.NewPublisher) -> list[str]:
+def _warnings(new: NewPublisher) -> list[str]:
     found = PROVIDERS.get(new.provider)
     return found.warnings(new.spec) if found is not None else []
 
@@ -301,7 +319,7 @@ async def _publisher_add(conn: Any, args: argparse.Namespace, as_json: bool) -> 
             settings = load(Settings)
         except ConfigError as exc:
             raise RegistrationError(str(exc)) from None
-        pending = await db.add_pending_publisher(
+        pending = await add_pending_publisher(
             conn,
             new,
             args.pending_project,
@@ -315,7 +333,7 @@ async def _publisher_add(conn: Any, args: argparse.Namespace, as_json: bool) -> 
             return
         _print_added(f"created pending publisher {pending.id}", pending, warnings)
         return
-    publisher, created = await db.add_publisher(conn, new, args.projects)
+    publisher, created = await add_publisher(conn, new, args.projects)
     if as_json:
         _print_json({"created": created, "publisher": publisher.to_json(), "warnings": warnings})
         return
@@ -323,7 +341,7 @@ async def _publisher_add(conn: Any, args: argparse.Namespace, as_json: bool) -> 
     _print_added(f"{verb} {publisher.id}", publisher, warnings)
 
 
-def _print_added(headline: str, p: db.Publisher | db.PendingPublisher, warnings: list[str]) -> None:
+def _print_added(headline: str, p: Publisher | PendingPublisher, warnings: list[str]) -> None:
     _out(headline)
     _out("\n".join(_publisher_summary(p)))
     for w in warnings:
@@ -332,7 +350,7 @@ def _print_added(headline: str, p: db.Publisher | db.PendingPublisher, warnings:
         _out(f"note: {_confirmation_note(p)}")
 
 
-def _confirmation_note(p: db.Publisher | db.PendingPublisher) -> str:
+def _confirmation_note(p: Publisher | PendingPublisher) -> str:
     found = PROVIDERS.get(p.provider)
     flag = "--" + (found.owner_field if found is not None and found.owner_field else "owner_id").replace(
         "_", "-"
@@ -345,7 +363,7 @@ def _confirmation_note(p: db.Publisher | db.PendingPublisher) -> str:
 
 async def _publisher_confirm(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
     ids = {name: value for name in _owner_fields(PROVIDERS) if (value := getattr(args, name)) is not None}
-    done = await db.confirm_publisher(conn, args.id, ids, actor=_default_actor())
+    done = await confirm_publisher(conn, args.id, ids, actor=_default_actor())
     p = done.publisher
     if as_json:
         _print_json({"confirmed": done.confirmed_now, "publisher": p.to_json()})
@@ -353,19 +371,19 @@ async def _publisher_confirm(conn: Any, args: argparse.Namespace, as_json: bool)
     if not done.confirmed_now:
         _out(f"publisher {p.id} needs no confirmation")
         return
-    kind = "pending publisher" if isinstance(p, db.PendingPublisher) else "publisher"
+    kind = "pending publisher" if isinstance(p, PendingPublisher) else "publisher"
     _out(f"confirmed {kind} {p.id}: {done.field.replace('_', ' ')} {done.value}; it mints from now on")
     _out("\n".join(_publisher_summary(p)))
 
 
 async def _publisher_list(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
-    listed: Sequence[db.Publisher | db.PendingPublisher]
+    listed: Sequence[Publisher | PendingPublisher]
     if args.pending:
         if args.project:
             raise RegistrationError("--pending lists every pending publisher; leave out --project")
-        listed = await db.list_pending_publishers(conn)
+        listed = await list_pending_publishers(conn)
     else:
-        listed = await db.list_publishers(conn, project=args.project)
+        listed = await list_publishers(conn, project=args.project)
     if as_json:
         _print_json([p.to_json() for p in listed])
         return
@@ -375,11 +393,9 @@ async def _publisher_list(conn: Any, args: argparse.Namespace, as_json: bool) ->
 
 async def _publisher_remove(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
     try:
-        removed: db.Publisher | db.PendingPublisher = await db.remove_publisher(
-            conn, args.id, actor=_default_actor()
-        )
-    except db.NotFound:
-        removed = await db.remove_pending_publisher(conn, args.id, actor=_default_actor())
+        removed: Publisher | PendingPublisher = await remove_publisher(conn, args.id, actor=_default_actor())
+    except NotFound:
+        removed = await remove_pending_publisher(conn, args.id, actor=_default_actor())
         if as_json:
             _print_json({"removed": removed.to_json()})
             return
@@ -457,7 +473,7 @@ async def _run(args: argparse.Namespace, url: str) -> None:
             _out(f"applied {', '.join(applied)}" if applied else "the schema is up to date")
         return
     handler = _HANDLERS[(args.command, getattr(args, "action", ""))]
-    conn = await db.connect(url)
+    conn = await connect(url)
     try:
         await handler(conn, args, as_json)
     finally:
@@ -572,7 +588,7 @@ def _database_command(args: argparse.Namespace) -> int:  # noqa: PLR0911  (one e
         return EXIT_USAGE
     try:
         asyncio.run(_run(args, url))
-    except (RegistrationError, db.NotFound) as exc:
+    except (RegistrationError, NotFound) as exc:
         _fail(str(exc))
         return EXIT_USAGE
     except ascode.FileErrors as exc:
@@ -586,7 +602,7 @@ def _database_command(args: argparse.Namespace) -> int:  # noqa: PLR0911  (one e
     except asyncpg.exceptions.UndefinedTableError:
         _fail(f"the database at {_redact(url)} has no trustpub schema; run: trustpub migrate")
         return EXIT_UNAVAILABLE
-    except (*db.OUTAGE_ERRORS, asyncpg.PostgresError) as exc:
+    except (*OUTAGE_ERRORS, asyncpg.PostgresError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         _fail(f"the database at {_redact(url)} is unavailable ({reason})")
         return EXIT_UNAVAILABLE

@@ -17,7 +17,7 @@ from trustpub.providers import PROVIDERS
 from trustpub.providers.base import BOOL, DEFAULTS, INT, OPT_STR, STR, STRS, Option, Provider
 from trustpub.providers.issuers import BUILTIN, IssuerRegistry
 from trustpub.providers.rules import RegistrationError
-from trustpub.registry import db
+from trustpub.registry.publishers import NewPublisher
 from trustpub.runtime.config import ConfigError, env_name
 
 _PROVIDER_FIELD = Option("provider", STR, required=True)
@@ -58,7 +58,7 @@ def _type_ok(kind: str, value: Any) -> bool:  # noqa: ANN401  (any JSON value)
 class Registration:
     """A checked registration: the publisher, and its projects (or its pending project)."""
 
-    new: db.NewPublisher
+    new: NewPublisher
     projects: list[str]
     pending_project: str | None
 
@@ -122,7 +122,7 @@ def check_issuer(issuer: str, provider: str) -> str:
     return issuer
 
 
-def new_publisher(provider: Provider, values: Mapping[str, Any], *, registrant: str) -> db.NewPublisher:
+def new_publisher(provider: Provider, values: Mapping[str, Any], *, registrant: str) -> NewPublisher:
     """Validate a registration's values (by field name) and build the publisher to store.
 
     Raises:
@@ -130,7 +130,7 @@ def new_publisher(provider: Provider, values: Mapping[str, Any], *, registrant: 
     """
     spec = provider.build_spec(values)
     issuer = check_issuer(values["issuer"] or provider.issuer, provider.name)
-    return db.NewPublisher.of(provider, issuer, spec, registrant)
+    return NewPublisher.of(provider, issuer, spec, registrant)
 
 
 def registration(
