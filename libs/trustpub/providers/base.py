@@ -114,6 +114,18 @@ def owner_id_options(name: str, what: str) -> tuple[Option, Option]:
     )
 
 
+def keyword_spec(
+    validate: Callable[..., dict[str, Any]], options: Sequence[Option]
+) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """A ``build_spec`` for a provider whose ``validate_spec`` takes each of its options, and
+    the token lifetime, as keyword arguments of the same names."""
+
+    def build(values: Mapping[str, Any]) -> dict[str, Any]:
+        return validate(**{o.name: values[o.name] for o in options}, token_lifetime=values["token_lifetime"])
+
+    return build
+
+
 def _no_warnings(spec: Spec) -> list[str]:  # noqa: ARG001  (the warnings' signature)
     return []
 

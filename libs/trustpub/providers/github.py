@@ -27,12 +27,21 @@ Differences from Warehouse (warehouse/oidc/models/github.py), deliberate:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from trustpub.messages import InvalidPublisher
 from trustpub.providers import rules
-from trustpub.providers.base import ALLOWED_REFS, OPT_STR, STR, STRS, Option, Provider, owner_id_options
+from trustpub.providers.base import (
+    ALLOWED_REFS,
+    OPT_STR,
+    STR,
+    STRS,
+    Option,
+    Provider,
+    keyword_spec,
+    owner_id_options,
+)
 from trustpub.providers.rules import (
     Check,
     Claims,
@@ -484,21 +493,30 @@ def unique_parts(spec: Spec) -> list[object]:
     return [spec_lookup_key(spec), str(spec["workflow"]), ascii_lower(str(spec["environment"]))]
 
 
-def build_spec(values: Mapping[str, Any]) -> dict[str, Any]:
-    """:func:`validate_spec` of ``trustpub publisher add github``'s options."""
-    return validate_spec(
-        owner=values["owner"],
-        owner_id=values["owner_id"],
-        repository=values["repository"],
-        repository_id=values["repository_id"],
-        workflow=values["workflow"],
-        environment=values["environment"],
-        allowed_reusable_workflows=values["allowed_reusable_workflows"],
-        allowed_events=values["allowed_events"],
-        allowed_refs=values["allowed_refs"],
-        token_lifetime=values["token_lifetime"],
-        pin_on_first_use=values["pin_on_first_use"],
-    )
+# ``trustpub publisher add github``'s options and the admin API's fields, after the common ones.
+OPTIONS: tuple[Option, ...] = (
+    ALLOWED_REFS,
+    Option("owner", STR, "repository owner (user or organization)", required=True),
+    *owner_id_options("owner_id", "owner's numeric id"),
+    Option("repository", STR, "repository name, without the owner", required=True),
+    Option("repository_id", OPT_STR, "repository's numeric id (default: pinned on first use)"),
+    Option("workflow", STR, "workflow file name, e.g. release.yml", required=True),
+    Option("environment", STR, "GitHub environment required (default: any)"),
+    Option(
+        "allowed_reusable_workflows",
+        STRS,
+        "owner/repo/.github/workflows/file.yml[@ref] that may run the job",
+        flag="--allow-reusable-workflow",
+        metavar="REF",
+    ),
+    Option(
+        "allowed_events",
+        STRS,
+        "pull_request_target or workflow_run, refused unless allowed",
+        flag="--allow-event",
+        metavar="EVENT",
+    ),
+)
 
 
 # --- description --------------------------------------------------------------------------
@@ -539,30 +557,8 @@ PROVIDER = Provider(
     addressed_by=("workflow_ref", "job_workflow_ref"),
     owner_field="owner_id",
     owner_name_field="owner",
-    options=(
-        ALLOWED_REFS,
-        Option("owner", STR, "repository owner (user or organization)", required=True),
-        *owner_id_options("owner_id", "owner's numeric id"),
-        Option("repository", STR, "repository name, without the owner", required=True),
-        Option("repository_id", OPT_STR, "repository's numeric id (default: pinned on first use)"),
-        Option("workflow", STR, "workflow file name, e.g. release.yml", required=True),
-        Option("environment", STR, "GitHub environment required (default: any)"),
-        Option(
-            "allowed_reusable_workflows",
-            STRS,
-            "owner/repo/.github/workflows/file.yml[@ref] that may run the job",
-            flag="--allow-reusable-workflow",
-            metavar="REF",
-        ),
-        Option(
-            "allowed_events",
-            STRS,
-            "pull_request_target or workflow_run, refused unless allowed",
-            flag="--allow-event",
-            metavar="EVENT",
-        ),
-    ),
-    build_spec=build_spec,
+    options=OPTIONS,
+    build_spec=keyword_spec(validate_spec, OPTIONS),
     spec_lookup_key=spec_lookup_key,
     unique_parts=unique_parts,
     list_fields=_OPTION_FIELDS,

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from typing import Any
 
 from trustpub.providers import rules
-from trustpub.providers.base import STR, Option, Provider
+from trustpub.providers.base import STR, Option, Provider, keyword_spec
 from trustpub.providers.rules import (
     Check,
     Claims,
@@ -188,9 +187,11 @@ def unique_parts(spec: Spec) -> list[object]:
     return [spec["email"], spec["sub"]]
 
 
-def build_spec(values: Mapping[str, Any]) -> dict[str, Any]:
-    """:func:`validate_spec` of ``trustpub publisher add google``'s options."""
-    return validate_spec(email=values["email"], sub=values["sub"], token_lifetime=values["token_lifetime"])
+# ``trustpub publisher add google``'s options and the admin API's fields, after the common ones.
+OPTIONS: tuple[Option, ...] = (
+    Option("email", STR, "the service account's e-mail", required=True),
+    Option("sub", STR, "the account's subject id (default: any; recommended)"),
+)
 
 
 # --- description --------------------------------------------------------------------------
@@ -216,11 +217,8 @@ PROVIDER = Provider(
     provenance=provenance,
     narrowing_field="sub",
     addressed_by=("email",),
-    options=(
-        Option("email", STR, "the service account's e-mail", required=True),
-        Option("sub", STR, "the account's subject id (default: any; recommended)"),
-    ),
-    build_spec=build_spec,
+    options=OPTIONS,
+    build_spec=keyword_spec(validate_spec, OPTIONS),
     spec_lookup_key=spec_lookup_key,
     unique_parts=unique_parts,
     warnings=warnings,
