@@ -13,7 +13,7 @@ import argparse
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from trustpub.providers.rules import (
     TOKEN_LIFETIME_MAX,
@@ -100,6 +100,13 @@ ALLOWED_REFS = Option(
 )
 
 
+class IssuerSettings(TypedDict, total=False):
+    """A built-in issuer's settings besides the defaults (``trustpub.providers.issuers.Issuer``)."""
+
+    max_lifetime: int
+    jwks_hosts: tuple[str, ...]
+
+
 def owner_id_options(name: str, what: str) -> tuple[Option, Option]:
     """The owner's id, required unless the operator asks for it to be pinned on first use."""
     flag = "--" + name.replace("_", "-")
@@ -152,7 +159,7 @@ class Provider:
     # Its public issuer: a built-in trusted issuer, and the default of ``--issuer``.
     issuer: str
     # Settings of that built-in issuer besides the defaults (trustpub.providers.issuers.Issuer).
-    issuer_settings: Mapping[str, Any] = field(default_factory=dict)
+    issuer_settings: IssuerSettings = field(default_factory=IssuerSettings)
     # Whether every token must carry a ``jti``: GitHub's and GitLab's documented tokens do.
     requires_jti: bool = False
 
