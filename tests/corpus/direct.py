@@ -17,8 +17,9 @@ from tests.corpus.corpus_keys import AUD, OTHER_PUBLISHERS, PUBLISHERS, Cast, is
 from trustpub.messages import TrustpubError
 from trustpub.messages.v1 import KeySet, VerifiedToken
 from trustpub.providers import github
+from trustpub.providers.base import Provider
 from trustpub.providers.issuers import IssuerRegistry
-from trustpub.providers.rules import ProviderRules, all_passed, failure_descriptions
+from trustpub.providers.rules import all_passed, failure_descriptions
 from trustpub.verifier.config import Settings
 from trustpub.verifier.keys import KeyCache
 from trustpub.verifier.verify import Verifier
@@ -34,7 +35,7 @@ class Direct:
         for issuer, key in cast.by_issuer().items():
             self.cache.apply(KeySet(issuer=issuer, keys=[key.public_jwk()], fetched_at=time.time()))
         self.verifier = Verifier(Settings(audience=AUD), self.issuers, self.cache)
-        self.providers: dict[str, ProviderRules] = {"github": github.PROVIDER}
+        self.providers: dict[str, Provider] = {"github": github.PROVIDER}
         self.specs: list[tuple[str, str, dict[str, Any]]] = [
             ("github", issuer, github.validate_spec(**fields)) for issuer, _, fields in PUBLISHERS
         ]

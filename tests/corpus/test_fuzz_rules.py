@@ -27,7 +27,8 @@ from trustpub.gateway.payload import token_from_body
 from trustpub.messages import InvalidPayload, InvalidPublisher, InvalidToken, NotEnabled, TrustpubError
 from trustpub.messages.v1 import VerifiedToken
 from trustpub.providers import github
-from trustpub.providers.rules import ProviderRules, RuleResult
+from trustpub.providers.base import Provider
+from trustpub.providers.rules import RuleResult
 from trustpub.verifier import preparse
 
 # Bounded: the whole module runs in a few seconds. No example database in the work tree.
@@ -188,7 +189,7 @@ SPECS: dict[str, dict[str, Any]] = {
 }
 
 
-def provider(name: str) -> tuple[ProviderRules, dict[str, Any]]:
+def provider(name: str) -> tuple[Provider, dict[str, Any]]:
     try:
         module = importlib.import_module(f"trustpub.providers.{name}")
     except ImportError:

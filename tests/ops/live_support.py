@@ -23,7 +23,7 @@ from trustpub.devstack.index import PypiServer
 from trustpub.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
 from trustpub.devstack.servers import free_port
 from trustpub.devstack.stack import Stack
-from trustpub.registry import db
+from trustpub.registry.pool import connect
 
 AUDIENCE = "trustpub-ops-test"
 
@@ -57,7 +57,7 @@ async def live_stack(
     owner = unique("ops")
     project = unique("ops-pkg")
     root = await bus.lease()
-    conn = await asyncio.wait_for(db.connect(database_url), 10)
+    conn = await asyncio.wait_for(connect(database_url), 10)
     try:
         # No repository id: the first exchange pins it (trustpub_publishers_pinned_total).
         await register(conn, projects=[project], owner=owner, repository_id=None)

@@ -32,7 +32,7 @@ def a_spec(**kw):
 
 
 def a_failures(s, c) -> dict[str, str]:
-    return {r.rule: r.description for r in activestate.evaluate(s, c) if not r.ok}
+    return {r.rule: r.description for r in activestate.PROVIDER.evaluate(s, c) if not r.ok}
 
 
 # --- ActiveState ------------------------------------------------------------------------
@@ -40,7 +40,7 @@ def a_failures(s, c) -> dict[str, str]:
 
 def test_activestate_claims_pass():
     c = activestate_claims(AUD)
-    results = activestate.evaluate(a_spec(), c)
+    results = activestate.PROVIDER.evaluate(a_spec(), c)
     assert [r.rule for r in results] == list(activestate.RULES)
     assert all(r.ok for r in results)
     assert activestate.lookup_key(c) == "fakeorg/fakeproject"
@@ -105,7 +105,7 @@ def test_activestate_registration():
     ]:
         with pytest.raises(RegistrationError, match=message):
             a_spec(**kw)
-    assert activestate.specificity(a_spec()) == 0
+    assert activestate.PROVIDER.specificity(a_spec()) == 0
     prov = activestate.provenance(activestate_claims(AUD))
     assert (prov["provider"], prov["repository"], prov["actor_id"]) == (
         "activestate",

@@ -108,9 +108,9 @@ def test_github_allowed_refs_rule():
     )
     assert (s["allowed_refs"], s["token_lifetime"]) == (["refs/tags/v*", "refs/heads/release"], 1200)
     ok = github_claims("aud", ref="refs/tags/v2.0.0")
-    assert all(r.ok for r in github.evaluate(s, ok))
+    assert all(r.ok for r in github.PROVIDER.evaluate(s, ok))
     bad = github_claims("aud", ref="refs/heads/main")
-    (result,) = [r for r in github.evaluate(s, bad) if not r.ok]
+    (result,) = [r for r in github.PROVIDER.evaluate(s, bad) if not r.ok]
     assert result.rule == "allowed_refs"
     assert result.expected == '"refs/tags/v*", "refs/heads/release"'
     assert result.actual == "refs/heads/main"
@@ -121,7 +121,7 @@ def test_github_allowed_refs_rule():
     sha_only = github_claims(
         "aud", ref="", workflow_ref="octo-org/demo/.github/workflows/release.yml@" + "0" * 40
     )
-    (result,) = [r for r in github.evaluate(s, sha_only) if r.rule == "allowed_refs"]
+    (result,) = [r for r in github.PROVIDER.evaluate(s, sha_only) if r.rule == "allowed_refs"]
     assert not result.ok
     assert result.description.startswith("the token carries no ref; the publisher allows only")
 

@@ -10,6 +10,9 @@ from trustpub.messages import InvalidPublisher
 from trustpub.providers import github, rules
 from trustpub.providers.rules import RegistrationError
 
+unique_key = github.PROVIDER.unique_key
+merge_spec = github.PROVIDER.merge_spec
+
 AUD = "trustpub-test"
 WF = "octo-org/demo/.github/workflows/release.yml@refs/tags/v1.0.0"
 
@@ -32,18 +35,18 @@ def claims(**kw):
 
 
 def failures(s, c) -> dict[str, str]:
-    return {r.rule: r.description for r in github.evaluate(s, c) if not r.ok}
+    return {r.rule: r.description for r in github.PROVIDER.evaluate(s, c) if not r.ok}
 
 
 def test_baseline_passes_every_rule():
-    results = github.evaluate(spec(), claims())
+    results = github.PROVIDER.evaluate(spec(), claims())
     assert [r.rule for r in results] == list(github.RULES)
     assert all(r.ok for r in results), results
     assert github.lookup_key(claims()) == "octo-org/demo"
 
 
 def test_result_carries_expected_and_actual():
-    (result,) = [r for r in github.evaluate(spec(), claims(repo="other")) if r.rule == "repository"]
+    (result,) = [r for r in github.PROVIDER.evaluate(spec(), claims(repo="other")) if r.rule == "repository"]
     assert result.ok is False
     assert result.expected == "octo-org/demo"
     assert result.actual == "octo-org/other"
@@ -104,8 +107,8 @@ def test_unpinned_ids_pass_and_are_reported_for_pinning():
     assert s["owner_id"] is None
     assert s["repository_id"] is None
     assert failures(s, claims()) == {}
-    assert github.pins(s, claims()) == {"owner_id": "1001", "repository_id": "2002"}
-    assert github.pins(spec(), claims()) == {}
+    assert github.PROVIDER.pins(s, claims()) == {"owner_id": "1001", "repository_id": "2002"}
+    assert github.PROVIDER.pins(spec(), claims()) == {}
 
 
 def test_unpinned_id_must_still_be_numeric():
@@ -361,8 +364,8 @@ def test_empty_rule_table_fails_closed():
 
 
 def test_specificity():
-    assert github.specificity(spec()) == 1
-    assert github.specificity(spec(environment="")) == 0
+    assert github.PROVIDER.specificity(spec()) == 1
+    assert github.PROVIDER.specificity(spec(environment="")) == 0
     assert rules.most_specific([(0, "any"), (1, "env")]) == "env"
     with pytest.raises(InvalidPublisher, match="equally well"):
         rules.most_specific([(1, "a"), (1, "b")])
@@ -472,22 +475,20 @@ def test_owner_id_required_unless_pinned_on_first_use():
 def test_unique_key():
     a = spec(owner="Octo-Org", repository="Demo", environment="Release")
     b = spec()
-    assert github.unique_key(GITHUB_ISSUER, a) == github.unique_key(GITHUB_ISSUER, b)
-    assert github.unique_key(GITHUB_ISSUER, b) != github.unique_key("https://ghes.example/_services/token", b)
-    assert github.unique_key(GITHUB_ISSUER, b) != github.unique_key(
-        GITHUB_ISSUER, spec(workflow="Release.yml")
-    )
-    assert github.unique_key(GITHUB_ISSUER, b) != github.unique_key(GITHUB_ISSUER, spec(environment=""))
+    assert unique_key(GITHUB_ISSUER, a) == unique_key(GITHUB_ISSUER, b)
+    assert unique_key(GITHUB_ISSUER, b) != unique_key("https://ghes.example/_services/token", b)
+    assert unique_key(GITHUB_ISSUER, b) != unique_key(GITHUB_ISSUER, spec(workflow="Release.yml"))
+    assert unique_key(GITHUB_ISSUER, b) != unique_key(GITHUB_ISSUER, spec(environment=""))
     # The owner id is not part of the identity (as in Warehouse).
-    assert github.unique_key(GITHUB_ISSUER, b) == github.unique_key(GITHUB_ISSUER, spec(owner_id="5"))
+    assert unique_key(GITHUB_ISSUER, b) == unique_key(GITHUB_ISSUER, spec(owner_id="5"))
     assert github.spec_lookup_key(a) == github.lookup_key(claims())
 
 
 def test_merge_spec():
     open_owner = spec(owner_id=None, pin_on_first_use=True)
-    assert github.merge_spec(open_owner, spec()) == {"owner_id": "1001"}
-    assert github.merge_spec(spec(), spec(owner_id=None, repository_id=None, pin_on_first_use=True)) == {}
+    assert merge_spec(open_owner, spec()) == {"owner_id": "1001"}
+    assert merge_spec(spec(), spec(owner_id=None, repository_id=None, pin_on_first_use=True)) == {}
     with pytest.raises(RegistrationError, match="owner id 1001, not 5"):
-        github.merge_spec(spec(), spec(owner_id="5"))
+        merge_spec(spec(), spec(owner_id="5"))
     with pytest.raises(RegistrationError, match="allowed events"):
-        github.merge_spec(spec(), spec(allowed_events=["workflow_run"]))
+        merge_spec(spec(), spec(allowed_events=["workflow_run"]))

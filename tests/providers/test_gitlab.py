@@ -15,6 +15,9 @@ from trustpub.messages import InvalidPublisher
 from trustpub.providers import gitlab
 from trustpub.providers.rules import RegistrationError
 
+unique_key = gitlab.PROVIDER.unique_key
+merge_spec = gitlab.PROVIDER.merge_spec
+
 AUD = "trustpub-test"
 SELF_MANAGED = "https://gitlab.example.test"
 URI = "gitlab.com/my-group/my-project//.gitlab-ci.yml@refs/heads/main"
@@ -38,14 +41,14 @@ def claims(**kw):
 
 
 def failures(s, c) -> dict[str, str]:
-    return {r.rule: r.description for r in gitlab.evaluate(s, c) if not r.ok}
+    return {r.rule: r.description for r in gitlab.PROVIDER.evaluate(s, c) if not r.ok}
 
 
 def test_documented_claims_pass_every_rule():
     c = claims()
     assert c["ci_config_ref_uri"] == URI
     assert c["sub"] == "project_path:my-group/my-project:ref_type:branch:ref:main"
-    results = gitlab.evaluate(spec(), c)
+    results = gitlab.PROVIDER.evaluate(spec(), c)
     assert [r.rule for r in results] == list(gitlab.RULES)
     assert all(r.ok for r in results), results
     assert gitlab.lookup_key(c) == "my-group/my-project"
@@ -53,7 +56,9 @@ def test_documented_claims_pass_every_rule():
 
 
 def test_result_carries_expected_and_actual():
-    (result,) = [r for r in gitlab.evaluate(spec(), claims(project="other")) if r.rule == "project_path"]
+    (result,) = [
+        r for r in gitlab.PROVIDER.evaluate(spec(), claims(project="other")) if r.rule == "project_path"
+    ]
     assert (result.ok, result.expected, result.actual) == (False, "my-group/my-project", "my-group/other")
 
 
@@ -130,8 +135,8 @@ def test_environment_is_case_sensitive():
         "environment": 'the token carries no environment; the publisher requires "production"'
     }
     assert failures(spec(environment=""), claims(environment="anything")) == {}
-    assert gitlab.specificity(spec()) == 1
-    assert gitlab.specificity(spec(environment="")) == 0
+    assert gitlab.PROVIDER.specificity(spec()) == 1
+    assert gitlab.PROVIDER.specificity(spec(environment="")) == 0
 
 
 def test_ids_resurrection_and_pinning():
@@ -142,8 +147,8 @@ def test_ids_resurrection_and_pinning():
     assert "project_id" in failures(spec(), claims(project_id="21"))
     open_ids = spec(namespace_id=None, project_id=None, pin_on_first_use=True)
     assert failures(open_ids, claims()) == {}
-    assert gitlab.pins(open_ids, claims()) == {"namespace_id": "72", "project_id": "20"}
-    assert gitlab.pins(spec(), claims()) == {}
+    assert gitlab.PROVIDER.pins(open_ids, claims()) == {"namespace_id": "72", "project_id": "20"}
+    assert gitlab.PROVIDER.pins(spec(), claims()) == {}
     assert failures(open_ids, claims(project_id="2x")) == {
         "project_id": 'project_id "2x" is not a numeric id'
     }
@@ -271,16 +276,14 @@ def test_split_project_path():
 
 def test_unique_key_and_merge():
     a, b = spec(namespace="My-Group"), spec()
-    assert gitlab.unique_key(GITLAB_ISSUER, a) == gitlab.unique_key(GITLAB_ISSUER, b)
+    assert unique_key(GITLAB_ISSUER, a) == unique_key(GITLAB_ISSUER, b)
     # The issuer is part of the identity: a self-managed instance's publisher is another one.
-    assert gitlab.unique_key(GITLAB_ISSUER, b) != gitlab.unique_key(SELF_MANAGED, b)
-    assert gitlab.unique_key(GITLAB_ISSUER, b) != gitlab.unique_key(
-        GITLAB_ISSUER, spec(environment="Production")
-    )
-    assert gitlab.merge_spec(spec(namespace_id=None, pin_on_first_use=True), spec()) == {"namespace_id": "72"}
+    assert unique_key(GITLAB_ISSUER, b) != unique_key(SELF_MANAGED, b)
+    assert unique_key(GITLAB_ISSUER, b) != unique_key(GITLAB_ISSUER, spec(environment="Production"))
+    assert merge_spec(spec(namespace_id=None, pin_on_first_use=True), spec()) == {"namespace_id": "72"}
     with pytest.raises(RegistrationError, match="namespace id 72, not 5"):
-        gitlab.merge_spec(spec(), spec(namespace_id="5"))
+        merge_spec(spec(), spec(namespace_id="5"))
     with pytest.raises(RegistrationError, match="allowed refs"):
-        gitlab.merge_spec(spec(), spec(allowed_refs=["refs/tags/v*"]))
+        merge_spec(spec(), spec(allowed_refs=["refs/tags/v*"]))
     with pytest.raises(RegistrationError, match="token lifetime"):
-        gitlab.merge_spec(spec(), spec(token_lifetime=600))
+        merge_spec(spec(), spec(token_lifetime=600))

@@ -16,6 +16,9 @@ from trustpub.messages import InvalidPublisher
 from trustpub.providers import google
 from trustpub.providers.rules import RegistrationError
 
+unique_key = google.PROVIDER.unique_key
+merge_spec = google.PROVIDER.merge_spec
+
 AUD = "trustpub-test"
 EMAIL = "publisher@my-project.iam.gserviceaccount.com"
 SUB = "117898162393834569872"
@@ -26,7 +29,7 @@ def g_spec(**kw):
 
 
 def g_failures(s, c) -> dict[str, str]:
-    return {r.rule: r.description for r in google.evaluate(s, c) if not r.ok}
+    return {r.rule: r.description for r in google.PROVIDER.evaluate(s, c) if not r.ok}
 
 
 # --- Google -----------------------------------------------------------------------------
@@ -36,7 +39,7 @@ def test_google_documented_claims_pass():
     c = google_claims(AUD)
     assert "jti" not in c  # single use comes from the token's hash (the verifier)
     assert c["email_verified"] is True
-    results = google.evaluate(g_spec(), c)
+    results = google.PROVIDER.evaluate(g_spec(), c)
     assert [r.rule for r in results] == list(google.RULES)
     assert all(r.ok for r in results)
     assert google.lookup_key(c) == EMAIL
@@ -76,9 +79,9 @@ def test_google_sub():
     }
     any_sub = g_spec(sub="")
     assert g_failures(any_sub, google_claims(AUD, sub="999")) == {}
-    (rule,) = [r for r in google.evaluate(any_sub, google_claims(AUD)) if r.rule == "sub"]
+    (rule,) = [r for r in google.PROVIDER.evaluate(any_sub, google_claims(AUD)) if r.rule == "sub"]
     assert rule.expected == "any (no subject registered)"
-    assert (google.specificity(g_spec()), google.specificity(any_sub)) == (1, 0)
+    assert (google.PROVIDER.specificity(g_spec()), google.PROVIDER.specificity(any_sub)) == (1, 0)
 
 
 def test_google_lookup_and_provenance():
@@ -87,7 +90,7 @@ def test_google_lookup_and_provenance():
     assert google.identity(google_claims(AUD)) == f"service account {EMAIL}"
     prov = google.provenance(google_claims(AUD))
     assert (prov["provider"], prov["email"], prov["sub"]) == ("google", EMAIL, SUB)
-    assert google.pins(g_spec(), google_claims(AUD)) == {}
+    assert google.PROVIDER.pins(g_spec(), google_claims(AUD)) == {}
 
 
 def test_google_registration():
@@ -103,4 +106,4 @@ def test_google_registration():
     assert len(flagged) == 2
     assert "no sub registered" in flagged[0]
     assert "default service account" in flagged[1]
-    assert google.unique_key(GOOGLE_ISSUER, g_spec()) != google.unique_key(GOOGLE_ISSUER, g_spec(sub=""))
+    assert unique_key(GOOGLE_ISSUER, g_spec()) != unique_key(GOOGLE_ISSUER, g_spec(sub=""))

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from tests.registry.registry_support import registry_running
 
-from trustpub.registry import db
 from trustpub.registry.cli import main
+from trustpub.registry.pool import connect
 from trustpub.runtime import Runtime
 
 
 @pytest.fixture
 async def conn(database_url: str) -> AsyncIterator[Any]:
-    c = await asyncio.wait_for(db.connect(database_url), 10)
+    c = await asyncio.wait_for(connect(database_url), 10)
     try:
         yield c
     finally:

@@ -36,9 +36,18 @@ from trustpub.messages.v1 import (
     VerifiedToken,
 )
 from trustpub.providers import github
-from trustpub.registry import db
+from trustpub.providers.base import Provider
 from trustpub.registry.app import setup
 from trustpub.registry.config import Settings
+from trustpub.registry.pending import PendingPublisher, add_pending_publisher
+from trustpub.registry.publishers import (
+    NewPublisher,
+    Publisher,
+    add_project,
+    add_publisher,
+    list_projects,
+    normalize_name,
+)
 from trustpub.runtime import CommonSettings, Runtime, load
 
 AUDIENCE = "trustpub-test"
@@ -73,10 +82,10 @@ def match_request(claims: dict[str, Any], **kw: Any) -> MatchRequest:
 
 
 async def ensure_projects(conn: Any, names: list[str]) -> None:
-    existing = {p.normalized_name for p in await db.list_projects(conn)}
+    existing = {p.normalized_name for p in await list_projects(conn)}
     for name in names:
-        if db.normalize_name(name) not in existing:
-            await db.add_project(conn, name, created_by="test")
+        if normalize_name(name) not in existing:
+            await add_project(conn, name, created_by="test")
 
 
 async def register(
@@ -86,7 +95,7 @@ async def register(
     owner: str,
     issuer: str = GITHUB_ISSUER,
     **spec_fields: Any,
-) -> db.Publisher:
+) -> Publisher:
     """A GitHub publisher (projects created as needed); spec defaults match github_claims."""
     await ensure_projects(conn, projects)
     fields: dict[str, Any] = {
@@ -99,16 +108,8 @@ async def register(
     }
     fields.update(spec_fields)
     spec = github.validate_spec(**fields)
-    new = db.NewPublisher(
-        provider="github",
-        issuer=issuer,
-        lookup_key=github.spec_lookup_key(spec),
-        unique_key=github.unique_key(issuer, spec),
-        spec=spec,
-        merge=github.merge_spec,
-        registrant="test",
-    )
-    publisher, _ = await db.add_publisher(conn, new, projects)
+    new = NewPublisher.of(github.PROVIDER, issuer, spec, "test")
+    publisher, _ = await add_publisher(conn, new, projects)
     return publisher
 
 
@@ -123,18 +124,10 @@ async def wait_until(predicate: Any, timeout: float = WAIT_S, interval: float = 
 
 
 def new_publisher(
-    module: Any, spec: dict[str, Any], *, issuer: str, registrant: str = "test"
-) -> db.NewPublisher:
-    """The registration of an already validated spec of any provider module."""
-    return db.NewPublisher(
-        provider=module.NAME,
-        issuer=issuer,
-        lookup_key=module.spec_lookup_key(spec),
-        unique_key=module.unique_key(issuer, spec),
-        spec=spec,
-        merge=module.merge_spec,
-        registrant=registrant,
-    )
+    provider: Provider, spec: dict[str, Any], *, issuer: str, registrant: str = "test"
+) -> NewPublisher:
+    """The registration of an already validated spec of any provider."""
+    return NewPublisher.of(provider, issuer, spec, registrant)
 
 
 async def register_pending(
@@ -146,7 +139,7 @@ async def register_pending(
     issuer: str = GITHUB_ISSUER,
     max_per_registrant: int = 3,
     **spec_fields: Any,
-) -> db.PendingPublisher:
+) -> PendingPublisher:
     """A pending GitHub publisher for ``project`` (which must not exist); spec defaults
     match github_claims."""
     fields: dict[str, Any] = {
@@ -158,10 +151,8 @@ async def register_pending(
         "environment": "release",
     }
     fields.update(spec_fields)
-    new = new_publisher(github, github.validate_spec(**fields), issuer=issuer, registrant=registrant)
-    return await db.add_pending_publisher(
-        conn, new, project, ttl_days=30, max_per_registrant=max_per_registrant
-    )
+    new = new_publisher(github.PROVIDER, github.validate_spec(**fields), issuer=issuer, registrant=registrant)
+    return await add_pending_publisher(conn, new, project, ttl_days=30, max_per_registrant=max_per_registrant)
 
 
 def make_registry(common: dict[str, str], database_url: str, **env: str) -> Runtime:

@@ -24,7 +24,8 @@ from tests.registry.registry_support import register, registry_running, unique
 
 from trustpub.gateway import app as gateway_app
 from trustpub.gateway.config import Settings as GatewaySettings
-from trustpub.registry import admintokens, db
+from trustpub.registry import admintokens
+from trustpub.registry.publishers import NotFound, add_project, normalize_name
 from trustpub.runtime import Runtime, load
 
 GITHUB = {
@@ -82,7 +83,7 @@ async def admin_api(common: dict[str, str], database_url: str) -> AsyncIterator[
 async def api(common: dict[str, str], database_url: str, conn: Any) -> AsyncIterator[Api]:
     mine, other = unique("mine"), unique("other")
     for name in (mine, other):
-        await db.add_project(conn, name, created_by="test")
+        await add_project(conn, name, created_by="test")
     tokens, ids = {}, {"mine": mine, "other": other}
     for scope, projects in (("admin", []), ("read", []), ("owner", [mine])):
         token, secret = await admintokens.create_token(
@@ -108,7 +109,7 @@ async def _audit(conn: Any, token_id: str, kind: str) -> list[dict[str, Any]]:
 
 async def test_a_token_is_stored_only_as_its_hash_and_listed_without_it(conn: Any) -> None:
     project = unique("tok")
-    await db.add_project(conn, project)
+    await add_project(conn, project)
     token, secret = await admintokens.create_token(conn, name="ci", scope="owner", projects=[project], days=7)
     assert secret.startswith(f"tpadm_{uuid.UUID(token.id).hex}_")
     row = await conn.fetchrow("SELECT * FROM admin_tokens WHERE id = $1", uuid.UUID(token.id))
@@ -117,7 +118,7 @@ async def test_a_token_is_stored_only_as_its_hash_and_listed_without_it(conn: An
     listed = [t.to_json() for t in await admintokens.list_tokens(conn) if t.id == token.id]
     assert listed
     assert secret not in str(listed)
-    assert listed[0]["projects"] == [db.normalize_name(project)]
+    assert listed[0]["projects"] == [normalize_name(project)]
     assert datetime.now(UTC) + timedelta(days=6) < token.expires_at <= datetime.now(UTC) + timedelta(days=7)
 
 
@@ -130,7 +131,7 @@ async def test_token_creation_refuses_what_it_cannot_grant(conn: Any) -> None:
         await admintokens.create_token(conn, name="x", scope="admin", projects=["a"], days=1)
     with pytest.raises(admintokens.RegistrationError, match="days"):
         await admintokens.create_token(conn, name="x", scope="read", days=0)
-    with pytest.raises(db.NotFound):
+    with pytest.raises(NotFound):
         await admintokens.create_token(conn, name="x", scope="owner", projects=[unique("nope")], days=1)
 
 
@@ -256,7 +257,7 @@ async def test_every_operation_with_each_scope(api: Api, conn: Any) -> None:  # 
             mints[name],
             uuid.UUID(publisher.id),
             uuid.uuid4().hex,
-            [db.normalize_name(p) for p in projects],
+            [normalize_name(p) for p in projects],
         )
     assert (await api.call("POST", f"/mints/{mints['other']}/revoke", token="owner"))[0] == 403
     assert (await api.call("POST", f"/mints/{mints['mine']}/revoke", token="read"))[0] == 403

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from tests.conftest import _create_database
 
-from trustpub.registry import ascode, db
+from trustpub.registry import ascode
 from trustpub.registry.cli import main
+from trustpub.registry.pool import connect
+from trustpub.registry.publishers import list_projects, list_publishers
 
 ACTOR_ID = "9a4b7e5c-1b2c-4d3e-8f9a-0b1c2d3e4f5a"
 FILE = """\
@@ -71,7 +73,7 @@ async def own_db(pg_admin_url: str) -> str:
 
 @pytest.fixture
 async def conn(own_db: str) -> AsyncIterator[Any]:
-    c = await asyncio.wait_for(db.connect(own_db), 10)
+    c = await asyncio.wait_for(connect(own_db), 10)
     try:
         yield c
     finally:
@@ -93,9 +95,9 @@ def trustpub(monkeypatch: pytest.MonkeyPatch, own_db: str, capsys: pytest.Captur
 
 
 async def _state(conn: Any) -> tuple[list[str], list[tuple[str, Any, list[str]]]]:
-    projects = [p.name for p in await db.list_projects(conn)]
+    projects = [p.name for p in await list_projects(conn)]
     publishers = sorted(
-        (p.unique_key, sorted(p.spec.items()), sorted(p.projects)) for p in await db.list_publishers(conn)
+        (p.unique_key, sorted(p.spec.items()), sorted(p.projects)) for p in await list_publishers(conn)
     )
     return projects, publishers  # type: ignore[return-value]
 
@@ -109,11 +111,11 @@ async def test_apply_prints_the_plan_then_makes_the_database_match(
     assert code == 0, err
     assert out.count("create project") == 2
     assert out.count("  create github") == 2
-    assert await db.list_projects(conn) == []  # a dry run changes nothing
+    assert await list_projects(conn) == []  # a dry run changes nothing
     code, out, err = await trustpub("apply", "-f", str(path))
     assert code == 0, err
     assert "applied 7 change(s)" in out
-    publishers = await db.list_publishers(conn)
+    publishers = await list_publishers(conn)
     assert len(publishers) == 5
     gh = next(p for p in publishers if p.spec.get("repository") == "demo")
     assert gh.projects == ["alpha", "Beta.Pkg"]
@@ -134,11 +136,11 @@ async def test_apply_prints_the_plan_then_makes_the_database_match(
     assert "refs/tags/v2*" in out
     assert "unlink github publisher (line 7)" in out
     assert "remove" not in out
-    assert len(await db.list_publishers(conn)) == 5
+    assert len(await list_publishers(conn)) == 5
     code, out, err = await trustpub("apply", "-f", str(path), "--prune")
     assert code == 0, err
     assert "remove activestate publisher" in out
-    assert {p.provider for p in await db.list_publishers(conn)} == {"github", "gitlab", "google"}
+    assert {p.provider for p in await list_publishers(conn)} == {"github", "gitlab", "google"}
     kinds = {r["kind"] for r in await conn.fetch("SELECT kind FROM audit_events")}
     assert {"project.created", "publisher.created", "publisher.changed", "publisher.unlinked"} <= kinds
     assert "publisher.removed" in kinds
@@ -211,7 +213,7 @@ async def test_concurrent_conflicting_applies_one_wins_the_other_changes_nothing
 ) -> None:
     first = ascode.parse(FILE, registrant="a")
     second = ascode.parse(FILE.replace('"refs/tags/v*"', '"refs/heads/main"'), registrant="b")
-    connections = [await db.connect(own_db) for _ in range(2)]
+    connections = [await connect(own_db) for _ in range(2)]
     try:
         plans = [
             await ascode.plan(c, d, prune=True) for c, d in zip(connections, (first, second), strict=True)
@@ -234,7 +236,7 @@ async def test_concurrent_conflicting_applies_one_wins_the_other_changes_nothing
     assert refs == (["refs/tags/v*"] if winner == 0 else ["refs/heads/main"])
     # Another apply holding the lock: refused at once, nothing changed.
     before = await _state(conn)
-    holder = await db.connect(own_db)
+    holder = await connect(own_db)
     try:
         async with holder.transaction():
             await holder.execute("SELECT pg_advisory_xact_lock($1)", ascode._LOCK)

@@ -10,8 +10,9 @@ import pytest
 from tests.registry.registry_support import unique
 
 from trustpub.devstack.servers import free_port
-from trustpub.registry import db
 from trustpub.registry.cli import main
+from trustpub.registry.pool import connect
+from trustpub.registry.publishers import normalize_name
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def cli(monkeypatch, database_url, capsys):
 
 @pytest.fixture
 async def conn(database_url):
-    c = await asyncio.wait_for(db.connect(database_url), 10)
+    c = await asyncio.wait_for(connect(database_url), 10)
     try:
         yield c
     finally:
@@ -46,7 +47,7 @@ async def test_project_add_and_list(cli):
     code, out, _ = await cli("project", "list", "--json")
     assert code == 0
     listed = {p["name"]: p for p in json.loads(out)}
-    assert listed[name]["normalized_name"] == db.normalize_name(name)
+    assert listed[name]["normalized_name"] == normalize_name(name)
 
     # The same project under another spelling is refused.
     code, out, err = await cli("project", "add", name.upper().replace(".", "_"))

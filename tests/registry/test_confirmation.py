@@ -27,7 +27,11 @@ from trustpub.messages import InvalidPendingPublisher, InvalidPublisher
 from trustpub.messages.v1 import MatchRequest, MintGrant
 from trustpub.providers import gitlab
 from trustpub.providers.rules import RegistrationError
-from trustpub.registry import db, migrations
+from trustpub.registry import migrations
+from trustpub.registry.owners import confirm_publisher
+from trustpub.registry.pending import PendingPublisher
+from trustpub.registry.pool import connect
+from trustpub.registry.publishers import Publisher, add_project, add_publisher, get_publisher
 
 AUDIENCE = "trustpub-test"
 
@@ -50,7 +54,7 @@ async def used(conn, claims) -> bool:
     )
 
 
-async def first_token_refused(registry, conn, cli) -> tuple[db.Publisher, str, MatchRequest]:
+async def first_token_refused(registry, conn, cli) -> tuple[Publisher, str, MatchRequest]:
     """A publisher registered with --pin-on-first-use, and the first token: pins, mints nothing."""
     owner, project = unique("org"), unique("pkg")
     publisher = await register(
@@ -84,7 +88,7 @@ async def first_token_refused(registry, conn, cli) -> tuple[db.Publisher, str, M
 
 async def test_first_token_pins_the_owner_id_and_mints_nothing(registry, conn, cli):
     publisher, _, first = await first_token_refused(registry, conn, cli)
-    spec = (await db.get_publisher(conn, publisher.id)).spec
+    spec = (await get_publisher(conn, publisher.id)).spec
     assert (spec["owner_id"], spec["repository_id"]) == ("1001", "2002")
     (pinned,) = await audit_rows(conn, publisher.id, "publisher.pinned")
     assert (pinned["exchange_id"], pinned["mint_id"]) == (first.exchange_id, None)
@@ -125,7 +129,7 @@ async def test_operator_sees_the_pinned_id_and_confirms_only_that_one(registry, 
     code, _, err = await cli("publisher", "confirm", publisher.id, "--namespace-id", "1001")
     assert code == 2
     assert "a github publisher's owner is confirmed with --owner-id, not with --namespace-id" in err
-    assert (await db.get_publisher(conn, publisher.id)).needs_confirmation is True
+    assert (await get_publisher(conn, publisher.id)).needs_confirmation is True
 
     code, out, err = await cli("publisher", "confirm", publisher.id, "--owner-id", "1001")
     assert (code, err) == (0, "")
@@ -158,7 +162,7 @@ async def test_racing_first_tokens_pin_once_and_mint_nothing(registry, conn):
     assert all(isinstance(r, InvalidPublisher) for r in results), results
     assert not any(isinstance(r, MintGrant) for r in results)
     (pinned,) = await audit_rows(conn, publisher.id, "publisher.pinned")
-    spec = (await db.get_publisher(conn, publisher.id)).spec
+    spec = (await get_publisher(conn, publisher.id)).spec
     assert spec["owner_id"] == pinned["detail"]["owner_id"]["new"]
     assert spec["owner_id"] in {r.token.claims["repository_owner_id"] for r in reqs}
     assert (
@@ -182,7 +186,7 @@ async def test_operator_may_confirm_an_id_before_any_token(registry, conn, cli):
     assert code == 0
     (confirmed,) = await audit_rows(conn, publisher.id, "publisher.confirmed")
     assert confirmed["detail"]["pinned_by"] == "operator"
-    assert (await db.get_publisher(conn, publisher.id)).spec["owner_id"] == "1001"
+    assert (await get_publisher(conn, publisher.id)).spec["owner_id"] == "1001"
     with pytest.raises(InvalidPublisher, match='does not match the registered owner id "1001"'):
         await match(registry, match_request(claims_for(owner, owner_id="6666")))
     grant = await match(registry, match_request(claims_for(owner)))
@@ -212,16 +216,16 @@ async def test_pending_publisher_waits_for_its_confirmation_before_creating_the_
     assert sample(registry, "trustpub_audit_events_total", kind="pending.pinned") == 1
 
     with pytest.raises(RegistrationError, match="has owner id 1001, not 7"):
-        await db.confirm_publisher(conn, pending.id, {"owner_id": "7"}, actor="op")
-    done = await db.confirm_publisher(conn, pending.id, {"owner_id": "1001"}, actor="op")
+        await confirm_publisher(conn, pending.id, {"owner_id": "7"}, actor="op")
+    done = await confirm_publisher(conn, pending.id, {"owner_id": "1001"}, actor="op")
     assert done.confirmed_now
-    assert isinstance(done.publisher, db.PendingPublisher)
+    assert isinstance(done.publisher, PendingPublisher)
     (confirmed,) = await audit_rows(conn, pending.id, "pending.confirmed")
     assert (confirmed["detail"]["by"], confirmed["detail"]["registrant"]) == ("op", who)
 
     grant = await match(registry, match_request(first.token.claims))
     assert (grant.publisher_id, grant.projects) == (pending.id, [name])
-    assert (await db.get_publisher(conn, pending.id)).needs_confirmation is False
+    assert (await get_publisher(conn, pending.id)).needs_confirmation is False
 
 
 async def test_gitlab_namespace_id_is_confirmed_the_same_way(registry, conn):
@@ -229,8 +233,10 @@ async def test_gitlab_namespace_id_is_confirmed_the_same_way(registry, conn):
     spec = gitlab.validate_spec(
         namespace=ns, project="proj", ci_config_path=".gitlab-ci.yml", pin_on_first_use=True
     )
-    await db.add_project(conn, project)
-    publisher, _ = await db.add_publisher(conn, new_publisher(gitlab, spec, issuer=GITLAB_ISSUER), [project])
+    await add_project(conn, project)
+    publisher, _ = await add_publisher(
+        conn, new_publisher(gitlab.PROVIDER, spec, issuer=GITLAB_ISSUER), [project]
+    )
     assert publisher.needs_confirmation
 
     def req():
@@ -242,8 +248,8 @@ async def test_gitlab_namespace_id_is_confirmed_the_same_way(registry, conn):
     assert 'confirms namespace_id "72", the id its first token pinned' in info.value.description
     assert f"(trustpub publisher confirm {publisher.id} --namespace-id 72)" in info.value.description
     with pytest.raises(RegistrationError, match="confirmed with --namespace-id, not with --owner-id"):
-        await db.confirm_publisher(conn, publisher.id, {"owner_id": "72"})
-    await db.confirm_publisher(conn, publisher.id, {"namespace_id": "72"}, actor="op")
+        await confirm_publisher(conn, publisher.id, {"owner_id": "72"})
+    await confirm_publisher(conn, publisher.id, {"namespace_id": "72"}, actor="op")
     grant = await match(registry, req())
     assert grant.publisher_id == publisher.id
 
@@ -283,7 +289,7 @@ async def test_cli_registration_says_what_to_do_next(cli, conn):
 
 async def test_migration_disables_publishers_registered_without_the_owner_id(pg_admin_url):
     async with database_before(pg_admin_url, "0007_publisher_confirmation") as url:
-        conn = await asyncio.wait_for(db.connect(url), 10)
+        conn = await asyncio.wait_for(connect(url), 10)
         try:
             insert = (
                 "INSERT INTO publishers (provider, issuer, lookup_key, unique_key, spec) "

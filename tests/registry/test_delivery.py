@@ -31,8 +31,8 @@ from tests.registry.registry_support import (
 from trustpub.messages import ReusedToken, Unavailable
 from trustpub.messages.endpoints import EXCHANGE_FAILED, EXCHANGE_SUCCEEDED, PUBLISHER_MATCH
 from trustpub.messages.v1 import ExchangeEvent, ExchangeEvents, MatchRequest, MintGrant, encode
-from trustpub.registry import db
-from trustpub.registry.match import RELEASE_GRACE_S, REPORT_QUIET_S
+from trustpub.registry.exchange import RELEASE_GRACE_S, REPORT_QUIET_S
+from trustpub.registry.pool import connect
 from trustpub.runtime import Runtime
 from trustpub.runtime.events import ensure_stream
 
@@ -41,7 +41,7 @@ GITHUB = "https://token.actions.githubusercontent.com"
 
 @pytest.fixture
 async def conn(database_url):
-    c = await asyncio.wait_for(db.connect(database_url), 10)
+    c = await asyncio.wait_for(connect(database_url), 10)
     try:
         yield c
     finally:
@@ -270,7 +270,7 @@ async def test_no_grant_is_committed_once_the_deadline_has_passed(common, databa
     async with registry_running(common, database_url) as rt:
         p = peers(rt)
         await match(rt, match_request(claims_for(owner)))  # the candidates are cached: one statement
-        locker = await db.connect(database_url)
+        locker = await connect(database_url)
         try:
             tx = locker.transaction()
             await tx.start()

@@ -23,7 +23,7 @@ from tests.registry.registry_support import (
 from trustpub.devstack.issuer import GITLAB_ISSUER, gitlab_claims
 from trustpub.messages import InvalidPublisher
 from trustpub.providers import gitlab
-from trustpub.registry import db
+from trustpub.registry.publishers import add_project, add_publisher, get_publisher
 
 
 async def counts(conn) -> tuple[int, int, int, int]:
@@ -72,7 +72,7 @@ async def test_explain_would_mint_and_consumes_nothing(registry, conn):
     )
     assert audit["detail"]["identity"] == f"repository {owner}/demo"
     assert (audit["detail"]["candidates"], audit["detail"]["reported_in_full"]) == (1, 1)
-    assert (await db.get_publisher(conn, publisher.id)).spec["repository_id"] is None
+    assert (await get_publisher(conn, publisher.id)).spec["repository_id"] is None
     # The very same token still exchanges; explained afterwards, it is reported used.
     grant = await match(registry, req)
     assert grant.publisher_id == publisher.id
@@ -150,7 +150,7 @@ async def test_explain_pending_and_malformed_tokens(registry, conn):
     # Explaining created nothing.
     assert await conn.fetchval("SELECT count(*) FROM projects WHERE name = $1", name) == 0
 
-    await db.add_project(conn, name)
+    await add_project(conn, name)
     reply = await explain(registry, match_request(claims_for(owner)))
     assert (reply.outcome, reply.code) == ("refused", "invalid-pending-publisher")
     assert reply.description.startswith("valid token, but project already exists")
@@ -199,8 +199,10 @@ async def test_gitlab_ids_pinned_on_first_use(registry, conn):
         namespace=ns, project="proj", ci_config_path=".gitlab-ci.yml", environment="", namespace_id="72"
     )
     project = unique("pkg")
-    await db.add_project(conn, project)
-    publisher, _ = await db.add_publisher(conn, new_publisher(gitlab, spec, issuer=GITLAB_ISSUER), [project])
+    await add_project(conn, project)
+    publisher, _ = await add_publisher(
+        conn, new_publisher(gitlab.PROVIDER, spec, issuer=GITLAB_ISSUER), [project]
+    )
 
     def claims(**kw):
         return gitlab_claims(AUDIENCE, namespace=ns, project="proj", **kw)
@@ -208,7 +210,7 @@ async def test_gitlab_ids_pinned_on_first_use(registry, conn):
     grant = await match(registry, match_request(claims(), issuer=GITLAB_ISSUER, provider="gitlab"))
     assert grant.publisher_id == publisher.id
     assert grant.provenance["repository"] == f"{ns}/proj"
-    pinned = (await db.get_publisher(conn, publisher.id)).spec
+    pinned = (await get_publisher(conn, publisher.id)).spec
     assert (pinned["namespace_id"], pinned["project_id"]) == ("72", "20")
     audit = await conn.fetchrow(
         "SELECT detail FROM audit_events WHERE kind = 'publisher.pinned' AND publisher_id = $1",

@@ -11,7 +11,9 @@ from tests.registry.migration_support import database_before
 from tests.registry.registry_support import unique
 
 from trustpub.providers.rules import RegistrationError
-from trustpub.registry import db, migrations
+from trustpub.registry import migrations
+from trustpub.registry.pool import connect
+from trustpub.registry.publishers import check_project_name, normalize_name
 
 
 @pytest.mark.parametrize(
@@ -19,7 +21,7 @@ from trustpub.registry import db, migrations
     [("a", "a"), ("Z9", "Z9"), ("My.Pkg_x-1", "My.Pkg_x-1"), ("  padded\t", "padded"), ("a.b", "a.b")],
 )
 def test_valid_names(name, stored):
-    assert db.check_project_name(name) == stored
+    assert check_project_name(name) == stored
 
 
 @pytest.mark.parametrize(
@@ -40,16 +42,16 @@ def test_valid_names(name, stored):
 )
 def test_invalid_names_name_the_character(name, why):
     with pytest.raises(RegistrationError) as info:
-        db.check_project_name(name)
+        check_project_name(name)
     assert why in str(info.value)
     assert str(info.value).isascii()
     # normalize_name checks too: a look-alike is never folded onto an ASCII name.
     with pytest.raises(RegistrationError):
-        db.normalize_name(name)
+        normalize_name(name)
 
 
 def test_normalize_ascii():
-    assert db.normalize_name("My.Pkg__x--1") == "my-pkg-x-1"
+    assert normalize_name("My.Pkg__x--1") == "my-pkg-x-1"
 
 
 async def test_every_cli_entry_point_refuses(cli, conn):
@@ -85,7 +87,7 @@ async def test_every_cli_entry_point_refuses(cli, conn):
 
 async def test_migration_removes_pending_publishers_with_non_ascii_names(pg_admin_url):
     async with database_before(pg_admin_url, "0005_ascii_project_names") as url:
-        conn = await asyncio.wait_for(db.connect(url), 10)
+        conn = await asyncio.wait_for(connect(url), 10)
         try:
             rows = {}
             for name in ("req\u017fests", "\u212aeras", "fine-name"):

@@ -23,7 +23,9 @@ from tests.registry.registry_support import (
 from trustpub.messages import InvalidPendingPublisher, InvalidPublisher, ReusedToken
 from trustpub.messages.v1 import MintGrant
 from trustpub.providers.rules import RegistrationError
-from trustpub.registry import db
+from trustpub.registry.pending import PendingPublisher
+from trustpub.registry.pool import connect
+from trustpub.registry.publishers import add_project, get_publisher, normalize_name
 
 
 async def audit_kinds(conn, publisher_id: str) -> list[str]:
@@ -44,11 +46,9 @@ async def test_first_exchange_creates_the_project_and_converts(registry, conn):
     # The pending publisher became a normal one under its own id, linked to the new project.
     assert grant.publisher_id == pending.id
     assert grant.projects == [name]
-    project = await conn.fetchrow(
-        "SELECT * FROM projects WHERE normalized_name = $1", db.normalize_name(name)
-    )
+    project = await conn.fetchrow("SELECT * FROM projects WHERE normalized_name = $1", normalize_name(name))
     assert (project["name"], project["created_by"]) == (name, who)
-    publisher = await db.get_publisher(conn, pending.id)
+    publisher = await get_publisher(conn, pending.id)
     assert publisher.projects == [name]
     assert publisher.registrant == who
     # Its open repository id was pinned by the same exchange.
@@ -91,7 +91,7 @@ async def test_pending_reuses_an_identical_normal_publisher(registry, conn):
     pending = await register_pending(conn, project=new, owner=owner, registrant=unique("bob"))
     grant = await match(registry, match_request(claims_for(owner)))
     assert grant.publisher_id == normal.id
-    assert grant.projects == sorted([old, new], key=db.normalize_name)
+    assert grant.projects == sorted([old, new], key=normalize_name)
     assert (
         await conn.fetchval("SELECT count(*) FROM pending_publishers WHERE id = $1", uuid.UUID(pending.id))
         == 0
@@ -160,7 +160,7 @@ async def test_race_for_one_pending_publisher_gives_one_project_and_one_mint(reg
 async def test_project_created_another_way_first(registry, conn):
     owner, name = unique("org"), unique("taken")
     pending = await register_pending(conn, project=name, owner=owner, registrant=unique("dave"))
-    await db.add_project(conn, name.upper(), created_by="someone-else")
+    await add_project(conn, name.upper(), created_by="someone-else")
     claims = claims_for(owner)
 
     with pytest.raises(InvalidPendingPublisher) as info:
@@ -274,7 +274,7 @@ async def test_per_registrant_limit_and_registration_checks(conn):
     )
 
     existing = unique("exists")
-    await db.add_project(conn, existing)
+    await add_project(conn, existing)
     with pytest.raises(RegistrationError, match="exists already; register a normal publisher"):
         await register_pending(conn, project=existing, owner=unique("org"), registrant=unique("ivan"))
     owner = unique("org")
@@ -289,7 +289,7 @@ async def test_per_registrant_limit_and_registration_checks(conn):
 
 async def test_concurrent_registrations_respect_the_limit(database_url):
     who = unique("mallory")
-    conns = [await asyncio.wait_for(db.connect(database_url), 10) for _ in range(4)]
+    conns = [await asyncio.wait_for(connect(database_url), 10) for _ in range(4)]
     try:
         results = await asyncio.wait_for(
             asyncio.gather(
@@ -304,5 +304,5 @@ async def test_concurrent_registrations_respect_the_limit(database_url):
     finally:
         for c in conns:
             await c.close()
-    assert sum(isinstance(r, db.PendingPublisher) for r in results) == 3
+    assert sum(isinstance(r, PendingPublisher) for r in results) == 3
     assert sum(isinstance(r, RegistrationError) for r in results) == 1

@@ -30,7 +30,9 @@ from trustpub.devstack.servers import free_port
 from trustpub.messages import InvalidPublisher, InvalidToken, ReusedToken, TrustpubError, Unavailable
 from trustpub.messages.endpoints import EXCHANGE_FAILED
 from trustpub.messages.v1 import ExchangeEvent, MintGrant
-from trustpub.registry import db, migrations
+from trustpub.registry import migrations
+from trustpub.registry.pool import connect
+from trustpub.registry.publishers import add_project, normalize_name, remove_publisher
 from trustpub.runtime.events import ensure_stream
 
 GHES = "https://ghes.example.test/_services/token"
@@ -38,7 +40,7 @@ GHES = "https://ghes.example.test/_services/token"
 
 @pytest.fixture
 async def conn(database_url):
-    c = await asyncio.wait_for(db.connect(database_url), 10)
+    c = await asyncio.wait_for(connect(database_url), 10)
     try:
         yield c
     finally:
@@ -66,7 +68,7 @@ async def test_happy_path_grant_mint_and_audit(registry, conn):
     grant = await match(registry, req)
 
     assert grant.publisher_id == publisher.id
-    assert grant.projects == sorted([p1, p2], key=db.normalize_name)
+    assert grant.projects == sorted([p1, p2], key=normalize_name)
     assert grant.expires_at - grant.issued_at == 900
     assert before - 1 <= grant.issued_at <= time.time() + 1
     assert grant.provenance["repository"] == f"{owner}/demo"
@@ -177,7 +179,7 @@ async def test_rejected_exchange_does_not_consume_the_token(registry, conn):
     )
     assert await conn.fetchval("SELECT count(*) FROM used_tokens WHERE token_key = $1", claims["jti"]) == 0
 
-    await db.remove_publisher(conn, wrong.id, actor="test")
+    await remove_publisher(conn, wrong.id, actor="test")
     fixed = await register(conn, projects=[project], owner=owner)
     grant = await match(registry, match_request(claims))
     assert grant.publisher_id == fixed.id
@@ -332,7 +334,7 @@ async def test_revoke_and_status(registry, conn):
 
     # Removing the publisher revokes its outstanding tokens at introspection.
     other = await match(registry, match_request(claims_for(owner)))
-    await db.remove_publisher(conn, publisher.id, actor="test")
+    await remove_publisher(conn, publisher.id, actor="test")
     gone = await status(registry, other.mint_id)
     assert (gone.known, gone.revoked) == (True, True)
 
@@ -611,7 +613,7 @@ async def test_cached_candidates_never_outlive_a_change(registry, conn):
 
     # Both removed: refused, and the refusal consumed nothing.
     for p in (publisher, specific):
-        await db.remove_publisher(conn, p.id, actor="test")
+        await remove_publisher(conn, p.id, actor="test")
     claims = claims_for(owner)
     with pytest.raises(InvalidPublisher):
         await match(registry, match_request(claims))
@@ -619,7 +621,7 @@ async def test_cached_candidates_never_outlive_a_change(registry, conn):
 
 
 async def ensure_projects_linked(conn, publisher_id: str, project: str) -> None:
-    project_id = (await db.add_project(conn, project, created_by="test")).id
+    project_id = (await add_project(conn, project, created_by="test")).id
     await conn.execute(
         "INSERT INTO publisher_projects (publisher_id, project_id) VALUES ($1, $2)",
         uuid.UUID(publisher_id),

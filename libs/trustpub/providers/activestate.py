@@ -18,11 +18,12 @@ registration, so the operator gives the id.
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from trustpub.providers import rules
+from trustpub.providers.base import STR, Option, Provider
 from trustpub.providers.rules import (
     Check,
     Claims,
@@ -36,6 +37,7 @@ from trustpub.providers.rules import (
 )
 
 NAME = "activestate"
+ISSUER = "https://platform.activestate.com/api/v1/oauth/oidc"
 BUILDER = "pypi-publisher"
 
 # Registration (PyPI's form rules, warehouse/oidc/forms/activestate.py): project names are
@@ -139,20 +141,6 @@ def provenance(claims: Claims) -> dict[str, str]:
     }
 
 
-PROVIDER = rules.ProviderRules(
-    name=NAME,
-    table=RULES,
-    lookup_key=lookup_key,
-    identity=identity,
-    provenance=provenance,
-    addressed_by=("actor_id",),
-)
-# Module-level names for callers that think in terms of one provider.
-evaluate = PROVIDER.evaluate
-specificity = PROVIDER.specificity
-pins = PROVIDER.pins
-
-
 # --- registration -----------------------------------------------------------------------
 
 
@@ -200,17 +188,62 @@ def spec_lookup_key(spec: Spec) -> str:
     return f"{spec['organization']}/{spec['project']}"
 
 
-def unique_key(issuer: str, spec: Spec) -> str:
-    """The issuer, organization, project and actor id (Warehouse's unique constraint)."""
-    parts = [NAME, issuer, spec["organization"], spec["project"], spec["actor_id"]]
-    return json.dumps(parts, separators=(",", ":"))
+def unique_parts(spec: Spec) -> list[object]:
+    """The organization, project and actor id, with the issuer (Warehouse's unique constraint)."""
+    return [spec["organization"], spec["project"], spec["actor_id"]]
 
 
-def merge_spec(existing: Spec, requested: Spec) -> dict[str, Any]:
-    """Nothing to fill in; other constraints are refused.
+def build_spec(values: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`validate_spec` of ``trustpub publisher add activestate``'s options."""
+    return validate_spec(
+        organization=values["organization"],
+        project=values["activestate_project"],
+        actor_id=values["actor_id"],
+        actor=values["actor"],
+        token_lifetime=values["token_lifetime"],
+    )
 
-    Raises:
-        RegistrationError: the request asks for other constraints.
-    """
-    rules.merge_constraints(existing, requested)
-    return {}
+
+def file_fields(spec: Spec) -> dict[str, Any]:
+    """A publishers file names the ActiveState project apart from trustpub's projects."""
+    return {"activestate_project": spec["project"]}
+
+
+# --- description --------------------------------------------------------------------------
+
+
+def describe(spec: Spec) -> list[str]:
+    actor = f" ({spec['actor']})" if spec.get("actor") else ""
+    return [
+        f"  project      {spec['organization']}/{spec['project']}",
+        f"  actor id     {spec['actor_id']}{actor}",
+    ]
+
+
+def summary(spec: Spec) -> str:
+    return f"{spec['organization']}/{spec['project']}  actor={spec['actor_id']}"
+
+
+PROVIDER = Provider(
+    name=NAME,
+    title="ActiveState",
+    cli_help="an ActiveState Platform project",
+    issuer=ISSUER,
+    table=RULES,
+    lookup_key=lookup_key,
+    identity=identity,
+    provenance=provenance,
+    addressed_by=("actor_id",),
+    options=(
+        Option("organization", STR, "ActiveState organization (URL name)", required=True),
+        Option("activestate_project", STR, "ActiveState project name", required=True),
+        Option("actor_id", STR, "id (UUID) of the ActiveState user who publishes", required=True),
+        Option("actor", STR, "that user's name (shown only)"),
+    ),
+    build_spec=build_spec,
+    spec_lookup_key=spec_lookup_key,
+    unique_parts=unique_parts,
+    describe=describe,
+    summary=summary,
+    file_fields=file_fields,
+)

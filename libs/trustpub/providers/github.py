@@ -26,13 +26,22 @@ Differences from Warehouse (warehouse/oidc/models/github.py), deliberate:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from typing import Any
 
 from trustpub.messages import InvalidPublisher
 from trustpub.providers import rules
+from trustpub.providers.base import (
+    ALLOWED_REFS,
+    OPT_STR,
+    STR,
+    STRS,
+    Option,
+    Provider,
+    keyword_spec,
+    owner_id_options,
+)
 from trustpub.providers.rules import (
     Check,
     Claims,
@@ -48,6 +57,7 @@ from trustpub.providers.rules import (
 )
 
 NAME = "github"
+ISSUER = "https://token.actions.githubusercontent.com"
 
 # GitHub's own limits: logins are 1-39 of [A-Za-z0-9-], repository names 1-100 of
 # [A-Za-z0-9._-]. Explicit ASCII ranges and fullmatch: "\u043e" (Cyrillic o), fullwidth
@@ -337,23 +347,6 @@ def provenance(claims: Claims) -> dict[str, str]:
     }
 
 
-PROVIDER = rules.ProviderRules(
-    name=NAME,
-    table=RULES,
-    lookup_key=lookup_key,
-    identity=identity,
-    provenance=provenance,
-    narrowing_field="environment",
-    pinned_fields=_PINNED_FIELDS,
-    addressed_by=("workflow_ref", "job_workflow_ref"),
-    owner_field="owner_id",
-)
-# Module-level names for callers that think in terms of one provider.
-evaluate = PROVIDER.evaluate
-specificity = PROVIDER.specificity
-pins = PROVIDER.pins
-
-
 # --- registration -----------------------------------------------------------------------
 
 
@@ -489,50 +482,86 @@ def spec_lookup_key(spec: Spec) -> str:
     return ascii_lower(_registered_repository(spec))
 
 
-def unique_key(issuer: str, spec: Spec) -> str:
-    """What makes two GitHub publishers the same one.
+def unique_parts(spec: Spec) -> list[object]:
+    """What makes two GitHub publishers of one issuer the same one.
 
-    The issuer, the repository (case-insensitive), the workflow file (exact, since the
-    rule compares it exactly) and the environment (case-insensitive). The owner id is not
-    part of it, as in Warehouse: a resurrected owner name cannot register a duplicate with
-    a new id next to the pinned one.
+    The repository (case-insensitive), the workflow file (exact, since the rule compares it
+    exactly) and the environment (case-insensitive). The owner id is not part of it, as in
+    Warehouse: a resurrected owner name cannot register a duplicate with a new id next to the
+    pinned one.
     """
-    parts = [
-        NAME,
-        issuer,
-        spec_lookup_key(spec),
-        str(spec["workflow"]),
-        ascii_lower(str(spec["environment"])),
+    return [spec_lookup_key(spec), str(spec["workflow"]), ascii_lower(str(spec["environment"]))]
+
+
+# ``trustpub publisher add github``'s options and the admin API's fields, after the common ones.
+OPTIONS: tuple[Option, ...] = (
+    ALLOWED_REFS,
+    Option("owner", STR, "repository owner (user or organization)", required=True),
+    *owner_id_options("owner_id", "owner's numeric id"),
+    Option("repository", STR, "repository name, without the owner", required=True),
+    Option("repository_id", OPT_STR, "repository's numeric id (default: pinned on first use)"),
+    Option("workflow", STR, "workflow file name, e.g. release.yml", required=True),
+    Option("environment", STR, "GitHub environment required (default: any)"),
+    Option(
+        "allowed_reusable_workflows",
+        STRS,
+        "owner/repo/.github/workflows/file.yml[@ref] that may run the job",
+        flag="--allow-reusable-workflow",
+        metavar="REF",
+    ),
+    Option(
+        "allowed_events",
+        STRS,
+        "pull_request_target or workflow_run, refused unless allowed",
+        flag="--allow-event",
+        metavar="EVENT",
+    ),
+)
+
+
+# --- description --------------------------------------------------------------------------
+
+
+def describe(spec: Spec) -> list[str]:
+    owner_id = spec.get("owner_id") or "pinned by the first token"
+    repo_id = spec.get("repository_id") or "pinned on first use"
+    lines = [
+        f"  repository   {spec['owner']}/{spec['repository']}",
+        f"  ids          owner {owner_id}, repository {repo_id}",
+        f"  workflow     {spec['workflow']}",
+        f"  environment  {spec.get('environment') or '(any)'}",
     ]
-    return json.dumps(parts, separators=(",", ":"))
+    if spec.get("allowed_reusable_workflows"):
+        lines.append(f"  reusable     {', '.join(spec['allowed_reusable_workflows'])}")
+    if spec.get("allowed_events"):
+        lines.append(f"  events       {', '.join(spec['allowed_events'])} (allowed)")
+    return lines
 
 
-def merge_spec(existing: Spec, requested: Spec) -> dict[str, Any]:
-    """Reconcile a registration with the identical publisher that exists already.
+def summary(spec: Spec) -> str:
+    return f"{spec['owner']}/{spec['repository']}  {spec['workflow']}  env={spec.get('environment') or '*'}"
 
-    Returns the pinned fields to fill in (given now, left open before).
 
-    Raises:
-        RegistrationError: the request pins a different id, or asks for other options.
-    """
-    fill: dict[str, Any] = {}
-    for field, _ in _PINNED_FIELDS:
-        want, have = requested.get(field), existing.get(field)
-        if want is None or want == have:
-            continue
-        if have is None:
-            fill[field] = want
-            continue
-        raise RegistrationError(
-            f"this publisher exists already with {field.replace('_', ' ')} {have}, not {want}; "
-            "remove it first to register it again"
-        )
-    for field in _OPTION_FIELDS:
-        if sorted(requested.get(field) or []) != sorted(existing.get(field) or []):
-            raise RegistrationError(
-                f"this publisher exists already with {field.replace('_', ' ')} "
-                f"{json.dumps(existing.get(field) or [])}; register it with the same options, "
-                "or remove it first"
-            )
-    rules.merge_constraints(existing, requested)
-    return fill
+PROVIDER = Provider(
+    name=NAME,
+    title="GitHub",
+    cli_help="a GitHub Actions workflow (github.com or GHES)",
+    issuer=ISSUER,
+    requires_jti=True,
+    table=RULES,
+    lookup_key=lookup_key,
+    identity=identity,
+    provenance=provenance,
+    narrowing_field="environment",
+    pinned_fields=_PINNED_FIELDS,
+    addressed_by=("workflow_ref", "job_workflow_ref"),
+    owner_field="owner_id",
+    owner_name_field="owner",
+    options=OPTIONS,
+    build_spec=keyword_spec(validate_spec, OPTIONS),
+    spec_lookup_key=spec_lookup_key,
+    unique_parts=unique_parts,
+    list_fields=_OPTION_FIELDS,
+    describe=describe,
+    summary=summary,
+)

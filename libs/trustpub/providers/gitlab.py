@@ -27,13 +27,13 @@ Rules follow Warehouse (warehouse/oidc/models/gitlab.py), with deliberate differ
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from trustpub.messages import InvalidPublisher
 from trustpub.providers import rules
+from trustpub.providers.base import ALLOWED_REFS, OPT_STR, STR, Option, Provider, owner_id_options
 from trustpub.providers.rules import (
     Check,
     Claims,
@@ -75,7 +75,7 @@ REQUIRED_CLAIMS = (
 
 _PINNED_FIELDS = (("namespace_id", "namespace_id"), ("project_id", "project_id"))
 
-DEFAULT_ISSUER = "https://gitlab.com"
+ISSUER = "https://gitlab.com"
 
 
 def issuer_domain(iss: str) -> str:
@@ -268,23 +268,6 @@ def provenance(claims: Claims) -> dict[str, str]:
     }
 
 
-PROVIDER = rules.ProviderRules(
-    name=NAME,
-    table=RULES,
-    lookup_key=lookup_key,
-    identity=identity,
-    provenance=provenance,
-    narrowing_field="environment",
-    pinned_fields=_PINNED_FIELDS,
-    addressed_by=("ci_config_ref_uri",),
-    owner_field="namespace_id",
-)
-# Module-level names for callers that think in terms of one provider.
-evaluate = PROVIDER.evaluate
-specificity = PROVIDER.specificity
-pins = PROVIDER.pins
-
-
 # --- registration -----------------------------------------------------------------------
 
 
@@ -393,32 +376,80 @@ def spec_lookup_key(spec: Spec) -> str:
     return ascii_lower(_registered_path(spec))
 
 
-def unique_key(issuer: str, spec: Spec) -> str:
-    """What makes two GitLab publishers the same one: the issuer, the project path
+def unique_parts(spec: Spec) -> list[object]:
+    """What makes two GitLab publishers of one issuer the same one: the project path
     (case-insensitive), the pipeline file (exact) and the environment (exact)."""
-    parts = [NAME, issuer, spec_lookup_key(spec), str(spec["ci_config_path"]), str(spec["environment"])]
-    return json.dumps(parts, separators=(",", ":"))
+    return [spec_lookup_key(spec), str(spec["ci_config_path"]), str(spec["environment"])]
 
 
-def merge_spec(existing: Spec, requested: Spec) -> dict[str, Any]:
-    """Reconcile a registration with the identical publisher that exists already.
+def build_spec(values: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`validate_spec` of ``trustpub publisher add gitlab``'s options."""
+    namespace, project = split_project_path(values["project_path"])
+    return validate_spec(
+        namespace=namespace,
+        project=project,
+        ci_config_path=values["ci_config_path"],
+        environment=values["environment"],
+        namespace_id=values["namespace_id"],
+        project_id=values["project_id"],
+        allowed_refs=values["allowed_refs"],
+        token_lifetime=values["token_lifetime"],
+        pin_on_first_use=values["pin_on_first_use"],
+    )
 
-    Returns the ids to pin now (given now, left open before).
 
-    Raises:
-        RegistrationError: the request pins a different id, or asks for other constraints.
-    """
-    fill: dict[str, Any] = {}
-    for field, _ in _PINNED_FIELDS:
-        want, have = requested.get(field), existing.get(field)
-        if want is None or want == have:
-            continue
-        if have is None:
-            fill[field] = want
-            continue
-        raise RegistrationError(
-            f"this publisher exists already with {field.replace('_', ' ')} {have}, not {want}; "
-            "remove it first to register it again"
-        )
-    rules.merge_constraints(existing, requested)
-    return fill
+def file_fields(spec: Spec) -> dict[str, Any]:
+    """A publishers file gives the project path whole."""
+    return {"project_path": _registered_path(spec)}
+
+
+# --- description --------------------------------------------------------------------------
+
+
+def describe(spec: Spec) -> list[str]:
+    ns_id = spec.get("namespace_id") or "pinned by the first token"
+    proj_id = spec.get("project_id") or "pinned on first use"
+    return [
+        f"  project path {spec['namespace']}/{spec['project']}",
+        f"  ids          namespace {ns_id}, project {proj_id}",
+        f"  pipeline     {spec['ci_config_path']}",
+        f"  environment  {spec.get('environment') or '(any)'}",
+    ]
+
+
+def summary(spec: Spec) -> str:
+    env = spec.get("environment") or "*"
+    return f"{spec['namespace']}/{spec['project']}  {spec['ci_config_path']}  env={env}"
+
+
+PROVIDER = Provider(
+    name=NAME,
+    title="GitLab",
+    cli_help="a GitLab CI/CD pipeline (gitlab.com or self-managed)",
+    issuer=ISSUER,
+    issuer_settings={"max_lifetime": 7200},
+    requires_jti=True,
+    table=RULES,
+    lookup_key=lookup_key,
+    identity=identity,
+    provenance=provenance,
+    narrowing_field="environment",
+    pinned_fields=_PINNED_FIELDS,
+    addressed_by=("ci_config_ref_uri",),
+    owner_field="namespace_id",
+    owner_name_field="namespace",
+    options=(
+        ALLOWED_REFS,
+        Option("project_path", STR, "GitLab project path: NAMESPACE/PROJECT", required=True),
+        *owner_id_options("namespace_id", "namespace's numeric id"),
+        Option("project_id", OPT_STR, "GitLab project's numeric id (default: pinned on first use)"),
+        Option("ci_config_path", STR, "top-level pipeline file, e.g. .gitlab-ci.yml", required=True),
+        Option("environment", STR, "GitLab environment required, case-sensitive (default: any)"),
+    ),
+    build_spec=build_spec,
+    spec_lookup_key=spec_lookup_key,
+    unique_parts=unique_parts,
+    describe=describe,
+    summary=summary,
+    file_fields=file_fields,
+)

@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from trustpub.providers import rules
+from trustpub.providers.base import STR, Option, Provider, keyword_spec
 from trustpub.providers.rules import (
     Check,
     Claims,
@@ -34,6 +35,7 @@ from trustpub.providers.rules import (
 )
 
 NAME = "google"
+ISSUER = "https://accounts.google.com"
 
 # An e-mail address as Google issues them for service accounts: ASCII, one "@", a dotted
 # domain. Deliberately narrow: a service account's address is never internationalised.
@@ -140,21 +142,6 @@ def provenance(claims: Claims) -> dict[str, str]:
     }
 
 
-PROVIDER = rules.ProviderRules(
-    name=NAME,
-    table=RULES,
-    lookup_key=lookup_key,
-    identity=identity,
-    provenance=provenance,
-    narrowing_field="sub",
-    addressed_by=("email",),
-)
-# Module-level names for callers that think in terms of one provider.
-evaluate = PROVIDER.evaluate
-specificity = PROVIDER.specificity
-pins = PROVIDER.pins
-
-
 # --- registration -----------------------------------------------------------------------
 
 
@@ -195,16 +182,46 @@ def spec_lookup_key(spec: Spec) -> str:
     return str(spec["email"])
 
 
-def unique_key(issuer: str, spec: Spec) -> str:
-    """The issuer, the e-mail and the subject ("" = any), as in Warehouse."""
-    return json.dumps([NAME, issuer, spec["email"], spec["sub"]], separators=(",", ":"))
+def unique_parts(spec: Spec) -> list[object]:
+    """The e-mail and the subject ("" = any), with the issuer, as in Warehouse."""
+    return [spec["email"], spec["sub"]]
 
 
-def merge_spec(existing: Spec, requested: Spec) -> dict[str, Any]:
-    """Nothing to fill in; other constraints are refused.
+# ``trustpub publisher add google``'s options and the admin API's fields, after the common ones.
+OPTIONS: tuple[Option, ...] = (
+    Option("email", STR, "the service account's e-mail", required=True),
+    Option("sub", STR, "the account's subject id (default: any; recommended)"),
+)
 
-    Raises:
-        RegistrationError: the request asks for other constraints.
-    """
-    rules.merge_constraints(existing, requested)
-    return {}
+
+# --- description --------------------------------------------------------------------------
+
+
+def describe(spec: Spec) -> list[str]:
+    return [f"  email        {spec['email']}", f"  sub          {spec.get('sub') or '(any)'}"]
+
+
+def summary(spec: Spec) -> str:
+    return f"{spec['email']}  sub={spec.get('sub') or '*'}"
+
+
+PROVIDER = Provider(
+    name=NAME,
+    title="Google Cloud",
+    cli_help="a Google Cloud service account",
+    issuer=ISSUER,
+    issuer_settings={"jwks_hosts": ("www.googleapis.com",)},
+    table=RULES,
+    lookup_key=lookup_key,
+    identity=identity,
+    provenance=provenance,
+    narrowing_field="sub",
+    addressed_by=("email",),
+    options=OPTIONS,
+    build_spec=keyword_spec(validate_spec, OPTIONS),
+    spec_lookup_key=spec_lookup_key,
+    unique_parts=unique_parts,
+    warnings=warnings,
+    describe=describe,
+    summary=summary,
+)

@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from trustpub.providers import PROVIDERS, activestate, github, gitlab, google
 from trustpub.runtime.config import ConfigError
 
-PROVIDERS = ("github", "gitlab", "google", "activestate")
-
-GITHUB = "https://token.actions.githubusercontent.com"
-GITLAB = "https://gitlab.com"
-GOOGLE = "https://accounts.google.com"
-ACTIVESTATE = "https://platform.activestate.com/api/v1/oauth/oidc"
+# The built-in issuers' ``iss``, each its provider's (trustpub.providers.PROVIDERS).
+GITHUB = github.ISSUER
+GITLAB = gitlab.ISSUER
+GOOGLE = google.ISSUER
+ACTIVESTATE = activestate.ISSUER
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -91,7 +91,7 @@ class Issuer:
         jti for either); their tokens are single-use by the hash of their signing input
         when they lack one.
         """
-        return self.provider in {"github", "gitlab"}
+        return PROVIDERS[self.provider].requires_jti
 
     @property
     def discovery(self) -> str:
@@ -146,9 +146,9 @@ def _check_url(url: str, iss: Issuer, *, what: str, same_host: bool) -> None:
         parts = urlsplit(url)
         host = parts.hostname or ""
         origin = https_origin(url)
-    except ValueError:
+    except ValueError as exc:
         msg = f"issuer {iss.issuer!r}: {what} {url!r} is not a URL"
-        raise ConfigError(msg) from None
+        raise ConfigError(msg) from exc
     if parts.username or parts.password or not host:
         msg = f"issuer {iss.issuer!r}: {what} {url!r} must be an absolute URL without credentials"
         raise ConfigError(msg)
@@ -167,11 +167,8 @@ def _check_url(url: str, iss: Issuer, *, what: str, same_host: bool) -> None:
     raise ConfigError(msg)
 
 
-BUILTIN: tuple[Issuer, ...] = (
-    Issuer(issuer=GITHUB, provider="github", builtin=True),
-    Issuer(issuer=GITLAB, provider="gitlab", max_lifetime=7200, builtin=True),
-    Issuer(issuer=GOOGLE, provider="google", jwks_hosts=("www.googleapis.com",), builtin=True),
-    Issuer(issuer=ACTIVESTATE, provider="activestate", builtin=True),
+BUILTIN: tuple[Issuer, ...] = tuple(
+    Issuer(issuer=p.issuer, provider=p.name, builtin=True, **p.issuer_settings) for p in PROVIDERS.values()
 )
 
 _FIELDS = {f.name for f in dataclasses.fields(Issuer)} - {"builtin"}

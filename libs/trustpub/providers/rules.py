@@ -48,68 +48,6 @@ class RegistrationError(ValueError):
     """Publisher registration input that is malformed or could never match a token."""
 
 
-@dataclass(frozen=True, slots=True)
-class ProviderRules:
-    """What the registry needs from a provider to match verified claims to publishers.
-
-    The functions are plain functions of claims and the publisher's registered ``spec`` (a
-    JSON object); none of them does I/O. What every provider does alike (running its rule
-    table, ranking publishers, pinning ids left open) is done here from data.
-    """
-
-    name: str
-    table: RuleTable
-    # Raises InvalidPublisher when a claim needed to find candidates is missing or malformed.
-    lookup_key: Callable[[Claims], str]
-    # A phrase naming the token's own identity, e.g. "repository octo-org/demo".
-    identity: Callable[[Claims], str]
-    provenance: Callable[[Claims], dict[str, str]]
-    # The spec field that narrows a publisher when set ("environment", Google's "sub"):
-    # such a publisher is more specific than one that leaves it open.
-    narrowing_field: str | None = None
-    # (spec field, claim) pairs that registration may leave open, pinned on first use.
-    pinned_fields: tuple[tuple[str, str], ...] = ()
-    # The rules that say which of an identity's publishers a token was meant for (its workflow
-    # file, pipeline file, account): explain reports in full only the publishers that pass them
-    # (DESIGN.md, "Explain").
-    addressed_by: tuple[str, ...] = ()
-    # The pinned field that binds who owns the identity (GitHub's owner id, GitLab's namespace
-    # id). Registration requires it unless told to pin it on first use; a publisher registered
-    # without it mints only after an operator confirms the id its first token pinned (DESIGN.md,
-    # "Owners are confirmed").
-    owner_field: str | None = None
-
-    def owner_open(self, spec: Spec) -> bool:
-        """Whether the spec leaves the owner's id open: the publisher needs a confirmation."""
-        return self.owner_field is not None and spec.get(self.owner_field) is None
-
-    @property
-    def owner_claim(self) -> str:
-        """The claim that carries the owner's id (``repository_owner_id``, ``namespace_id``)."""
-        return dict(self.pinned_fields).get(self.owner_field or "", "")
-
-    def addresses(self, results: Sequence[RuleResult]) -> bool:
-        """Whether a token judged ``results`` against a publisher was plausibly meant for it."""
-        return all(r.ok for r in results if r.rule in self.addressed_by)
-
-    def evaluate(self, spec: Spec, claims: Claims) -> list[RuleResult]:
-        """Every rule of the table against ``claims``; one result per rule."""
-        return evaluate(self.table, spec, claims)
-
-    def specificity(self, spec: Spec) -> int:
-        return 1 if self.narrowing_field and spec.get(self.narrowing_field) else 0
-
-    def pins(self, spec: Spec, claims: Claims) -> dict[str, str]:
-        """Spec fields left open at registration, with the claim values to pin them to."""
-        out: dict[str, str] = {}
-        for field_name, claim in self.pinned_fields:
-            if spec.get(field_name) is None:
-                value = claims.get(claim)
-                if isinstance(value, str):
-                    out[field_name] = value
-        return out
-
-
 def claim_text(claims: Claims, name: str) -> str:
     """A claim's value if it is a string, else "" (for provenance, never for checks)."""
     value = claims.get(name)

@@ -23,28 +23,33 @@ import structlog
 
 from trustpub.messages.v1 import AdminReply, AdminRequest
 from trustpub.providers.rules import RegistrationError, quote
-from trustpub.registry import admintokens, ascode, db
+from trustpub.registry import admintokens, ascode, mints, publishers
 from trustpub.registry.admintokens import AdminToken
+from trustpub.registry.audit import MAX_AUDIT_LIST, insert_audit, list_audit_events
 from trustpub.registry.config import Settings
-from trustpub.registry.publisherfields import FIELDS, FieldErrors, registration
+from trustpub.registry.pending import (
+    PendingPublisher,
+    add_pending_publisher,
+    list_pending_publishers,
+    pending_from_row,
+    remove_pending_publisher,
+)
+from trustpub.registry.pool import Database
+from trustpub.registry.publisherfields import FieldErrors, field_names, registration
+from trustpub.registry.publishers import (
+    NotFound,
+    Project,
+    Publisher,
+    add_project,
+    add_publisher,
+    get_publisher,
+    normalize_name,
+    parse_id,
+)
 
 log = structlog.get_logger("trustpub.registry.admin")
 
 MAX_BODY = 65536
-_REVOKE_MINT = """
-WITH upd AS (
-    UPDATE mints SET revoked_at = now(), revoked_reason = $2
-    WHERE id = $1 AND revoked_at IS NULL
-    RETURNING id, publisher_id, exchange_id
-), audit AS (
-    INSERT INTO audit_events (event_id, kind, exchange_id, publisher_id, mint_id, outcome, detail)
-    SELECT $3::uuid, 'mint.revoked', upd.exchange_id, upd.publisher_id, upd.id, 'ok',
-           jsonb_build_object('reason', $2::text, 'by', $4::text)
-    FROM upd
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM audit) AS revoked_now
-"""
 
 
 _JSON_TYPES: dict[str, type] = {"string": str, "boolean": bool, "array": list}
@@ -126,7 +131,7 @@ class Call:
         if self.token.scope != "owner" or not names:
             return False
         try:
-            return {db.normalize_name(n) for n in names} <= set(self.token.projects)
+            return {normalize_name(n) for n in names} <= set(self.token.projects)
         except RegistrationError:
             return False
 
@@ -167,7 +172,7 @@ Operation = Callable[[Call], Awaitable[tuple[int, Any]]]
 
 def _uuid(value: str, what: str) -> uuid.UUID:
     try:
-        return db.parse_id(value, what)
+        return parse_id(value, what)
     except RegistrationError as exc:
         raise ApiError(404, "not-found", str(exc)) from None
 
@@ -176,24 +181,24 @@ def _uuid(value: str, what: str) -> uuid.UUID:
 
 
 async def list_projects(call: Call) -> tuple[int, Any]:
-    projects = await db.list_projects(call.conn)
+    projects = await publishers.list_projects(call.conn)
     return 200, [p.to_json() for p in projects if call.may_read([p.name])]
 
 
 async def create_project(call: Call) -> tuple[int, Any]:
     call.need_admin()
     body = call.object_body({"name": "string"}, required=("name",))
-    project = await db.add_project(call.conn, body["name"], created_by=call.actor)
+    project = await add_project(call.conn, body["name"], created_by=call.actor)
     return 201, project.to_json()
 
 
-async def _project(call: Call) -> db.Project:
+async def _project(call: Call) -> Project:
     name = call.args[0]
     try:
-        norm = db.normalize_name(name)
+        norm = normalize_name(name)
     except RegistrationError as exc:
         raise ApiError(404, "not-found", str(exc)) from None
-    for p in await db.list_projects(call.conn):
+    for p in await publishers.list_projects(call.conn):
         if p.normalized_name == norm:
             return p
     raise ApiError(404, "not-found", f"project {quote(name)} does not exist")
@@ -202,8 +207,8 @@ async def _project(call: Call) -> db.Project:
 async def show_project(call: Call) -> tuple[int, Any]:
     call.need_reader([call.args[0]])
     project = await _project(call)
-    publishers = await db.list_publishers(call.conn, project=project.name)
-    return 200, project.to_json() | {"publishers": [p.to_json() for p in publishers]}
+    listed = await publishers.list_publishers(call.conn, project=project.name)
+    return 200, project.to_json() | {"publishers": [p.to_json() for p in listed]}
 
 
 async def delete_project(call: Call) -> tuple[int, Any]:
@@ -217,7 +222,7 @@ async def delete_project(call: Call) -> tuple[int, Any]:
             409, "conflict", f"project {quote(project.name)} has {linked} publisher(s); remove them first"
         )
     await call.conn.execute("DELETE FROM projects WHERE id = $1", uuid.UUID(project.id))
-    await db.insert_audit(
+    await insert_audit(
         call.conn, "project.deleted", outcome="ok", detail={"project": project.name, "by": call.actor}
     )
     return 200, {"deleted": project.to_json()}
@@ -229,14 +234,14 @@ async def delete_project(call: Call) -> tuple[int, Any]:
 async def list_publishers(call: Call) -> tuple[int, Any]:
     project = call.req.query.get("project")
     if project is None:
-        publishers = await db.list_publishers(call.conn)
-        return 200, [p.to_json() for p in publishers if call.may_read(p.projects)]
+        listed = await publishers.list_publishers(call.conn)
+        return 200, [p.to_json() for p in listed if call.may_read(p.projects)]
     call.need_reader([project])
     try:
-        publishers = await db.list_publishers(call.conn, project=project)
+        listed = await publishers.list_publishers(call.conn, project=project)
     except RegistrationError as exc:
         raise ApiError(422, "invalid-request", str(exc), {"project": str(exc)}) from None
-    return 200, [p.to_json() for p in publishers]
+    return 200, [p.to_json() for p in listed]
 
 
 async def create_publisher(call: Call) -> tuple[int, Any]:
@@ -257,7 +262,7 @@ async def create_publisher(call: Call) -> tuple[int, Any]:
         raise ApiError(422, "invalid-request", str(exc), {field: str(exc)}) from None
     if reg.pending_project is not None:
         settings = call.settings
-        pending = await db.add_pending_publisher(
+        pending = await add_pending_publisher(
             call.conn,
             reg.new,
             reg.pending_project,
@@ -265,13 +270,13 @@ async def create_publisher(call: Call) -> tuple[int, Any]:
             max_per_registrant=settings.max_pending_per_registrant,
         )
         return 201, {"created": True, "pending": True, "publisher": pending.to_json()}
-    publisher, created = await db.add_publisher(call.conn, reg.new, reg.projects)
+    publisher, created = await add_publisher(call.conn, reg.new, reg.projects)
     return (201 if created else 200), {"created": created, "publisher": publisher.to_json()}
 
 
 def _field_of(provider: str, message: str) -> str:
     """The field a validation message is about: the CLI option it names, or its first word."""
-    names = FIELDS.get(provider, {})
+    names = field_names(provider)
     for option in re.findall(r"--([a-z][a-z-]*)", message):
         if option.replace("-", "_") in names:
             return str(option.replace("-", "_"))
@@ -279,10 +284,10 @@ def _field_of(provider: str, message: str) -> str:
     return first if first in names else "body"
 
 
-async def _publisher(call: Call) -> db.Publisher:
+async def _publisher(call: Call) -> Publisher:
     try:
-        return await db.get_publisher(call.conn, _uuid(call.args[0], "publisher id"))
-    except db.NotFound as exc:
+        return await get_publisher(call.conn, _uuid(call.args[0], "publisher id"))
+    except NotFound as exc:
         raise ApiError(404, "not-found", str(exc)) from None
 
 
@@ -295,7 +300,7 @@ async def show_publisher(call: Call) -> tuple[int, Any]:
 async def remove_publisher(call: Call) -> tuple[int, Any]:
     publisher = await _publisher(call)
     call.need_owner(publisher.projects)
-    removed = await db.remove_publisher(call.conn, publisher.id, actor=call.actor)
+    removed = await publishers.remove_publisher(call.conn, publisher.id, actor=call.actor)
     return 200, {"removed": removed.to_json()}
 
 
@@ -303,16 +308,16 @@ async def remove_publisher(call: Call) -> tuple[int, Any]:
 
 
 async def list_pending(call: Call) -> tuple[int, Any]:
-    pending = await db.list_pending_publishers(call.conn)
+    pending = await list_pending_publishers(call.conn)
     return 200, [p.to_json() for p in pending if call.may_read([p.project_name])]
 
 
-async def _pending(call: Call) -> db.PendingPublisher:
+async def _pending(call: Call) -> PendingPublisher:
     pid = _uuid(call.args[0], "pending publisher id")
     row = await call.conn.fetchrow("SELECT * FROM pending_publishers WHERE id = $1", pid)
     if row is None:
         raise ApiError(404, "not-found", f"no pending publisher with id {pid}")
-    return db._pending(row)  # noqa: SLF001  (the registry's own row mapping)
+    return pending_from_row(row)
 
 
 async def show_pending(call: Call) -> tuple[int, Any]:
@@ -324,7 +329,7 @@ async def show_pending(call: Call) -> tuple[int, Any]:
 async def remove_pending(call: Call) -> tuple[int, Any]:
     pending = await _pending(call)
     call.need_admin()
-    removed = await db.remove_pending_publisher(call.conn, pending.id, actor=call.actor)
+    removed = await remove_pending_publisher(call.conn, pending.id, actor=call.actor)
     return 200, {"removed": removed.to_json()}
 
 
@@ -347,8 +352,8 @@ async def list_audit(call: Call) -> tuple[int, Any]:
             since = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
     limit = 50
     if "limit" in q:
-        if not re.fullmatch(r"[0-9]{1,6}", q["limit"]) or not 1 <= int(q["limit"]) <= db.MAX_AUDIT_LIST:
-            errors["limit"] = f"must be an integer from 1 to {db.MAX_AUDIT_LIST}"
+        if not re.fullmatch(r"[0-9]{1,6}", q["limit"]) or not 1 <= int(q["limit"]) <= MAX_AUDIT_LIST:
+            errors["limit"] = f"must be an integer from 1 to {MAX_AUDIT_LIST}"
         else:
             limit = int(q["limit"])
     kind = q.get("kind")
@@ -360,7 +365,7 @@ async def list_audit(call: Call) -> tuple[int, Any]:
         kind = "exchange.failed"
     if errors:
         raise ApiError(422, "invalid-request", "invalid filters", errors)
-    events = await db.list_audit_events(
+    events = await list_audit_events(
         call.conn, kind=kind, code=q.get("code"), since=since, exchange_id=q.get("exchange_id"), limit=limit
     )
     return 200, [e.to_json() for e in events]
@@ -374,7 +379,8 @@ async def revoke_mint(call: Call) -> tuple[int, Any]:
         raise ApiError(404, "not-found", f"no minted token with id {mint_id}")
     call.need_owner(list(row["projects"]))
     reason = str(body.get("reason") or "revoked through the admin API")[:500]
-    done = await call.conn.fetchrow(_REVOKE_MINT, mint_id, reason, uuid.uuid4(), call.actor)
+    done = await mints.revoke_mint(call.conn, mint_id, reason, by=call.actor)
+    assert done is not None  # noqa: S101  (found above, and mint records are never deleted)
     return 200, {"mint_id": str(mint_id), "revoked": True, "revoked_now": bool(done["revoked_now"])}
 
 
@@ -482,7 +488,7 @@ def route(method: str, path: str) -> tuple[Operation, tuple[str, ...]]:
 class Admin:
     """Serves ``admin.call``."""
 
-    def __init__(self, database: db.Database, settings: Settings) -> None:
+    def __init__(self, database: Database, settings: Settings) -> None:
         self.db = database
         self.settings = settings
 
@@ -502,7 +508,7 @@ class Admin:
                     call = Call(token=token, req=req, conn=conn, args=args, settings=self.settings)
                     status, value = await op(call)
                     if req.method != "GET":
-                        await db.insert_audit(
+                        await insert_audit(
                             conn, "admin.call", outcome="ok", detail=self._detail(req, token, status)
                         )
                 return _json(status, value)
@@ -512,7 +518,7 @@ class Admin:
                 return await self._refuse(
                     conn, req, token, ApiError(422, "invalid-request", str(exc), {"body": str(exc)})
                 )
-            except db.NotFound as exc:
+            except NotFound as exc:
                 return await self._refuse(conn, req, token, ApiError(404, "not-found", str(exc)))
             except asyncpg.exceptions.SerializationError:
                 raise
@@ -535,7 +541,7 @@ class Admin:
     ) -> AdminReply:
         if exc.status not in {404, 405} or token is not None:
             detail = self._detail(req, token, exc.status) | {"description": exc.message[:500]}
-            await db.insert_audit(conn, "admin.refused", outcome="refused", code=exc.code, detail=detail)
+            await insert_audit(conn, "admin.refused", outcome="refused", code=exc.code, detail=detail)
         log.info("admin_refused", status=exc.status, code=exc.code, path=req.path[:200])
         reply = _json(exc.status, error_body(exc.code, exc.message, exc.errors))
         return AdminReply(status=reply.status, body=reply.body, headers=exc.headers)

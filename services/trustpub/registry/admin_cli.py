@@ -139,8 +139,8 @@ def _request(base: str, token: str, method: str, path: str, body: Any = None) ->
 def _registration(args: argparse.Namespace) -> dict[str, Any]:
     """``publisher add``'s arguments as the API's fields (the CLI's names, with underscores)."""
     body: dict[str, Any] = {"provider": args.provider}
-    for name, f in publisherfields.FIELDS[args.provider].items():
-        value = getattr(args, f.dest or name, None)
+    for name in publisherfields.field_names(args.provider):
+        value = getattr(args, name, None)
         if name != "provider" and value not in (None, "", [], False):
             body[name] = value
     return body

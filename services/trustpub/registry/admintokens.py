@@ -20,7 +20,8 @@ from typing import Any
 import asyncpg
 
 from trustpub.providers.rules import RegistrationError, quote
-from trustpub.registry import db
+from trustpub.registry.audit import insert_audit
+from trustpub.registry.publishers import NotFound, normalize_name, parse_id
 
 PREFIX = "tpadm_"
 SCOPES = ("admin", "read", "owner")
@@ -113,14 +114,14 @@ async def create_token(  # noqa: PLR0913  (one argument per column)
         raise RegistrationError("scope owner takes the projects it owns (--project NAME); other scopes none")
     if not 1 <= days <= MAX_DAYS:
         raise RegistrationError(f"a token expires in 1 to {MAX_DAYS} days, got {days}")
-    normalized = sorted({db.normalize_name(p) for p in projects})
+    normalized = sorted({normalize_name(p) for p in projects})
     async with conn.transaction():
         found = await conn.fetch(
             "SELECT normalized_name FROM projects WHERE normalized_name = ANY($1::text[])", normalized
         )
         missing = sorted(set(normalized) - {r["normalized_name"] for r in found})
         if missing:
-            raise db.NotFound(f"project {quote(missing[0])} does not exist")
+            raise NotFound(f"project {quote(missing[0])} does not exist")
         tid = uuid.uuid4()
         secret = f"{PREFIX}{tid.hex}_{secrets.token_urlsafe(32)}"
         row = await conn.fetchrow(
@@ -135,7 +136,7 @@ async def create_token(  # noqa: PLR0913  (one argument per column)
             days,
         )
         token = _token(row)
-        await db.insert_audit(
+        await insert_audit(
             conn,
             "admin.token.created",
             outcome="ok",
@@ -157,15 +158,15 @@ async def revoke_token(conn: asyncpg.Connection, token: str, *, actor: str = "")
         RegistrationError: not a UUID.
         NotFound: no such token.
     """
-    tid = db.parse_id(token, "token id")
+    tid = parse_id(token, "token id")
     async with conn.transaction():
         row = await conn.fetchrow(
             "UPDATE admin_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING *", tid
         )
         if row is None:
-            raise db.NotFound(f"no API token with id {tid}")
+            raise NotFound(f"no API token with id {tid}")
         revoked = _token(row)
-        await db.insert_audit(
+        await insert_audit(
             conn,
             "admin.token.revoked",
             outcome="ok",

@@ -26,14 +26,18 @@ from trustpub.messages.endpoints import (
     Event,
 )
 from trustpub.messages.v1 import ExchangeEvent, ExchangeEvents, MatchRequest, MintRequest
+from trustpub.providers import PROVIDERS
 from trustpub.providers.issuers import IssuerRegistry
-from trustpub.registry import uploads
+from trustpub.registry import audit, uploads
 from trustpub.registry.admin import Admin
 from trustpub.registry.config import Settings
 from trustpub.registry.consumer import RETRY_DELAY_S, EventConsumer
-from trustpub.registry.db import Database, purge_expired_pending, purge_used_tokens
-from trustpub.registry.match import PROVIDERS, Matcher
+from trustpub.registry.exchange import Matcher, purge_used_tokens
+from trustpub.registry.explain import Explainer
 from trustpub.registry.metrics import RegistryMetrics
+from trustpub.registry.mints import Mints
+from trustpub.registry.pending import purge_expired_pending
+from trustpub.registry.pool import Database
 from trustpub.runtime import Forward, Runtime
 from trustpub.runtime.seal import SealError
 from trustpub.runtime.streamwatch import watch_event_stream
@@ -47,7 +51,7 @@ _EVENT_NAMESPACE = uuid.UUID("5f0c7a52-6f1e-4d57-9a51-0d4f1bb1f0a4")
 # A batch of answered exchanges: their audit rows (once each, by event id) and what they mean
 # for the mint records (DESIGN.md, "Exactly once, as the publisher sees it"): a delivered one
 # is single use from now on; a refused one releases the record granted to it, undelivered.
-_STORE_EVENTS = """
+_STORE_EVENTS = f"""
 WITH e AS (
     SELECT *
     FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
@@ -63,14 +67,12 @@ WITH e AS (
       AND delivered_at IS NULL AND released_at IS NULL
     RETURNING 1
 ), audit AS (
-    INSERT INTO audit_events (event_id, at, kind, exchange_id, publisher_id, mint_id, outcome, code, detail)
-    SELECT e, a, k, x, p, m, o, c, d::jsonb FROM e
-    ON CONFLICT (event_id) DO NOTHING
+    {audit.insert_rows(", ".join(audit.AUDIT_COLUMNS), "SELECT e, a, k, x, p, m, o, c, d::jsonb FROM e")}
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM audit) AS audited, (SELECT count(*) FROM delivered) AS delivered,
        (SELECT count(*) FROM released) AS released
-"""
+"""  # noqa: S608  (constant SQL)
 # How far a delivered exchange's own time may precede the stream's: the gateway batches
 # deliveries for gateway/events.py's BATCH_WAIT_S; older claims are clamped to this.
 MAX_BATCH_AGE_S = 5.0
@@ -86,6 +88,8 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     rt.checks["database"] = db.ping
 
     matcher = Matcher(db, settings, metrics)
+    explainer = Explainer(db, settings, metrics)
+    mints = Mints(db, metrics)
 
     async def match(req: MatchRequest) -> Forward[MintRequest]:
         # Committed: the minter signs this grant, and answers the gateway.
@@ -94,9 +98,9 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     # In-flight requests capped at the pool size: a request never queues on the pool
     # behind a newcomer (DESIGN.md, "Performance": a long p99 tail otherwise).
     rt.serve(PUBLISHER_MATCH, match, concurrency=settings.pool_size)
-    rt.serve(MINT_REVOKE, matcher.revoke, concurrency=settings.pool_size)
-    rt.serve(MINT_STATUS, matcher.status, concurrency=settings.pool_size)
-    rt.serve(PUBLISHER_EXPLAIN, matcher.explain, concurrency=settings.pool_size)
+    rt.serve(MINT_REVOKE, mints.revoke, concurrency=settings.pool_size)
+    rt.serve(MINT_STATUS, mints.status, concurrency=settings.pool_size)
+    rt.serve(PUBLISHER_EXPLAIN, explainer.explain, concurrency=settings.pool_size)
     uploads.serve(rt, db, metrics, settings.pool_size)  # the upload gate's record and provenance
     rt.serve(ADMIN_CALL, Admin(db, settings).handle, concurrency=max(1, settings.pool_size // 4))
 

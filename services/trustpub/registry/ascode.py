@@ -34,10 +34,21 @@ from typing import Any
 
 import asyncpg
 
-from trustpub.providers import gitlab
+from trustpub.providers import PROVIDERS
 from trustpub.providers.rules import RegistrationError, quote
-from trustpub.registry import db
-from trustpub.registry.publisherfields import FIELDS, FieldErrors, registration
+from trustpub.registry.audit import insert_audit
+from trustpub.registry.publisherfields import FieldErrors, registration
+from trustpub.registry.publishers import (
+    NewPublisher,
+    Publisher,
+    add_project,
+    add_publisher,
+    check_project_name,
+    list_projects,
+    list_publishers,
+    normalize_name,
+    remove_publisher,
+)
 
 # The advisory lock of an apply: one at a time.
 _LOCK = 0x7472757374707562
@@ -60,7 +71,7 @@ class Conflict(Exception):
 @dataclass(frozen=True)
 class Wanted:
     line: int
-    new: db.NewPublisher
+    new: NewPublisher
     projects: frozenset[str]  # normalized
 
 
@@ -137,13 +148,13 @@ def _projects(text: str, entries: list[Any], errors: list[str]) -> dict[str, str
             errors.append(f'line {line}: a project needs name = "..."')
             continue
         try:
-            normalized = db.normalize_name(name)
+            normalized = normalize_name(name)
         except RegistrationError as exc:
             errors.append(f"line {_key_line(text, line, 'name')}: {exc}")
             continue
         if normalized in projects:
             errors.append(f"line {line}: project {quote(name)} is listed twice")
-        projects[normalized] = db.check_project_name(name)
+        projects[normalized] = check_project_name(name)
     return projects
 
 
@@ -169,11 +180,11 @@ def _publishers(
         at = _key_line(text, line, "projects")
         if not _names_ok(reg.projects, at, errors):
             continue
-        wanted = {db.normalize_name(name) for name in reg.projects}
+        wanted = {normalize_name(name) for name in reg.projects}
         errors.extend(
             f"line {at}: project {quote(name)} is not listed as a [[project]]"
             for name in reg.projects
-            if db.normalize_name(name) not in projects
+            if normalize_name(name) not in projects
         )
         if reg.new.unique_key in publishers:
             other = publishers[reg.new.unique_key].line
@@ -187,7 +198,7 @@ def _names_ok(names: list[str], line: int, errors: list[str]) -> bool:
     ok = True
     for name in names:
         try:
-            db.check_project_name(name)
+            check_project_name(name)
         except RegistrationError as exc:
             errors.append(f"line {line}: {exc}")
             ok = False
@@ -227,13 +238,13 @@ async def plan(conn: asyncpg.Connection, desired: Desired, *, prune: bool) -> Pl
         FileErrors: the file names an id other than the one a publisher pinned.
     """
     out = Plan()
-    existing = {p.normalized_name: p for p in await db.list_projects(conn)}
+    existing = {p.normalized_name: p for p in await list_projects(conn)}
     out.steps += [
         ("create project", name, name)
         for norm, name in sorted(desired.projects.items())
         if norm not in existing
     ]
-    current = {p.unique_key: p for p in await db.list_publishers(conn)}
+    current = {p.unique_key: p for p in await list_publishers(conn)}
     for key, wanted in sorted(desired.publishers.items(), key=lambda kv: kv[1].line):
         out.steps += _publisher_steps(desired, wanted, current.get(key))
     if prune:
@@ -250,9 +261,7 @@ async def plan(conn: asyncpg.Connection, desired: Desired, *, prune: bool) -> Pl
     return out
 
 
-def _publisher_steps(
-    desired: Desired, wanted: Wanted, have: db.Publisher | None
-) -> list[tuple[str, str, Any]]:
+def _publisher_steps(desired: Desired, wanted: Wanted, have: Publisher | None) -> list[tuple[str, str, Any]]:
     label = f"{wanted.new.provider} publisher (line {wanted.line})"
     if have is None:
         names = sorted(desired.projects[n] for n in wanted.projects)
@@ -264,7 +273,7 @@ def _publisher_steps(
         raise FileErrors([f"line {wanted.line}: {exc}"]) from None
     if change is not None:
         steps.append(("change", f"{label} {have.id}: {_diff(have.spec, change)}", (have.id, change)))
-    linked = {db.normalize_name(p) for p in have.projects}
+    linked = {normalize_name(p) for p in have.projects}
     steps += [
         ("link", f"{label} {have.id} to {desired.projects[n]}", (have.id, n))
         for n in sorted(wanted.projects - linked)
@@ -299,15 +308,15 @@ async def apply(conn: asyncpg.Connection, desired: Desired, shown: Plan, *, prun
 
 async def _step(conn: asyncpg.Connection, verb: str, arg: Any, actor: str) -> None:  # noqa: ANN401
     if verb == "create project":
-        await db.add_project(conn, arg, created_by=actor)
+        await add_project(conn, arg, created_by=actor)
     elif verb == "create":
         new, names = arg
-        await db.add_publisher(conn, new, names)
+        await add_publisher(conn, new, names)
     elif verb == "change":
         pid, spec = arg
         old = await conn.fetchval("SELECT spec FROM publishers WHERE id = $1", uuid.UUID(pid))
         await conn.execute("UPDATE publishers SET spec = $2 WHERE id = $1", uuid.UUID(pid), spec)
-        await db.insert_audit(
+        await insert_audit(
             conn,
             "publisher.changed",
             publisher_id=pid,
@@ -323,7 +332,7 @@ async def _step(conn: asyncpg.Connection, verb: str, arg: Any, actor: str) -> No
             else "DELETE FROM publisher_projects WHERE publisher_id = $1 AND project_id = $2"
         )
         await conn.execute(sql, uuid.UUID(pid), project_id)
-        await db.insert_audit(
+        await insert_audit(
             conn,
             f"publisher.{verb}ed",
             publisher_id=pid,
@@ -331,10 +340,10 @@ async def _step(conn: asyncpg.Connection, verb: str, arg: Any, actor: str) -> No
             detail={"projects": [norm], "by": actor},
         )
     elif verb == "remove":
-        await db.remove_publisher(conn, arg, actor=actor)
+        await remove_publisher(conn, arg, actor=actor)
     else:  # delete project: its publishers were removed or unlinked by earlier steps
         await conn.execute("DELETE FROM projects WHERE id = $1", uuid.UUID(arg))
-        await db.insert_audit(conn, "project.deleted", outcome="ok", detail={"project_id": arg, "by": actor})
+        await insert_audit(conn, "project.deleted", outcome="ok", detail={"project_id": arg, "by": actor})
 
 
 # --- export -----------------------------------------------------------------------------------------
@@ -355,28 +364,18 @@ def _toml_value(value: Any) -> str:  # noqa: ANN401
     return f'"{escaped}"'
 
 
-def publisher_fields(p: db.Publisher) -> dict[str, Any]:
+def publisher_fields(p: Publisher) -> dict[str, Any]:
     """The file's fields of a stored publisher (what ``parse`` turns back into it)."""
-    spec = dict(p.spec)
     out: dict[str, Any] = {"provider": p.provider, "projects": p.projects, "issuer": p.issuer}
-    if p.provider == gitlab.NAME:
-        out["project_path"] = f"{spec.pop('namespace')}/{spec.pop('project')}"
-    elif p.provider == "activestate":
-        out["activestate_project"] = spec.pop("project")
-    names = FIELDS[p.provider]
-    out |= {k: spec[k] for k in names if k in spec and spec[k] not in (None, "", [])}
-    owner_id = {"github": "owner_id", "gitlab": "namespace_id"}.get(p.provider)
-    if owner_id and not spec.get(owner_id):
-        out["pin_on_first_use"] = True
-    return out
+    return out | PROVIDERS[p.provider].registration_fields(p.spec)
 
 
 async def export(conn: asyncpg.Connection) -> str:
     """The database's projects and publishers, as a file ``apply`` takes."""
     lines = ["# trustpub export: projects and trusted publishers (trustpub apply -f FILE)", ""]
-    for p in await db.list_projects(conn):
+    for p in await list_projects(conn):
         lines += ["[[project]]", f"name = {_toml_value(p.name)}", ""]
-    for pub in await db.list_publishers(conn):
+    for pub in await list_publishers(conn):
         lines += [f"# {pub.id}", "[[publisher]]"]
         lines += [f"{k} = {_toml_value(v)}" for k, v in publisher_fields(pub).items()]
         lines.append("")

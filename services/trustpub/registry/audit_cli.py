@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from trustpub.providers.rules import RegistrationError
-from trustpub.registry import db
+from trustpub.registry.audit import MAX_AUDIT_LIST, AuditEvent, list_audit_events
 
 REFUSED = "exchange.failed"
 
@@ -37,7 +37,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser, parser_class: t
     )
     alist.add_argument("--exchange", help="only the records of this exchange id (X-Trustpub-Exchange-Id)")
     alist.add_argument(
-        "--limit", type=int, default=50, help=f"at most this many (default 50, max {db.MAX_AUDIT_LIST})"
+        "--limit", type=int, default=50, help=f"at most this many (default 50, max {MAX_AUDIT_LIST})"
     )
 
 
@@ -60,7 +60,7 @@ def shown(value: object) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def line(event: db.AuditEvent) -> str:
+def line(event: AuditEvent) -> str:
     """One record on one line: time, kind, code (or outcome), whose token, and the reason."""
     d = event.to_json()
     parts = [
@@ -92,7 +92,7 @@ async def list_command(conn: Any, args: argparse.Namespace, as_json: bool) -> No
                 f"--refused lists {REFUSED} records; it cannot be combined with --kind {kind}"
             )
         kind = REFUSED
-    events = await db.list_audit_events(
+    events = await list_audit_events(
         conn, kind=kind, code=args.code, since=args.since, exchange_id=args.exchange, limit=args.limit
     )
     if as_json:

@@ -29,18 +29,36 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from trustpub.providers import activestate, github, gitlab, google
-from trustpub.providers.issuers import ACTIVESTATE, BUILTIN, GITHUB, GITLAB, GOOGLE, IssuerRegistry
-from trustpub.providers.rules import TOKEN_LIFETIME_MAX, TOKEN_LIFETIME_MIN, RegistrationError
-from trustpub.registry import admin_cli, ascode, audit_cli, db, migrations
+from trustpub.providers import PROVIDERS
+from trustpub.providers.base import Provider
+from trustpub.providers.rules import RegistrationError
+from trustpub.registry import admin_cli, ascode, audit_cli, migrations, publisherfields
 from trustpub.registry.config import Settings
+from trustpub.registry.owners import confirm_publisher
+from trustpub.registry.pending import (
+    PendingPublisher,
+    add_pending_publisher,
+    list_pending_publishers,
+    remove_pending_publisher,
+)
+from trustpub.registry.pool import OUTAGE_ERRORS, connect
+from trustpub.registry.publishers import (
+    NewPublisher,
+    NotFound,
+    Publisher,
+    add_project,
+    add_publisher,
+    list_projects,
+    list_publishers,
+    remove_publisher,
+)
 from trustpub.runtime import buscli, provenancecli
 from trustpub.runtime.config import ConfigError, env_name, load, read_secret
 
@@ -84,71 +102,33 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _registration_args(parser: argparse.ArgumentParser, issuer: str, *, refs: bool) -> None:
-    """The arguments every provider's ``publisher add`` takes."""
-    parser.add_argument(
-        "--project",
-        action="append",
-        default=[],
-        dest="projects",
-        metavar="PROJECT",
-        help="project it may publish (repeat for several)",
-    )
-    parser.add_argument(
-        "--pending-project",
-        metavar="NAME",
-        help="register a pending publisher: its first exchange creates project NAME",
-    )
-    parser.add_argument("--issuer", default=issuer, help=f"token issuer (default: {issuer})")
-    parser.add_argument(
-        "--registrant",
-        default=None,
-        help="who registers it (for the audit; required for a pending publisher)",
-    )
-    parser.add_argument(
-        "--token-lifetime",
-        type=int,
-        metavar="SECONDS",
-        help=f"lifetime of its tokens, {TOKEN_LIFETIME_MIN}-{TOKEN_LIFETIME_MAX} s (default: the service's)",
-    )
-    if refs:
-        parser.add_argument(
-            "--allow-ref",
-            action="append",
-            default=[],
-            dest="refs",
-            metavar="REF",
-            help="only tokens for this ref (refs/tags/v1.0, or a pattern: refs/tags/v*); repeat for several",
-        )
-
-
-def _owner_id_args(parser: argparse.ArgumentParser, flag: str, what: str) -> None:
-    """The owner's id, required unless the operator asks for it to be pinned on first use."""
-    parser.add_argument(flag, help=f"{what} (required, unless --pin-on-first-use)")
-    parser.add_argument(
-        "--pin-on-first-use",
-        action="store_true",
-        help=(
-            f"register without {flag}: the first token pins it, and the publisher mints nothing "
-            "until an operator confirms that id (trustpub publisher confirm)"
-        ),
-    )
-
-
-def _confirm_parser(publisher: Any, common: argparse.ArgumentParser) -> None:  # noqa: ANN401  (argparse's subparsers)
+def _confirm_parser(
+    publisher: Any,  # noqa: ANN401  (argparse's subparsers)
+    common: argparse.ArgumentParser,
+    providers: Mapping[str, Provider],
+) -> None:
     pconfirm = publisher.add_parser(
         "confirm",
         parents=[common],
         help="confirm the owner's id a publisher registered with --pin-on-first-use was pinned to",
     )
     pconfirm.add_argument("id")
-    pconfirm.add_argument("--owner-id", help="the GitHub owner id you expect (it must be the pinned one)")
-    pconfirm.add_argument(
-        "--namespace-id", help="the GitLab namespace id you expect (it must be the pinned one)"
-    )
+    for field_name in _owner_fields(providers):
+        titles = " or ".join(p.title for p in providers.values() if p.owner_field == field_name)
+        pconfirm.add_argument(
+            "--" + field_name.replace("_", "-"),
+            dest=field_name,
+            help=f"the {titles} {field_name.replace('_', ' ')} you expect (it must be the pinned one)",
+        )
 
 
-def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one statement per option)
+def _owner_fields(providers: Mapping[str, Provider]) -> list[str]:
+    """The spec fields of owners' ids that ``publisher confirm`` takes, one option each."""
+    return list(dict.fromkeys(p.owner_field for p in providers.values() if p.owner_field))
+
+
+def build_parser(providers: Mapping[str, Provider] = PROVIDERS) -> argparse.ArgumentParser:
+    """The command line; ``publisher add`` has one subcommand per provider of ``providers``."""
     common = _Parser(add_help=False)
     common.add_argument(
         "--database-url",
@@ -205,56 +185,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one statement 
         dest="action", metavar="{add,list,remove,confirm}", required=True, parser_class=_Parser
     )
     padd = publisher.add_parser("add", help="register a trusted publisher").add_subparsers(
-        dest="provider", metavar="{github,gitlab,google,activestate}", required=True, parser_class=_Parser
+        dest="provider", metavar="{" + ",".join(providers) + "}", required=True, parser_class=_Parser
     )
-    gh = padd.add_parser("github", parents=[common], help="a GitHub Actions workflow (github.com or GHES)")
-    _registration_args(gh, GITHUB, refs=True)
-    gh.add_argument("--owner", required=True, help="repository owner (user or organization)")
-    _owner_id_args(gh, "--owner-id", "owner's numeric id")
-    gh.add_argument("--repository", required=True, help="repository name, without the owner")
-    gh.add_argument("--repository-id", help="repository's numeric id (default: pinned on first use)")
-    gh.add_argument("--workflow", required=True, help="workflow file name, e.g. release.yml")
-    gh.add_argument("--environment", default="", help="GitHub environment required (default: any)")
-    gh.add_argument(
-        "--allow-reusable-workflow",
-        action="append",
-        default=[],
-        dest="reusable",
-        metavar="REF",
-        help="owner/repo/.github/workflows/file.yml[@ref] that may run the job",
-    )
-    gh.add_argument(
-        "--allow-event",
-        action="append",
-        default=[],
-        dest="events",
-        metavar="EVENT",
-        help="pull_request_target or workflow_run, refused unless allowed",
-    )
-
-    gl = padd.add_parser(
-        "gitlab", parents=[common], help="a GitLab CI/CD pipeline (gitlab.com or self-managed)"
-    )
-    _registration_args(gl, GITLAB, refs=True)
-    gl.add_argument("--project-path", required=True, help="GitLab project path: NAMESPACE/PROJECT")
-    _owner_id_args(gl, "--namespace-id", "namespace's numeric id")
-    gl.add_argument("--project-id", help="GitLab project's numeric id (default: pinned on first use)")
-    gl.add_argument("--ci-config-path", required=True, help="top-level pipeline file, e.g. .gitlab-ci.yml")
-    gl.add_argument(
-        "--environment", default="", help="GitLab environment required, case-sensitive (default: any)"
-    )
-
-    go = padd.add_parser("google", parents=[common], help="a Google Cloud service account")
-    _registration_args(go, GOOGLE, refs=False)
-    go.add_argument("--email", required=True, help="the service account's e-mail")
-    go.add_argument("--sub", default="", help="the account's subject id (default: any; recommended)")
-
-    ast = padd.add_parser("activestate", parents=[common], help="an ActiveState Platform project")
-    _registration_args(ast, ACTIVESTATE, refs=False)
-    ast.add_argument("--organization", required=True, help="ActiveState organization (URL name)")
-    ast.add_argument("--activestate-project", required=True, help="ActiveState project name")
-    ast.add_argument("--actor-id", required=True, help="id (UUID) of the ActiveState user who publishes")
-    ast.add_argument("--actor", default="", help="that user's name (shown only)")
+    for provider in providers.values():
+        provider.add_arguments(padd.add_parser(provider.name, parents=[common], help=provider.cli_help))
 
     plist = publisher.add_parser("list", parents=[common], help="list publishers")
     plist.add_argument("--project", help="only the publishers of this project")
@@ -263,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one statement 
         "remove", parents=[common], help="unlink and delete a publisher (or a pending one)"
     )
     premove.add_argument("id")
-    _confirm_parser(publisher, common)
+    _confirm_parser(publisher, common, providers)
     audit_cli.add_commands(commands, common, _Parser)
     admin_cli.add_commands(commands, common, _Parser)
     apply = commands.add_parser("apply", parents=[common], help="make the database match a publishers file")
@@ -289,53 +223,23 @@ def _out(line: str = "") -> None:
     print(line)  # noqa: T201  (CLI output)
 
 
-def _identity_lines(provider: str, spec: dict[str, Any]) -> list[str]:
-    if provider == github.NAME:
-        owner_id = spec.get("owner_id") or "pinned by the first token"
-        repo_id = spec.get("repository_id") or "pinned on first use"
-        lines = [
-            f"  repository   {spec['owner']}/{spec['repository']}",
-            f"  ids          owner {owner_id}, repository {repo_id}",
-            f"  workflow     {spec['workflow']}",
-            f"  environment  {spec.get('environment') or '(any)'}",
-        ]
-        if spec.get("allowed_reusable_workflows"):
-            lines.append(f"  reusable     {', '.join(spec['allowed_reusable_workflows'])}")
-        if spec.get("allowed_events"):
-            lines.append(f"  events       {', '.join(spec['allowed_events'])} (allowed)")
-    elif provider == gitlab.NAME:
-        ns_id = spec.get("namespace_id") or "pinned by the first token"
-        proj_id = spec.get("project_id") or "pinned on first use"
-        lines = [
-            f"  project path {spec['namespace']}/{spec['project']}",
-            f"  ids          namespace {ns_id}, project {proj_id}",
-            f"  pipeline     {spec['ci_config_path']}",
-            f"  environment  {spec.get('environment') or '(any)'}",
-        ]
-    elif provider == google.NAME:
-        lines = [f"  email        {spec['email']}", f"  sub          {spec.get('sub') or '(any)'}"]
-    elif provider == activestate.NAME:
-        actor = f" ({spec['actor']})" if spec.get("actor") else ""
-        lines = [
-            f"  project      {spec['organization']}/{spec['project']}",
-            f"  actor id     {spec['actor_id']}{actor}",
-        ]
-    else:
-        lines = [f"  spec         {json.dumps(spec, sort_keys=True)}"]
-    if spec.get("allowed_refs"):
-        lines.append(f"  refs         {', '.join(spec['allowed_refs'])} (only)")
-    if spec.get("token_lifetime"):
-        lines.append(f"  lifetime     {spec['token_lifetime']} s")
-    return lines
+def identity_lines(
+    provider: str, spec: dict[str, Any], providers: Mapping[str, Provider] = PROVIDERS
+) -> list[str]:
+    """A publisher's identity for the CLI's summaries, one line per field."""
+    found = providers.get(provider)
+    if found is None:
+        return [f"  spec         {json.dumps(spec, sort_keys=True)}"]
+    return found.identity_lines(spec)
 
 
-def _publisher_summary(p: db.Publisher | db.PendingPublisher) -> list[str]:
+def _publisher_summary(p: Publisher | PendingPublisher) -> list[str]:
     lines = [
         f"  provider     {p.provider}",
         f"  issuer       {p.issuer}",
-        *_identity_lines(p.provider, p.spec),
+        *identity_lines(p.provider, p.spec),
     ]
-    if isinstance(p, db.PendingPublisher):
+    if isinstance(p, PendingPublisher):
         lines += [
             f"  creates      {p.project_name} (pending: on its first exchange)",
             f"  expires      {p.expires_at.isoformat(timespec='seconds')}",
@@ -348,24 +252,15 @@ def _publisher_summary(p: db.Publisher | db.PendingPublisher) -> list[str]:
     return lines
 
 
-def _identity_short(provider: str, spec: dict[str, Any]) -> str:
-    if provider == github.NAME:
-        return (
-            f"{spec['owner']}/{spec['repository']}  {spec['workflow']}  env={spec.get('environment') or '*'}"
-        )
-    if provider == gitlab.NAME:
-        env = spec.get("environment") or "*"
-        return f"{spec['namespace']}/{spec['project']}  {spec['ci_config_path']}  env={env}"
-    if provider == google.NAME:
-        return f"{spec['email']}  sub={spec.get('sub') or '*'}"
-    if provider == activestate.NAME:
-        return f"{spec['organization']}/{spec['project']}  actor={spec['actor_id']}"
-    return json.dumps(spec, sort_keys=True)
+def identity_short(provider: str, spec: dict[str, Any], providers: Mapping[str, Provider] = PROVIDERS) -> str:
+    """A publisher's identity on one line, for ``publisher list``."""
+    found = providers.get(provider)
+    return found.summary(spec) if found is not None else json.dumps(spec, sort_keys=True)
 
 
-def _publisher_line(p: db.Publisher | db.PendingPublisher) -> str:
-    what = _identity_short(p.provider, p.spec)
-    if isinstance(p, db.PendingPublisher):
+def _publisher_line(p: Publisher | PendingPublisher) -> str:
+    what = identity_short(p.provider, p.spec)
+    if isinstance(p, PendingPublisher):
         expires = p.expires_at.isoformat(timespec="seconds")
         line = f"{p.id}  {p.provider}  {what}  pending={p.project_name}  expires={expires}"
     else:
@@ -377,7 +272,7 @@ Handler = Callable[[Any, argparse.Namespace, bool], Awaitable[None]]
 
 
 async def _project_add(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
-    project = await db.add_project(conn, args.name, created_by=args.registrant)
+    project = await add_project(conn, args.name, created_by=args.registrant)
     if as_json:
         _print_json(project.to_json())
     else:
@@ -385,7 +280,7 @@ async def _project_add(conn: Any, args: argparse.Namespace, as_json: bool) -> No
 
 
 async def _project_list(conn: Any, _: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
-    projects = await db.list_projects(conn)
+    projects = await list_projects(conn)
     if as_json:
         _print_json([p.to_json() for p in projects])
         return
@@ -393,93 +288,16 @@ async def _project_list(conn: Any, _: argparse.Namespace, as_json: bool) -> None
         _out(f"{p.id}  {p.name}")
 
 
-def _check_issuer(issuer: str, provider: str) -> str:
-    """The issuer a publisher names, refused when it could never give this provider's tokens.
-
-    Known issuers are the built-in four and, when ``TRUSTPUB_ISSUERS_FILE`` is set, the
-    operator's file: a publisher for a known issuer of another provider could never match.
-    An issuer the file does not list is refused too when the file is given.
-    """
-    issuer = issuer.strip()
-    if not issuer.startswith("https://"):
-        raise RegistrationError(f"issuer {issuer!r} must be an https:// URL")
-    path = os.environ.get(env_name("issuers_file"))
-    try:
-        known = IssuerRegistry.load(Path(path)) if path else IssuerRegistry(BUILTIN)
-    except ConfigError as exc:
-        raise RegistrationError(f"cannot check the issuer: {exc}") from None
-    found = known.get(issuer)
-    if found is not None and found.provider != provider:
-        raise RegistrationError(
-            f"issuer {issuer!r} gives {found.provider} tokens, not {provider} ones; "
-            f"a {provider} publisher for it could never match"
-        )
-    if found is None and path:
-        raise RegistrationError(
-            f"issuer {issuer!r} is not configured in {path}; add it there (provider = {provider!r}) first"
-        )
-    return issuer
+def new_publisher(args: argparse.Namespace, providers: Mapping[str, Provider] = PROVIDERS) -> NewPublisher:
+    """Validate ``publisher add <provider>``'s arguments and build the registration."""
+    provider = providers[args.provider]
+    registrant = args.registrant if args.registrant is not None else _default_actor()
+    return publisherfields.new_publisher(provider, provider.values(args), registrant=registrant)
 
 
-def _new_publisher(args: argparse.Namespace) -> db.NewPublisher:
-    """Validate the provider's arguments and build the registration."""
-    lifetime = args.token_lifetime
-    module: Any
-    if args.provider == github.NAME:
-        module = github
-        spec = github.validate_spec(
-            owner=args.owner,
-            owner_id=args.owner_id,
-            repository=args.repository,
-            repository_id=args.repository_id,
-            workflow=args.workflow,
-            environment=args.environment,
-            allowed_reusable_workflows=args.reusable,
-            allowed_events=args.events,
-            allowed_refs=args.refs,
-            token_lifetime=lifetime,
-            pin_on_first_use=args.pin_on_first_use,
-        )
-    elif args.provider == gitlab.NAME:
-        module = gitlab
-        namespace, project = gitlab.split_project_path(args.project_path)
-        spec = gitlab.validate_spec(
-            namespace=namespace,
-            project=project,
-            ci_config_path=args.ci_config_path,
-            environment=args.environment,
-            namespace_id=args.namespace_id,
-            project_id=args.project_id,
-            allowed_refs=args.refs,
-            token_lifetime=lifetime,
-            pin_on_first_use=args.pin_on_first_use,
-        )
-    elif args.provider == google.NAME:
-        module = google
-        spec = google.validate_spec(email=args.email, sub=args.sub, token_lifetime=lifetime)
-    else:
-        module = activestate
-        spec = activestate.validate_spec(
-            organization=args.organization,
-            project=args.activestate_project,
-            actor_id=args.actor_id,
-            actor=args.actor,
-            token_lifetime=lifetime,
-        )
-    issuer = _check_issuer(args.issuer, module.NAME)
-    return db.NewPublisher(
-        provider=module.NAME,
-        issuer=issuer,
-        lookup_key=module.spec_lookup_key(spec),
-        unique_key=module.unique_key(issuer, spec),
-        spec=spec,
-        merge=module.merge_spec,
-        registrant=args.registrant if args.registrant is not None else _default_actor(),
-    )
-
-
-def _warnings(new: db.NewPublisher) -> list[str]:
-    return google.warnings(new.spec) if new.provider == google.NAME else []
+def _warnings(new: NewPublisher) -> list[str]:
+    found = PROVIDERS.get(new.provider)
+    return found.warnings(new.spec) if found is not None else []
 
 
 async def _publisher_add(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
@@ -494,14 +312,14 @@ async def _publisher_add(conn: Any, args: argparse.Namespace, as_json: bool) -> 
         raise RegistrationError(
             "a pending publisher needs --registrant WHO: it counts against their limit of pending publishers"
         )
-    new = _new_publisher(args)
+    new = new_publisher(args)
     warnings = _warnings(new)
     if args.pending_project is not None:
         try:
             settings = load(Settings)
         except ConfigError as exc:
             raise RegistrationError(str(exc)) from None
-        pending = await db.add_pending_publisher(
+        pending = await add_pending_publisher(
             conn,
             new,
             args.pending_project,
@@ -515,7 +333,7 @@ async def _publisher_add(conn: Any, args: argparse.Namespace, as_json: bool) -> 
             return
         _print_added(f"created pending publisher {pending.id}", pending, warnings)
         return
-    publisher, created = await db.add_publisher(conn, new, args.projects)
+    publisher, created = await add_publisher(conn, new, args.projects)
     if as_json:
         _print_json({"created": created, "publisher": publisher.to_json(), "warnings": warnings})
         return
@@ -523,7 +341,7 @@ async def _publisher_add(conn: Any, args: argparse.Namespace, as_json: bool) -> 
     _print_added(f"{verb} {publisher.id}", publisher, warnings)
 
 
-def _print_added(headline: str, p: db.Publisher | db.PendingPublisher, warnings: list[str]) -> None:
+def _print_added(headline: str, p: Publisher | PendingPublisher, warnings: list[str]) -> None:
     _out(headline)
     _out("\n".join(_publisher_summary(p)))
     for w in warnings:
@@ -532,8 +350,11 @@ def _print_added(headline: str, p: db.Publisher | db.PendingPublisher, warnings:
         _out(f"note: {_confirmation_note(p)}")
 
 
-def _confirmation_note(p: db.Publisher | db.PendingPublisher) -> str:
-    flag = "--owner-id" if p.provider == github.NAME else "--namespace-id"
+def _confirmation_note(p: Publisher | PendingPublisher) -> str:
+    found = PROVIDERS.get(p.provider)
+    flag = "--" + (found.owner_field if found is not None and found.owner_field else "owner_id").replace(
+        "_", "-"
+    )
     return (
         f"registered without {flag}: its first token pins the id and is refused; check the pinned id, "
         f"then enable it with: trustpub publisher confirm {p.id} {flag} ID"
@@ -541,12 +362,8 @@ def _confirmation_note(p: db.Publisher | db.PendingPublisher) -> str:
 
 
 async def _publisher_confirm(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
-    ids = {
-        name: value
-        for name, value in (("owner_id", args.owner_id), ("namespace_id", args.namespace_id))
-        if value is not None
-    }
-    done = await db.confirm_publisher(conn, args.id, ids, actor=_default_actor())
+    ids = {name: value for name in _owner_fields(PROVIDERS) if (value := getattr(args, name)) is not None}
+    done = await confirm_publisher(conn, args.id, ids, actor=_default_actor())
     p = done.publisher
     if as_json:
         _print_json({"confirmed": done.confirmed_now, "publisher": p.to_json()})
@@ -554,19 +371,19 @@ async def _publisher_confirm(conn: Any, args: argparse.Namespace, as_json: bool)
     if not done.confirmed_now:
         _out(f"publisher {p.id} needs no confirmation")
         return
-    kind = "pending publisher" if isinstance(p, db.PendingPublisher) else "publisher"
+    kind = "pending publisher" if isinstance(p, PendingPublisher) else "publisher"
     _out(f"confirmed {kind} {p.id}: {done.field.replace('_', ' ')} {done.value}; it mints from now on")
     _out("\n".join(_publisher_summary(p)))
 
 
 async def _publisher_list(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
-    listed: Sequence[db.Publisher | db.PendingPublisher]
+    listed: Sequence[Publisher | PendingPublisher]
     if args.pending:
         if args.project:
             raise RegistrationError("--pending lists every pending publisher; leave out --project")
-        listed = await db.list_pending_publishers(conn)
+        listed = await list_pending_publishers(conn)
     else:
-        listed = await db.list_publishers(conn, project=args.project)
+        listed = await list_publishers(conn, project=args.project)
     if as_json:
         _print_json([p.to_json() for p in listed])
         return
@@ -576,11 +393,9 @@ async def _publisher_list(conn: Any, args: argparse.Namespace, as_json: bool) ->
 
 async def _publisher_remove(conn: Any, args: argparse.Namespace, as_json: bool) -> None:  # noqa: ANN401, FBT001
     try:
-        removed: db.Publisher | db.PendingPublisher = await db.remove_publisher(
-            conn, args.id, actor=_default_actor()
-        )
-    except db.NotFound:
-        removed = await db.remove_pending_publisher(conn, args.id, actor=_default_actor())
+        removed: Publisher | PendingPublisher = await remove_publisher(conn, args.id, actor=_default_actor())
+    except NotFound:
+        removed = await remove_pending_publisher(conn, args.id, actor=_default_actor())
         if as_json:
             _print_json({"removed": removed.to_json()})
             return
@@ -658,7 +473,7 @@ async def _run(args: argparse.Namespace, url: str) -> None:
             _out(f"applied {', '.join(applied)}" if applied else "the schema is up to date")
         return
     handler = _HANDLERS[(args.command, getattr(args, "action", ""))]
-    conn = await db.connect(url)
+    conn = await connect(url)
     try:
         await handler(conn, args, as_json)
     finally:
@@ -773,7 +588,7 @@ def _database_command(args: argparse.Namespace) -> int:  # noqa: PLR0911  (one e
         return EXIT_USAGE
     try:
         asyncio.run(_run(args, url))
-    except (RegistrationError, db.NotFound) as exc:
+    except (RegistrationError, NotFound) as exc:
         _fail(str(exc))
         return EXIT_USAGE
     except ascode.FileErrors as exc:
@@ -787,7 +602,7 @@ def _database_command(args: argparse.Namespace) -> int:  # noqa: PLR0911  (one e
     except asyncpg.exceptions.UndefinedTableError:
         _fail(f"the database at {_redact(url)} has no trustpub schema; run: trustpub migrate")
         return EXIT_UNAVAILABLE
-    except (*db.OUTAGE_ERRORS, asyncpg.PostgresError) as exc:
+    except (*OUTAGE_ERRORS, asyncpg.PostgresError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         _fail(f"the database at {_redact(url)} is unavailable ({reason})")
         return EXIT_UNAVAILABLE

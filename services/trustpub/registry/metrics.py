@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from trustpub.providers.issuers import PROVIDERS
+from trustpub.providers import PROVIDERS
 from trustpub.runtime.metrics import LATENCY_BUCKETS
 
 # Audit kinds written by this service; anything else is counted as "other".

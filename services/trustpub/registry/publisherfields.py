@@ -1,79 +1,37 @@
-"""A publisher's registration as named fields: the admin API's request bodies (and a
-publishers file's entries) checked field by field, then validated by the CLI's own code
-(``cli._new_publisher``: the providers' rules, the issuer's check), so every way in applies
-the same rules.
+"""A publisher's registration as named fields, whichever way it comes in: ``trustpub publisher
+add``'s options, the admin API's request bodies and a publishers file's entries. Each provider
+declares its fields once (``Provider.options``); here they are checked field by field, then
+validated by the provider (``Provider.build_spec``) and the issuer's check, so every way in
+applies the same rules.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from trustpub.providers import activestate, github, gitlab, google
-from trustpub.providers.issuers import ACTIVESTATE, GITHUB, GITLAB, GOOGLE
+from trustpub.providers import PROVIDERS
+from trustpub.providers.base import BOOL, DEFAULTS, INT, OPT_STR, STR, STRS, Option, Provider
+from trustpub.providers.issuers import BUILTIN, IssuerRegistry
 from trustpub.providers.rules import RegistrationError
-from trustpub.registry import db
+from trustpub.registry.publishers import NewPublisher
+from trustpub.runtime.config import ConfigError, env_name
 
-STR = "string"
-OPT_STR = "string or null"
-STRS = "array of strings"
-INT = "integer or null"
-BOOL = "boolean"
+_PROVIDER_FIELD = Option("provider", STR, required=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Field:
-    kind: str
-    required: bool = False
-    dest: str = ""  # the CLI's argument name, when it differs
+def fields(provider: Provider) -> dict[str, Option]:
+    """A registration's fields for ``provider``, in order, by name."""
+    return {_PROVIDER_FIELD.name: _PROVIDER_FIELD} | {o.name: o for o in provider.all_options}
 
 
-_COMMON: dict[str, Field] = {
-    "provider": Field(STR, required=True),
-    "projects": Field(STRS),
-    "pending_project": Field(OPT_STR),
-    "issuer": Field(STR),
-    "registrant": Field(OPT_STR),
-    "token_lifetime": Field(INT),
-}
-_REFS = {"allowed_refs": Field(STRS, dest="refs")}
-FIELDS: dict[str, dict[str, Field]] = {
-    github.NAME: _COMMON
-    | _REFS
-    | {
-        "owner": Field(STR, required=True),
-        "owner_id": Field(OPT_STR),
-        "pin_on_first_use": Field(BOOL),
-        "repository": Field(STR, required=True),
-        "repository_id": Field(OPT_STR),
-        "workflow": Field(STR, required=True),
-        "environment": Field(STR),
-        "allowed_reusable_workflows": Field(STRS, dest="reusable"),
-        "allowed_events": Field(STRS, dest="events"),
-    },
-    gitlab.NAME: _COMMON
-    | _REFS
-    | {
-        "project_path": Field(STR, required=True),
-        "namespace_id": Field(OPT_STR),
-        "pin_on_first_use": Field(BOOL),
-        "project_id": Field(OPT_STR),
-        "ci_config_path": Field(STR, required=True),
-        "environment": Field(STR),
-    },
-    google.NAME: _COMMON | {"email": Field(STR, required=True), "sub": Field(STR)},
-    activestate.NAME: _COMMON
-    | {
-        "organization": Field(STR, required=True),
-        "activestate_project": Field(STR, required=True),
-        "actor_id": Field(STR, required=True),
-        "actor": Field(STR),
-    },
-}
-_ISSUERS = {github.NAME: GITHUB, gitlab.NAME: GITLAB, google.NAME: GOOGLE, activestate.NAME: ACTIVESTATE}
-_DEFAULTS: dict[str, Any] = {STR: "", OPT_STR: None, STRS: [], INT: None, BOOL: False}
+def field_names(provider: str, providers: Mapping[str, Provider] = PROVIDERS) -> dict[str, Option]:
+    """The fields of a registration for the provider called ``provider``; none for an unknown one."""
+    found = providers.get(provider)
+    return fields(found) if found is not None else {}
 
 
 class FieldErrors(Exception):
@@ -93,19 +51,19 @@ def _type_ok(kind: str, value: Any) -> bool:  # noqa: ANN401  (any JSON value)
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if kind == INT:
         return value is None or (isinstance(value, int) and not isinstance(value, bool))
-    return isinstance(value, bool)
+    return kind == BOOL and isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)
 class Registration:
     """A checked registration: the publisher, and its projects (or its pending project)."""
 
-    new: db.NewPublisher
+    new: NewPublisher
     projects: list[str]
     pending_project: str | None
 
 
-def check_fields(body: Any) -> dict[str, Any]:  # noqa: ANN401  (any JSON value)
+def check_fields(body: Any, providers: Mapping[str, Provider] = PROVIDERS) -> dict[str, Any]:  # noqa: ANN401  (any JSON value)
     """The body's fields with their defaults, if every one is known and of its type.
 
     Raises:
@@ -114,14 +72,14 @@ def check_fields(body: Any) -> dict[str, Any]:  # noqa: ANN401  (any JSON value)
     if not isinstance(body, dict):
         raise FieldErrors({"body": "must be a JSON object"})
     provider = body.get("provider")
-    if provider not in FIELDS:
-        raise FieldErrors({"provider": f"must be one of {', '.join(sorted(FIELDS))}"})
-    fields = FIELDS[provider]
+    if not isinstance(provider, str) or provider not in providers:
+        raise FieldErrors({"provider": f"must be one of {', '.join(sorted(providers))}"})
+    known = fields(providers[provider])
     errors: dict[str, str] = {}
     for name in body:
-        if name not in fields:
+        if name not in known:
             errors[str(name)] = f"is not a field of a {provider} publisher"
-    for name, f in fields.items():
+    for name, f in known.items():
         if name not in body:
             if f.required:
                 errors[name] = "is required"
@@ -129,43 +87,75 @@ def check_fields(body: Any) -> dict[str, Any]:  # noqa: ANN401  (any JSON value)
             errors[name] = f"must be a {f.kind}" if f.kind != STRS else f"must be an {f.kind}"
     if errors:
         raise FieldErrors(errors)
-    values = {name: body.get(name, _DEFAULTS[f.kind]) for name, f in fields.items()}
+    values = {name: body.get(name, DEFAULTS[f.kind]) for name, f in known.items()}
     return {k: list(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
-def registration(body: Any, *, registrant: str) -> Registration:  # noqa: ANN401  (any JSON value)
+def check_issuer(issuer: str, provider: str) -> str:
+    """The issuer a publisher names, refused when it could never give this provider's tokens.
+
+    Known issuers are the built-in ones and, when ``TRUSTPUB_ISSUERS_FILE`` is set, the
+    operator's file: a publisher for a known issuer of another provider could never match.
+    An issuer the file does not list is refused too when the file is given.
+
+    Raises:
+        RegistrationError: the issuer is not an https URL, or could never give such tokens.
+    """
+    issuer = issuer.strip()
+    if not issuer.startswith("https://"):
+        raise RegistrationError(f"issuer {issuer!r} must be an https:// URL")
+    path = os.environ.get(env_name("issuers_file"))
+    try:
+        known = IssuerRegistry.load(Path(path)) if path else IssuerRegistry(BUILTIN)
+    except ConfigError as exc:
+        raise RegistrationError(f"cannot check the issuer: {exc}") from exc
+    found = known.get(issuer)
+    if found is not None and found.provider != provider:
+        raise RegistrationError(
+            f"issuer {issuer!r} gives {found.provider} tokens, not {provider} ones; "
+            f"a {provider} publisher for it could never match"
+        )
+    if found is None and path:
+        raise RegistrationError(
+            f"issuer {issuer!r} is not configured in {path}; add it there (provider = {provider!r}) first"
+        )
+    return issuer
+
+
+def new_publisher(provider: Provider, values: Mapping[str, Any], *, registrant: str) -> NewPublisher:
+    """Validate a registration's values (by field name) and build the publisher to store.
+
+    Raises:
+        RegistrationError: the provider's validation or the issuer's check refused it.
+    """
+    spec = provider.build_spec(values)
+    issuer = check_issuer(values["issuer"] or provider.issuer, provider.name)
+    return NewPublisher.of(provider, issuer, spec, registrant)
+
+
+def registration(
+    body: Any,  # noqa: ANN401  (any JSON value)
+    *,
+    registrant: str,
+    providers: Mapping[str, Provider] = PROVIDERS,
+) -> Registration:
     """Check a registration as the CLI does (``trustpub publisher add``).
 
     Raises:
         FieldErrors: a field is unknown, missing or of another type.
-        RegistrationError: the CLI's validation refused it (the message says why).
+        RegistrationError: the provider's validation refused it (the message says why).
     """
-    values = check_fields(body)
-    provider = values["provider"]
-    from trustpub.registry import cli  # noqa: PLC0415  (the CLI imports the registry's modules)
-
-    args = argparse.Namespace(provider=provider)
-    for name, f in FIELDS[provider].items():
-        setattr(args, f.dest or name, values[name])
-    if not args.issuer:
-        args.issuer = _ISSUERS[provider]
-    args.registrant = values["registrant"] or registrant
+    values = check_fields(body, providers)
+    provider = providers[values["provider"]]
     projects, pending = values["projects"], values["pending_project"]
     if pending is not None and projects:
         raise FieldErrors({"pending_project": "give either projects (existing ones) or pending_project"})
     if pending is None and not projects:
         raise FieldErrors({"projects": "name at least one project, or pending_project for a new one"})
     try:
-        new = cli._new_publisher(args)  # noqa: SLF001  (the CLI's validation, shared)
+        new = new_publisher(provider, values, registrant=values["registrant"] or registrant)
     except RegistrationError:
         raise
     except (ValueError, TypeError) as exc:  # a provider's check of a value of an odd form
-        raise RegistrationError(str(exc)) from None
+        raise RegistrationError(str(exc)) from exc
     return Registration(new=new, projects=list(projects), pending_project=pending)
-
-
-def fields_of(provider: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The registration fields that reproduce a stored spec (the inverse of ``registration``
-    for the provider's fields)."""
-    names = FIELDS[provider]
-    return {k: v for k, v in spec.items() if k in names}

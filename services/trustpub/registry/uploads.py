@@ -32,9 +32,10 @@ from trustpub.messages.v1 import (
     UploadRecord,
     UploadRecordRequest,
 )
+from trustpub.registry import audit
 from trustpub.registry.consumer import RETRY_DELAY_S, EventConsumer
-from trustpub.registry.db import Database
 from trustpub.registry.metrics import RegistryMetrics
+from trustpub.registry.pool import Database
 from trustpub.runtime import Forward, Runtime
 from trustpub.runtime.seal import SealError
 
@@ -48,7 +49,15 @@ REFUSAL_CODES = frozenset(
     {"invalid-token", "forbidden", "invalid-upload", "too-large", "unavailable", "index-refused"}
 )
 
-_RECORD = """
+_ACCEPTED_AUDIT = audit.insert_rows(
+    "event_id, at, kind, publisher_id, mint_id, outcome, detail",
+    """SELECT $1::uuid, ins.uploaded_at, 'upload.accepted', ins.publisher_id, ins.mint_id, 'accepted',
+           jsonb_build_object('project', ins.project, 'version', ins.version, 'filename', ins.filename,
+                              'sha256', ins.sha256, 'size', ins.size, 'token_hash_prefix', $8::text,
+                              'provenance', ins.provenance)
+    FROM ins""",
+)
+_RECORD = f"""
 WITH m AS (
     SELECT id, publisher_id, provenance FROM mints
     WHERE id = $2::uuid
@@ -60,27 +69,20 @@ WITH m AS (
     ON CONFLICT (id) DO NOTHING
     RETURNING *
 ), audit AS (
-    INSERT INTO audit_events (event_id, at, kind, publisher_id, mint_id, outcome, detail)
-    SELECT $1::uuid, ins.uploaded_at, 'upload.accepted', ins.publisher_id, ins.mint_id, 'accepted',
-           jsonb_build_object('project', ins.project, 'version', ins.version, 'filename', ins.filename,
-                              'sha256', ins.sha256, 'size', ins.size, 'token_hash_prefix', $8::text,
-                              'provenance', ins.provenance)
-    FROM ins
-    ON CONFLICT (event_id) DO NOTHING
+    {_ACCEPTED_AUDIT}
     RETURNING 1
 )
 SELECT ins.*, (SELECT count(*) FROM audit) AS audited FROM ins
-"""
+"""  # noqa: S608  (constant SQL)
 _BY_ID = "SELECT * FROM uploads WHERE id = $1"
 _LATEST = """
 SELECT * FROM uploads WHERE project = $1 AND filename = $2 ORDER BY uploaded_at DESC, id LIMIT 1
 """
-_STORE_REFUSED = """
-INSERT INTO audit_events (event_id, at, kind, mint_id, outcome, code, detail)
-SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::uuid[], $5::text[], $6::text[],
-                     $7::jsonb[])
-ON CONFLICT (event_id) DO NOTHING
-"""
+_STORE_REFUSED = audit.insert_rows(
+    "event_id, at, kind, mint_id, outcome, code, detail",
+    """SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::uuid[], $5::text[], $6::text[],
+                     $7::jsonb[])""",
+)
 
 
 def _uuid(value: str) -> uuid.UUID | None:

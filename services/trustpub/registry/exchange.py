@@ -38,7 +38,8 @@ converted: the first token pins the ids it left open (its row locked, as above; 
 the exchange is refused until an operator confirms the pinned id (DESIGN.md, "Owners are
 confirmed"). The cache never answers for it.
 
-``explain`` runs step 1 and reports every rule of every candidate; it writes nothing.
+``explain.py`` runs step 1 and reports every rule of every candidate; ``mints.py`` answers for
+the records written here.
 """
 
 from __future__ import annotations
@@ -66,20 +67,13 @@ from trustpub.messages import (
     Unavailable,
 )
 from trustpub.messages.v1 import (
-    ExplainCandidate,
-    ExplainReply,
-    ExplainRequest,
-    ExplainRule,
     MatchRequest,
     MintGrant,
-    MintStatus,
-    MintStatusRequest,
-    RevokeRequest,
     VerifiedToken,
 )
-from trustpub.providers import activestate, github, gitlab, google
+from trustpub.providers import PROVIDERS
+from trustpub.providers.base import Provider
 from trustpub.providers.rules import (
-    ProviderRules,
     RuleResult,
     all_passed,
     failed,
@@ -87,9 +81,11 @@ from trustpub.providers.rules import (
     most_specific,
     quote,
 )
+from trustpub.registry import audit
+from trustpub.registry.audit import insert_audit
 from trustpub.registry.config import Settings
-from trustpub.registry.db import Database, insert_audit, normalize_name
 from trustpub.registry.metrics import RegistryMetrics, provider_label
+from trustpub.registry.pool import Database
 from trustpub.runtime import current_delivery
 
 log = structlog.get_logger("trustpub.registry")
@@ -105,7 +101,6 @@ REPLAY_MARGIN_S = 60
 # jti values are UUID-sized; a huge one is refused rather than indexed (btree rows are
 # limited to about 2.7 kB, and the verifier should have refused it already).
 MAX_TOKEN_KEY = 255
-MAX_REASON = 200
 # A grant is committed only while this much of the exchange's deadline is left: signing and
 # answering take milliseconds, so a grant committed later would most likely reach a gateway
 # that has answered 503 (DESIGN.md, "Exactly once, as the publisher sees it").
@@ -122,12 +117,6 @@ REPORT_QUIET_S = 1.0
 DEFAULT_LEASE_S = 5.0
 LATE = "the exchange's deadline passed before the publisher was matched"
 
-PROVIDERS: Mapping[str, ProviderRules] = {
-    github.NAME: github.PROVIDER,
-    gitlab.NAME: gitlab.PROVIDER,
-    google.NAME: google.PROVIDER,
-    activestate.NAME: activestate.PROVIDER,
-}
 
 _PROJECTS = """
     ARRAY(SELECT pr.name FROM publisher_projects pp JOIN projects pr ON pr.id = pp.project_id
@@ -141,7 +130,7 @@ _PUBLISHER_FIELDS = f"""
 # Publishers and pending publishers of the token's identity, in one round trip. Expired
 # pending ones are returned too (until the purge) so that a refusal can say so; they are
 # never chosen.
-_CANDIDATES = f"""
+CANDIDATES = f"""
 SELECT {_PUBLISHER_FIELDS}
 FROM publishers p
 WHERE p.issuer = $1 AND p.provider = $2 AND p.lookup_key = $3
@@ -160,7 +149,7 @@ FOR UPDATE OF p
 _PENDING_LOCKED = "SELECT * FROM pending_publishers WHERE id = $1 AND expires_at > now() FOR UPDATE"
 _PIN_PUBLISHER = "UPDATE publishers SET spec = spec || $2::jsonb WHERE id = $1"
 _PIN_PENDING = "UPDATE pending_publishers SET spec = spec || $2::jsonb WHERE id = $1"
-_TOKEN_USED = "SELECT EXISTS (SELECT 1 FROM used_tokens WHERE issuer = $1 AND token_key = $2)"
+TOKEN_USED = "SELECT EXISTS (SELECT 1 FROM used_tokens WHERE issuer = $1 AND token_key = $2)"
 _PUBLISHER_PROJECTS = """
 SELECT ARRAY(SELECT pr.name FROM publisher_projects pp JOIN projects pr ON pr.id = pp.project_id
              WHERE pp.publisher_id = $1 ORDER BY pr.normalized_name)
@@ -180,7 +169,14 @@ RETURNING id
 # statement may have waited for a lock); only if that inserted a row, write the mint record,
 # leased to this exchange until its deadline $15, and its ``mint.granted`` audit row.
 # Answers how many audit rows it wrote, the generation it saw and whether it came too late.
-_CLAIM_AND_RECORD = """
+_GRANTED_AUDIT = audit.insert_rows(
+    "event_id, at, kind, exchange_id, publisher_id, mint_id, outcome, detail",
+    """SELECT $11::uuid, $9::timestamptz, 'mint.granted', $5::text, $6::uuid, mint.id, 'granted',
+           $12::jsonb
+    FROM mint""",
+    idempotent=False,
+)
+_CLAIM_AND_RECORD = f"""
 WITH gen AS (
     SELECT n, clock_timestamp() >= $14::timestamptz AS late FROM registry_generation
 ), claim AS (
@@ -197,21 +193,25 @@ WITH gen AS (
     FROM claim
     RETURNING id
 ), audit AS (
-    INSERT INTO audit_events (event_id, at, kind, exchange_id, publisher_id, mint_id, outcome, detail)
-    SELECT $11::uuid, $9::timestamptz, 'mint.granted', $5::text, $6::uuid, mint.id, 'granted',
-           $12::jsonb
-    FROM mint
+    {_GRANTED_AUDIT}
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM audit) AS recorded, gen.n AS generation, gen.late FROM gen
-"""
+"""  # noqa: S608  (constant SQL)
 
 # The token id was claimed before: grant its mint record again, to this exchange, when no
 # token of it was delivered and no other exchange may still deliver one (DESIGN.md, "Exactly
 # once, as the publisher sees it"): the holder of the lease is this same exchange (its gateway
 # retried), or the holder's gateway answered without delivering (``released_at``), or the
 # lease ended more than $7 seconds ago and neither a delivery nor a release was reported.
-_REGRANT = """
+_REGRANTED_AUDIT = audit.insert_rows(
+    "event_id, kind, exchange_id, publisher_id, mint_id, outcome, detail",
+    """SELECT $8::uuid, 'mint.regranted', $3::text, m.publisher_id, m.id, 'granted',
+           $9::jsonb || jsonb_build_object('attempt', m.attempts, 'first_exchange_id', m.exchange_id)
+    FROM m WHERE m.new_attempt""",
+    idempotent=False,
+)
+_REGRANT = f"""
 WITH m AS (
     UPDATE mints
     SET attempt_exchange_id = $3::text, lease_until = $4::timestamptz, released_at = NULL,
@@ -227,14 +227,11 @@ WITH m AS (
               mints.expires_at, mints.attempts, mints.exchange_id, p.previous <> $3::text AS new_attempt
 ), audit AS (
     -- The same exchange asking again (its gateway retried) is not a new grant.
-    INSERT INTO audit_events (event_id, kind, exchange_id, publisher_id, mint_id, outcome, detail)
-    SELECT $8::uuid, 'mint.regranted', $3::text, m.publisher_id, m.id, 'granted',
-           $9::jsonb || jsonb_build_object('attempt', m.attempts, 'first_exchange_id', m.exchange_id)
-    FROM m WHERE m.new_attempt
+    {_REGRANTED_AUDIT}
     RETURNING 1
 )
 SELECT m.*, (SELECT count(*) FROM audit) AS recorded FROM m
-"""
+"""  # noqa: S608  (constant SQL)
 # Why a claimed token was not granted again.
 _MINT_OF_TOKEN = """
 SELECT publisher_id, delivered_at, revoked_at, released_at, expires_at <= clock_timestamp() AS expired,
@@ -242,30 +239,6 @@ SELECT publisher_id, delivered_at, revoked_at, released_at, expires_at <= clock_
        extract(epoch FROM lease_until - clock_timestamp())::float8 AS lease_left,
        extract(epoch FROM clock_timestamp() - issued_at)::float8 AS age
 FROM mints WHERE issuer = $1 AND token_key = $2
-"""
-
-_REVOKE = """
-WITH m AS (
-    SELECT expires_at FROM mints WHERE id = $1
-), upd AS (
-    UPDATE mints SET revoked_at = now(), revoked_reason = $2
-    WHERE id = $1 AND revoked_at IS NULL
-    RETURNING id, publisher_id, exchange_id
-), audit AS (
-    INSERT INTO audit_events (event_id, kind, exchange_id, publisher_id, mint_id, outcome, detail)
-    SELECT $3::uuid, 'mint.revoked', upd.exchange_id, upd.publisher_id, upd.id, 'ok',
-           jsonb_build_object('reason', $2::text)
-    FROM upd
-    RETURNING 1
-)
-SELECT m.expires_at, (SELECT count(*) FROM audit) AS revoked_now FROM m
-"""
-
-# A token whose publisher was removed is reported revoked: removal revokes at introspection.
-_STATUS = """
-SELECT m.expires_at, m.revoked_at, p.id IS NULL AS publisher_gone, m.publisher_id, m.projects
-FROM mints m LEFT JOIN publishers p ON p.id = m.publisher_id
-WHERE m.id = $1
 """
 
 
@@ -296,19 +269,12 @@ def _caller_still_waiting() -> None:
         raise Unavailable(LATE)
 
 
-def _no_publisher(reason: str) -> str:
+def no_publisher(reason: str) -> str:
     return f"{NO_PUBLISHER} ({reason})"
 
 
 def _utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
-
-
-def _parse_uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +298,7 @@ class Candidate:
         return all_passed(self.results)
 
 
-def judge(provider: ProviderRules, row: Mapping[str, Any], claims: Mapping[str, Any]) -> Candidate:
+def judge(provider: Provider, row: Mapping[str, Any], claims: Mapping[str, Any]) -> Candidate:
     """Run the provider's rules, and the registry's own conditions, on one candidate row."""
     spec = dict(row["spec"])
     results = provider.evaluate(spec, claims)
@@ -363,7 +329,7 @@ def judge(provider: ProviderRules, row: Mapping[str, Any], claims: Mapping[str, 
     )
 
 
-def decide(provider: ProviderRules, claims: Mapping[str, Any], candidates: Sequence[Candidate]) -> Candidate:
+def decide(provider: Provider, claims: Mapping[str, Any], candidates: Sequence[Candidate]) -> Candidate:
     """The candidate an exchange uses: a passing pending publisher first (PyPI's order), else
     the most specific passing publisher.
 
@@ -374,7 +340,7 @@ def decide(provider: ProviderRules, claims: Mapping[str, Any], candidates: Seque
     if not candidates:
         # Says nothing about other identities' publishers: only the token's own identity.
         raise InvalidPublisher(
-            _no_publisher(f"no trusted publisher is registered for {provider.identity(claims)}")
+            no_publisher(f"no trusted publisher is registered for {provider.identity(claims)}")
         )
     for pending in (True, False):
         passing = [(c.specificity, c) for c in candidates if c.pending is pending and c.passed]
@@ -382,12 +348,12 @@ def decide(provider: ProviderRules, claims: Mapping[str, Any], candidates: Seque
             try:
                 return most_specific(passing)
             except InvalidPublisher as exc:
-                raise InvalidPublisher(_no_publisher(exc.description)) from None
+                raise InvalidPublisher(no_publisher(exc.description)) from None
     refusals = [r for c in candidates for r in c.results]
-    raise InvalidPublisher(_no_publisher("; ".join(failure_descriptions(refusals))))
+    raise InvalidPublisher(no_publisher("; ".join(failure_descriptions(refusals))))
 
 
-def _awaiting(provider: ProviderRules, candidate: Candidate, pins: Mapping[str, str]) -> str:
+def _awaiting(provider: Provider, candidate: Candidate, pins: Mapping[str, str]) -> str:
     """Why a publisher registered without its owner's id mints nothing yet."""
     field_name = provider.owner_field or ""
     value = str(pins.get(field_name) or candidate.spec.get(field_name) or "")
@@ -400,7 +366,7 @@ def _awaiting(provider: ProviderRules, candidate: Candidate, pins: Mapping[str, 
     )
 
 
-def _project_exists(project: str) -> str:
+def project_exists(project: str) -> str:
     return (
         f"{PROJECT_EXISTS} (project {quote(project)} was created after this pending publisher was "
         "registered; the pending publisher has been removed: register a trusted publisher for the "
@@ -408,8 +374,8 @@ def _project_exists(project: str) -> str:
     )
 
 
-def _awaiting_verdict(
-    provider: ProviderRules, chosen: Candidate, claims: Mapping[str, Any]
+def awaiting_verdict(
+    provider: Provider, chosen: Candidate, claims: Mapping[str, Any]
 ) -> tuple[str, str, str]:
     """What explain reports for a chosen publisher awaiting its confirmation."""
     pins = provider.pins(chosen.spec, claims)
@@ -420,7 +386,7 @@ def _awaiting_verdict(
     )
     if chosen.pending:
         return "refused", InvalidPendingPublisher.code.value, pinning + _awaiting(provider, chosen, pins)
-    return "refused", InvalidPublisher.code.value, pinning + _no_publisher(_awaiting(provider, chosen, pins))
+    return "refused", InvalidPublisher.code.value, pinning + no_publisher(_awaiting(provider, chosen, pins))
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,7 +398,7 @@ class _Done:
 
 
 def _environment_ignored(
-    provider: ProviderRules, spec: Mapping[str, Any], claims: Mapping[str, Any]
+    provider: Provider, spec: Mapping[str, Any], claims: Mapping[str, Any]
 ) -> dict[str, str]:
     """The token ran in an environment the publisher does not require.
 
@@ -484,6 +450,29 @@ class CandidateCache:
         self._entries.clear()
 
 
+def prepare(providers: Mapping[str, Provider], token: VerifiedToken) -> tuple[Provider, str]:
+    """The token's provider and the lookup key of its identity.
+
+    Raises:
+        InvalidPublisher: the provider is not supported, or a claim the key needs is missing or
+            malformed (the cause's description is in the message).
+    """
+    provider = providers.get(token.provider)
+    if provider is None:
+        raise InvalidPublisher(f"{token.provider} publishers are not supported yet")
+    try:
+        key = provider.lookup_key(token.claims)
+    except InvalidPublisher as exc:
+        raise InvalidPublisher(no_publisher(exc.description)) from None
+    return provider, key
+
+
+def token_lifetime(spec: Mapping[str, Any], default: int) -> int:
+    """Seconds a token minted for this publisher lives: its own lifetime, else the service's."""
+    lifetime = spec.get("token_lifetime")
+    return lifetime if isinstance(lifetime, int) else default
+
+
 @dataclass
 class Matcher:
     """The registry's request handlers; plain async functions of messages."""
@@ -491,7 +480,7 @@ class Matcher:
     db: Database
     settings: Settings
     metrics: RegistryMetrics
-    providers: Mapping[str, ProviderRules] = field(default_factory=lambda: PROVIDERS)
+    providers: Mapping[str, Provider] = field(default_factory=lambda: PROVIDERS)
     candidates: CandidateCache = field(default_factory=CandidateCache)
 
     # -- publisher.match ------------------------------------------------------------------
@@ -536,25 +525,15 @@ class Matcher:
         log.debug("match_granted", provider=label, publisher_id=grant.publisher_id, mint_id=grant.mint_id)
         return grant
 
-    def _prepare(self, token: VerifiedToken) -> tuple[ProviderRules, str]:
-        provider = self.providers.get(token.provider)
-        if provider is None:
-            raise InvalidPublisher(f"{token.provider} publishers are not supported yet")
-        try:
-            key = provider.lookup_key(token.claims)
-        except InvalidPublisher as exc:
-            raise InvalidPublisher(_no_publisher(exc.description)) from None
-        return provider, key
-
     async def _match(self, req: MatchRequest) -> MintGrant:
         token = req.token
-        provider, key = self._prepare(token)
+        provider, key = prepare(self.providers, token)
         if not token.token_key or len(token.token_key) > MAX_TOKEN_KEY:
             raise InvalidToken(f"the token id must be 1 to {MAX_TOKEN_KEY} characters long")
         try:
             retain_until = _utc(token.expires_at + self.settings.leeway + REPLAY_MARGIN_S)
-        except (OverflowError, ValueError, OSError):
-            raise InvalidToken("the token's expiry is out of range") from None
+        except (OverflowError, ValueError, OSError) as exc:
+            raise InvalidToken("the token's expiry is out of range") from exc
 
         done = await self._match_cached(req, provider, key, retain_until)
         if done is None:
@@ -562,7 +541,7 @@ class Matcher:
         return self._granted(provider, done)
 
     async def _match_cached(
-        self, req: MatchRequest, provider: ProviderRules, key: str, retain_until: datetime
+        self, req: MatchRequest, provider: Provider, key: str, retain_until: datetime
     ) -> _Done | None:
         """The hot path: candidates from memory, one statement. None when the cache has no
         answer it may give (not cached, a refusal, a pending publisher, an id to pin, or the
@@ -596,11 +575,11 @@ class Matcher:
         return done
 
     async def _match_fresh(
-        self, req: MatchRequest, provider: ProviderRules, key: str, retain_until: datetime
+        self, req: MatchRequest, provider: Provider, key: str, retain_until: datetime
     ) -> _Done:
         token = req.token
         async with self.db.connection() as conn:
-            rows = await conn.fetch(_CANDIDATES, token.issuer, provider.name, key)
+            rows = await conn.fetch(CANDIDATES, token.issuer, provider.name, key)
             if rows:
                 self.candidates.put((token.issuer, provider.name, key), rows[0]["generation"], rows)
             candidates = [judge(provider, row, token.claims) for row in rows]
@@ -610,7 +589,7 @@ class Matcher:
             if chosen.pending:
                 done = await self._convert(conn, req, provider, chosen, retain_until)
             elif chosen.needs_confirmation and not provider.pins(chosen.spec, token.claims):
-                raise InvalidPublisher(_no_publisher(_awaiting(provider, chosen, {})))
+                raise InvalidPublisher(no_publisher(_awaiting(provider, chosen, {})))
             elif not provider.pins(chosen.spec, token.claims):
                 done = await self._record(
                     conn, req, provider, chosen.id, chosen.spec, chosen.projects, retain_until
@@ -637,11 +616,11 @@ class Matcher:
                         )
                 if chosen.needs_confirmation:
                     self._pinned_unconfirmed(provider, chosen, pins)
-                    raise InvalidPublisher(_no_publisher(_awaiting(provider, chosen, pins)))
+                    raise InvalidPublisher(no_publisher(_awaiting(provider, chosen, pins)))
         assert done is not None  # noqa: S101  (no generation was given: nothing can be stale)
         return done
 
-    def _granted(self, provider: ProviderRules, done: _Done) -> MintGrant:
+    def _granted(self, provider: Provider, done: _Done) -> MintGrant:
         grant = done.grant
         if not done.regranted:
             self.metrics.audited("mint.granted")
@@ -670,7 +649,7 @@ class Matcher:
         self,
         conn: asyncpg.Connection,
         req: MatchRequest,
-        provider: ProviderRules,
+        provider: Provider,
         chosen: Candidate,
         pins: Mapping[str, str],
     ) -> None:
@@ -693,9 +672,7 @@ class Matcher:
             },
         )
 
-    def _pinned_unconfirmed(
-        self, provider: ProviderRules, chosen: Candidate, pins: Mapping[str, str]
-    ) -> None:
+    def _pinned_unconfirmed(self, provider: Provider, chosen: Candidate, pins: Mapping[str, str]) -> None:
         if pins:
             self.metrics.publishers_pinned.labels(provider.name).inc()
             self.metrics.audited("pending.pinned" if chosen.pending else "publisher.pinned")
@@ -712,7 +689,7 @@ class Matcher:
         self,
         conn: asyncpg.Connection,
         req: MatchRequest,
-        provider: ProviderRules,
+        provider: Provider,
         publisher_id: uuid.UUID,
         spec: Mapping[str, Any],
         projects: list[str],
@@ -735,8 +712,7 @@ class Matcher:
         pins = dict(pins or {})
         issued_at = int(time.time())
         # The publisher's own lifetime when it set one (validated 300..3600 s at registration).
-        lifetime = spec.get("token_lifetime")
-        expires_at = issued_at + (lifetime if isinstance(lifetime, int) else self.settings.token_lifetime)
+        expires_at = issued_at + token_lifetime(spec, self.settings.token_lifetime)
         mint_id = uuid.uuid4()
         provenance = provider.provenance(token.claims)
         provenance["issuer"] = token.issuer
@@ -805,7 +781,7 @@ class Matcher:
         self,
         conn: asyncpg.Connection,
         req: MatchRequest,
-        provider: ProviderRules,
+        provider: Provider,
         publisher_id: uuid.UUID,
         commit_by: datetime,
         lease_until: datetime,
@@ -880,7 +856,7 @@ class Matcher:
         self,
         conn: asyncpg.Connection,
         req: MatchRequest,
-        provider: ProviderRules,
+        provider: Provider,
         chosen: Candidate,
         retain_until: datetime,
     ) -> _Done:
@@ -901,7 +877,7 @@ class Matcher:
             row = await conn.fetchrow(_PENDING_LOCKED, chosen.id)
             if row is None:
                 # Converted (or removed, or expired) by someone else since the candidate query.
-                if await conn.fetchval(_TOKEN_USED, token.issuer, token.token_key):
+                if await conn.fetchval(TOKEN_USED, token.issuer, token.token_key):
                     raise ReusedToken("invalid token: already used")
                 raise InvalidPendingPublisher(
                     f"the pending publisher for project {quote(chosen.project_name)} was used or removed "
@@ -939,11 +915,11 @@ class Matcher:
                 done = await self._reify(conn, req, provider, row, project, retain_until)
         if exists is not None:
             self.metrics.audited("pending.invalidated")
-            raise InvalidPendingPublisher(_project_exists(exists))
+            raise InvalidPendingPublisher(project_exists(exists))
         return done
 
     async def _hold_unconfirmed(
-        self, conn: asyncpg.Connection, req: MatchRequest, provider: ProviderRules, chosen: Candidate
+        self, conn: asyncpg.Connection, req: MatchRequest, provider: Provider, chosen: Candidate
     ) -> None:
         """A pending publisher awaiting its confirmation: judged again on its locked row (a rival
         first token or the operator may have pinned its owner's id since the candidate query),
@@ -961,7 +937,7 @@ class Matcher:
             spec = dict(row["spec"])
             results = provider.evaluate(spec, req.token.claims)
             if not all_passed(results):
-                raise InvalidPublisher(_no_publisher("; ".join(failure_descriptions(results))))
+                raise InvalidPublisher(no_publisher("; ".join(failure_descriptions(results))))
             if not row["needs_confirmation"]:
                 return
             chosen = dataclasses.replace(chosen, spec=spec)
@@ -974,7 +950,7 @@ class Matcher:
         self,
         conn: asyncpg.Connection,
         req: MatchRequest,
-        provider: ProviderRules,
+        provider: Provider,
         row: Mapping[str, Any],
         project: Mapping[str, Any],
         retain_until: datetime,
@@ -991,7 +967,7 @@ class Matcher:
             )
             results = provider.evaluate(existing["spec"], claims)
             if not all_passed(results):
-                raise InvalidPublisher(_no_publisher("; ".join(failure_descriptions(results))))
+                raise InvalidPublisher(no_publisher("; ".join(failure_descriptions(results))))
             if existing["needs_confirmation"]:
                 # The publisher it would join awaits its own confirmation: nothing is converted.
                 joined = Candidate(
@@ -1006,7 +982,7 @@ class Matcher:
                     needs_confirmation=True,
                 )
                 pins = provider.pins(joined.spec, claims)
-                raise InvalidPublisher(_no_publisher(_awaiting(provider, joined, pins)))
+                raise InvalidPublisher(no_publisher(_awaiting(provider, joined, pins)))
             publisher_id, spec = existing["id"], dict(existing["spec"])
         await conn.execute(
             "INSERT INTO publisher_projects (publisher_id, project_id) VALUES ($1, $2)",
@@ -1046,234 +1022,11 @@ class Matcher:
         assert done is not None  # noqa: S101  (no generation was given: nothing can be stale)
         return done
 
-    # -- publisher.explain ----------------------------------------------------------------
 
-    async def explain(self, req: ExplainRequest) -> ExplainReply:
-        """What ``match`` would decide for this token and why, rule by rule, for the
-        candidates of the token's own identity that it was plausibly meant for; of the others
-        only that they exist and which rule differs (DESIGN.md, "Explain"). Claims no token
-        id, pins nothing, creates nothing; audited as ``exchange.explained``.
+# --- the replay store -----------------------------------------------------------------------
 
-        Raises:
-            Unavailable: the database did not answer.
-        """
-        token = req.token
-        label = provider_label(token.provider)
-        reply = await self._explain(req)
-        log.info("explained", provider=label, outcome=reply.outcome, code=reply.code)
-        return reply
 
-    async def _explain(self, req: ExplainRequest) -> ExplainReply:
-        token = req.token
-        claims = token.claims
-        provider = self.providers.get(token.provider)
-        identity = provider.identity(claims) if provider is not None else token.provider
-        base: dict[str, Any] = {"issuer": token.issuer, "provider": token.provider, "identity": identity}
-        try:
-            provider, key = self._prepare(token)
-        except InvalidPublisher as exc:
-            reply = ExplainReply(
-                **base, outcome="refused", code=exc.code.value, description=exc.description, candidates=[]
-            )
-            async with self.db.connection() as conn:
-                await self._audit_explained(conn, req, reply, addressed=0)
-            return reply
-        async with self.db.connection() as conn:
-            rows = await conn.fetch(_CANDIDATES, token.issuer, provider.name, key)
-            used = bool(await conn.fetchval(_TOKEN_USED, token.issuer, token.token_key))
-            candidates = [judge(provider, row, claims) for row in rows]
-            addressed = [c for c in candidates if provider.addresses(c.results)]
-            chosen: Candidate | None = None
-            try:
-                chosen = decide(provider, claims, candidates)
-            except InvalidPublisher as exc:
-                outcome, code = "refused", exc.code.value
-                description = self._withheld_description(provider, claims, candidates, addressed, exc)
-            else:
-                outcome, code, description = (
-                    _awaiting_verdict(provider, chosen, claims)
-                    if chosen.needs_confirmation
-                    else await self._verdict(conn, chosen, used)
-                )
-            base["token_used"] = used
-            reports = [
-                self._report(provider, c, claims, chosen=c is chosen)
-                if c in addressed
-                else self._withheld(provider, c)
-                for c in candidates
-            ]
-            reply = ExplainReply(
-                **base,
-                outcome=outcome,
-                code=code,
-                description=description,
-                candidates=reports,
-                publisher_id=str(chosen.id) if chosen is not None and outcome != "refused" else "",
-            )
-            await self._audit_explained(conn, req, reply, addressed=len(addressed))
-        return reply
-
-    def _withheld_description(
-        self,
-        provider: ProviderRules,
-        claims: Mapping[str, Any],
-        candidates: Sequence[Candidate],
-        addressed: Sequence[Candidate],
-        refusal: InvalidPublisher,
-    ) -> str:
-        """The refusal, told from the publishers the token was meant for; of the others only
-        how many there are and which rules differ."""
-        others = [c for c in candidates if c not in addressed]
-        if not others:
-            return refusal.description
-        differing = sorted(
-            {r.rule for c in others for r in c.results if not r.ok and r.rule in provider.addressed_by}
-        )
-        tail = (
-            f"{len(others)} other publisher(s) of {provider.identity(claims)} were registered for another "
-            f"{' / '.join(differing)}"
-        )
-        if not addressed:
-            what = " / ".join(differing)
-            return _no_publisher(
-                f"no publisher of {provider.identity(claims)} names this token's {what}; {tail}"
-            )
-        failures = failure_descriptions([r for c in addressed for r in c.results])
-        return _no_publisher("; ".join([*failures, tail]))
-
-    @staticmethod
-    def _withheld(provider: ProviderRules, c: Candidate) -> ExplainCandidate:
-        """A publisher the token was not meant for: that it exists and which rules differ."""
-        return ExplainCandidate(
-            publisher_id="",
-            pending=False,
-            projects=[],
-            passed=False,
-            chosen=False,
-            specificity=0,
-            rules=[
-                ExplainRule(rule=r.rule, ok=False, expected="", actual="", description="differs")
-                for r in c.results
-                if not r.ok and r.rule in provider.addressed_by
-            ],
-            withheld=True,
-        )
-
-    async def _audit_explained(
-        self, conn: asyncpg.Connection, req: ExplainRequest, reply: ExplainReply, *, addressed: int
-    ) -> None:
-        await insert_audit(
-            conn,
-            "exchange.explained",
-            exchange_id=req.exchange_id,
-            publisher_id=reply.publisher_id or None,
-            outcome=reply.outcome,
-            code=reply.code,
-            detail={
-                "issuer": reply.issuer,
-                "provider": reply.provider,
-                "identity": reply.identity[:300],
-                "token_hash_prefix": req.token.token_hash[:16],
-                "candidates": len(reply.candidates),
-                "reported_in_full": addressed,
-            },
-        )
-        self.metrics.audited("exchange.explained")
-
-    async def _verdict(self, conn: asyncpg.Connection, chosen: Candidate, used: bool) -> tuple[str, str, str]:  # noqa: FBT001
-        reused = ("refused", ReusedToken.code.value, "invalid token: already used")
-        if chosen.pending:
-            existing = await conn.fetchval(
-                "SELECT name FROM projects WHERE normalized_name = $1", normalize_name(chosen.project_name)
-            )
-            if existing is not None:
-                return "refused", InvalidPendingPublisher.code.value, _project_exists(chosen.project_name)
-            if used:
-                return reused
-            return (
-                "would-create-project",
-                "",
-                (
-                    f"an exchange would create project {quote(chosen.project_name)}, turn this pending "
-                    f"publisher into a normal one, and mint a token valid {self._lifetime(chosen.spec)} s"
-                ),
-            )
-        if used:
-            return reused
-        names = ", ".join(chosen.projects)
-        return (
-            "would-mint",
-            "",
-            f"an exchange would mint a token for {names}, valid {self._lifetime(chosen.spec)} s",
-        )
-
-    def _lifetime(self, spec: Mapping[str, Any]) -> int:
-        lifetime = spec.get("token_lifetime")
-        return lifetime if isinstance(lifetime, int) else self.settings.token_lifetime
-
-    def _report(
-        self, provider: ProviderRules, c: Candidate, claims: Mapping[str, Any], *, chosen: bool
-    ) -> ExplainCandidate:
-        return ExplainCandidate(
-            publisher_id=str(c.id),
-            pending=c.pending,
-            projects=c.projects,
-            passed=c.passed,
-            chosen=chosen,
-            specificity=c.specificity,
-            rules=[
-                ExplainRule(
-                    rule=r.rule, ok=r.ok, expected=r.expected, actual=r.actual, description=r.description
-                )
-                for r in c.results
-            ],
-            pending_project=c.project_name,
-            expires_at=int(c.expires_at.timestamp()) if c.expires_at is not None else 0,
-            pins=provider.pins(c.spec, claims) if c.passed else {},
-            token_lifetime=self._lifetime(c.spec),
-        )
-
-    # -- mint.revoke / mint.status --------------------------------------------------------
-
-    async def revoke(self, req: RevokeRequest) -> MintStatus:
-        """Revoke a minted token once (audited as ``mint.revoked``); idempotent.
-
-        Raises:
-            InvalidToken: no mint record has this id.
-            Unavailable: the database did not answer.
-        """
-        mint_id = _parse_uuid(req.mint_id)
-        if mint_id is None:
-            raise InvalidToken("unknown token")
-        async with self.db.connection() as conn:
-            row = await conn.fetchrow(_REVOKE, mint_id, req.reason[:MAX_REASON], uuid.uuid4())
-        if row is None:
-            raise InvalidToken("unknown token")
-        if row["revoked_now"]:
-            self.metrics.audited("mint.revoked")
-            log.info("mint_revoked", mint_id=str(mint_id))
-        return MintStatus(
-            mint_id=str(mint_id), known=True, revoked=True, expires_at=int(row["expires_at"].timestamp())
-        )
-
-    async def status(self, req: MintStatusRequest) -> MintStatus:
-        """Whether a minted token is known, and revoked (explicitly, or its publisher removed).
-
-        Raises:
-            Unavailable: the database did not answer.
-        """
-        mint_id = _parse_uuid(req.mint_id)
-        if mint_id is None:
-            return MintStatus(mint_id=req.mint_id, known=False)
-        async with self.db.connection() as conn:
-            row = await conn.fetchrow(_STATUS, mint_id)
-        if row is None:
-            return MintStatus(mint_id=req.mint_id, known=False)
-        return MintStatus(
-            mint_id=str(mint_id),
-            known=True,
-            revoked=row["revoked_at"] is not None or bool(row["publisher_gone"]),
-            expires_at=int(row["expires_at"].timestamp()),
-            publisher_id=str(row["publisher_id"]) if row["publisher_id"] is not None else "",
-            projects=list(row["projects"] or []),
-        )
+async def purge_used_tokens(conn: asyncpg.Connection) -> int:
+    """Delete used token ids whose retention has passed; never one still retained."""
+    status: str = await conn.execute("DELETE FROM used_tokens WHERE expires_at < now()")
+    return int(status.rsplit(" ", 1)[-1])
