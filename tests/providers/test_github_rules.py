@@ -90,9 +90,11 @@ def test_owner_id_as_number():
     # I1: GitHub sends strings; a number is a type mismatch, never coerced.
     c = claims(owner_id=1001)
     assert failures(spec(), c) == {
-        "repository_owner_id": "claim 'repository_owner_id' must be a string, got number"
+        "repository_owner_id": "claim 'repository_owner_id' must be a string, got an integer"
     }
-    with pytest.raises(InvalidPublisher, match=r"^claim 'repository_owner_id' must be a string, got number$"):
+    with pytest.raises(
+        InvalidPublisher, match=r"^claim 'repository_owner_id' must be a string, got an integer$"
+    ):
         github.lookup_key(c)
 
 
@@ -279,7 +281,7 @@ def test_publisher_without_environment_accepts_any():
 
 def test_environment_wrong_type():
     assert failures(spec(), claims(environment=7)) == {
-        "environment": "claim 'environment' must be a string, got number"
+        "environment": "claim 'environment' must be a string, got an integer"
     }
 
 
@@ -306,7 +308,7 @@ def test_sub_is_not_checked():
 
 @pytest.mark.parametrize(
     ("value", "kind"),
-    [(123, "number"), (["octo-org/demo"], "array"), ({"r": 1}, "object"), (True, "boolean")],
+    [(123, "an integer"), (["octo-org/demo"], "an array"), ({"r": 1}, "an object"), (True, "a boolean")],
 )
 def test_repository_wrong_type(value, kind):
     with pytest.raises(InvalidPublisher, match=rf"^claim 'repository' must be a string, got {kind}$"):

@@ -193,7 +193,7 @@ def test_missing_and_mistyped_claims():
     with pytest.raises(InvalidPublisher, match="missing claim 'namespace_id'"):
         gitlab.lookup_key(c)
     assert failures(spec(), c) == {"namespace_id": "missing claim 'namespace_id'"}
-    with pytest.raises(InvalidPublisher, match="must be a string, got number"):
+    with pytest.raises(InvalidPublisher, match="must be a string, got an integer"):
         gitlab.lookup_key(claims(project_id=20))
     with pytest.raises(InvalidPublisher, match="is not of the form namespace/project"):
         gitlab.lookup_key(claims(project_path="my-gr\u043eup/p"))

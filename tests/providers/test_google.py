@@ -57,9 +57,9 @@ def test_google_email_exact():
 @pytest.mark.parametrize(
     ("value", "shown"),
     [
-        (False, "false (boolean)"),
+        (False, "false (a boolean)"),
         ("true", 'the string "true"'),
-        (1, "1 (number)"),
+        (1, "1 (an integer)"),
         (None, "no email_verified claim"),
     ],
 )

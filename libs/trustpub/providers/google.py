@@ -18,6 +18,7 @@ import json
 import re
 from typing import Any
 
+from trustpub.messages.text import json_type
 from trustpub.providers import rules
 from trustpub.providers.base import STR, Option, Provider, keyword_spec
 from trustpub.providers.rules import (
@@ -28,7 +29,6 @@ from trustpub.providers.rules import (
     Spec,
     claim_str,
     failed,
-    json_type,
     optional_str,
     passed,
     quote,

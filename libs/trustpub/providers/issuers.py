@@ -108,7 +108,8 @@ _HOSTNAME = re.compile(
 )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """``host`` is localhost or a loopback address (where http may be allowed)."""
     if host == "localhost":
         return True
     try:
@@ -154,11 +155,11 @@ def _check_url(url: str, iss: Issuer, *, what: str, same_host: bool) -> None:
         raise ConfigError(msg)
     if origin is not None:
         allowed = origins(iss, keys=what == "jwks_url")
-        if same_host and origin not in allowed and not (iss.allow_loopback_http and _is_loopback(host)):
+        if same_host and origin not in allowed and not (iss.allow_loopback_http and is_loopback(host)):
             msg = f"issuer {iss.issuer!r}: {what} {url!r} must be on the issuer's own host and port"
             raise ConfigError(msg)
         return
-    if parts.scheme == "http" and iss.allow_loopback_http and _is_loopback(host):
+    if parts.scheme == "http" and iss.allow_loopback_http and is_loopback(host):
         return
     msg = (
         f"issuer {iss.issuer!r}: {what} {url!r} must use https "

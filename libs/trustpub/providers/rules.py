@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from trustpub.messages import InvalidPublisher
+from trustpub.messages.text import json_type
 
 Claims = Mapping[str, Any]
 Spec = Mapping[str, Any]
@@ -88,22 +89,6 @@ def quote(value: object) -> str:
     if len(text) > QUOTE_LIMIT:
         text = text[: QUOTE_LIMIT - 4] + '..."'
     return text
-
-
-def json_type(value: object) -> str:
-    """The JSON name of a decoded value's type, for "must be a string, got number"."""
-    # bool before int: True is an int in Python, a boolean in JSON.
-    for types, name in (
-        (type(None), "null"),
-        (bool, "boolean"),
-        (int | float, "number"),
-        (str, "string"),
-        (list | tuple, "array"),
-        (Mapping, "object"),
-    ):
-        if isinstance(value, types):
-            return name
-    return type(value).__name__
 
 
 def claim_str(claims: Claims, name: str) -> str:

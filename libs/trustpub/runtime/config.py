@@ -194,12 +194,18 @@ class CommonSettings(_Settings):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class IssuerSettings(_Settings):
+class IssuersFileSettings(_Settings):
     """The issuers a service knows (jwks, verifier; the registry's audit names only these)."""
 
     # Operator-registered issuers and overrides of the built-in four (TOML); see
     # trustpub.providers.issuers. Only issuers configured here or built in are ever fetched.
     issuers_file: Path | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IssuerSettings(IssuersFileSettings):
+    """The issuers a service accepts tokens of (jwks, verifier)."""
+
     # Providers switched off (comma-separated), e.g. "google,activestate".
     disabled_providers: tuple[str, ...] = ()
 

@@ -4,44 +4,23 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from pathlib import Path
 
-from trustpub.runtime.config import CommonSettings
-from trustpub.runtime.seal import MAX_VALIDITY_S
+from trustpub.runtime.config import CommonSettings, ExchangeSettings, HttpSettings, UploadTokenCheckSettings
 
 
 @dataclass(frozen=True, kw_only=True)
-class Settings(CommonSettings):
+class Settings(CommonSettings, HttpSettings, ExchangeSettings, UploadTokenCheckSettings):
     ops_port: int = 9100
-    http_host: str = "127.0.0.1"
-    http_port: int = 8000
-    # The audience clients request tokens for (GET /_/oidc/audience); PyPI uses "pypi".
-    # Give every index its own so a token meant for another index is refused.
-    audience: str = "trustpub"
-    # Global switch: off answers audience with 403 and mint-token with not-enabled.
-    enabled: bool = True
     # POST /_/oidc/explain (gateway/explain.py); off answers 404.
     explain_enabled: bool = True
-    # End-to-end deadline of one exchange: every service hop gets what is left of it.
-    request_timeout: float = 5.0
     # A GitHub token is ~1-2 KiB; 64 KiB leaves room and bounds parsing work.
     max_body_bytes: int = 65536
     # The admin API (gateway/admin.py): off unless a port is set (0: any free port). The public
     # Service and Ingress never expose it (DESIGN.md, "The admin API").
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
     # How long clients may cache /_/oidc/jwks (Cache-Control: max-age).
     jwks_cache_seconds: float = 60.0
-    # The minter's key ids (RFC 7638 thumbprints, comma-separated) this gateway trusts: only
-    # these are served at /_/oidc/jwks and verify upload tokens in introspection, whatever the
-    # bus answers. `trustpub bus init` prints them; list the new one too while rotating.
-    minter_key_ids: tuple[str, ...] = ()
-    # What the minter puts in upload tokens (the minter's own settings, same variables).
-    token_prefix: str = "trustpub-"
-    token_issuer: str = "trustpub"
-    token_audience: str = "trustpub-index"
     # Slow clients (limits.py): a request body must arrive within body_timeout seconds (408),
     # a request head within header_timeout seconds of connecting or of the previous answer
     # (the connection is closed). A CI client sends its ~2 KiB in milliseconds.
@@ -68,27 +47,9 @@ class Settings(CommonSettings):
     # from anyone else the header is ignored.
     trusted_proxies: tuple[str, ...] = ()
 
-    def _check_bus(self) -> None:
-        if self.request_timeout > MAX_VALIDITY_S:
-            # A stage refuses a request whose deadline lies further ahead (runtime/seal.py).
-            msg = (
-                f"TRUSTPUB_REQUEST_TIMEOUT must be at most {MAX_VALIDITY_S:.0f} s, got {self.request_timeout}"
-            )
-            raise ValueError(msg)
-        if not self.minter_key_ids:
-            msg = (
-                "TRUSTPUB_MINTER_KEY_IDS is required: the key ids of the minter's signing keys "
-                "(`trustpub bus init` prints them), so the gateway trusts only those"
-            )
-            raise ValueError(msg)
-
     def __post_init__(self) -> None:
-        # A ValueError here becomes a ConfigError naming the problem (runtime.config.load).
-        for name in ("body_timeout", "header_timeout", "request_timeout"):
-            if not getattr(self, name) > 0:
-                msg = f"TRUSTPUB_{name.upper()} must be positive, got {getattr(self, name)}"
-                raise ValueError(msg)
-        self._check_bus()
+        super().__post_init__()
+        self.require_positive("body_timeout", "header_timeout")
         if not 1024 <= self.max_header_bytes <= 65536:
             msg = f"TRUSTPUB_MAX_HEADER_BYTES must be between 1024 and 65536, got {self.max_header_bytes}"
             raise ValueError(msg)

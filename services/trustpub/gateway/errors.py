@@ -120,7 +120,7 @@ def from_error(exc: TrustpubError) -> web.Response:
     return error_response(exc.code.value, exc.description, status=status)
 
 
-# The longest Retry-After a stage may ask for: a lease's grace (registry/match.py) and then some.
+# The longest Retry-After a stage may ask for: a lease's grace (registry/exchange.py) and then some.
 MAX_RETRY_AFTER_S = 30
 
 

@@ -43,6 +43,7 @@ from trustpub.gateway.errors import (
 from trustpub.gateway.routes import RateLimit, rate_limit
 from trustpub.gateway.shared_limit import SharedCounts
 from trustpub.messages.endpoints import RATE_LIMITS
+from trustpub.messages.text import shown
 from trustpub.runtime import Runtime
 
 log = structlog.get_logger("trustpub.gateway.limits")
@@ -105,28 +106,23 @@ class _JsonErrors(web_protocol.RequestHandler):
             "http_request_refused",
             status=status,
             error=type(exc).__name__ if exc is not None else "",
-            reason=_safe(getattr(exc, "message", "") or message or "", 120),
+            reason=shown(getattr(exc, "message", "") or message or "", 120),
             client=request.remote,
         )
         if isinstance(exc, LineTooLong) or (
             isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc.message)
         ):
-            response = http_error(431, f"request headers are too large: {_safe(exc.message)}")
+            response = http_error(431, f"request headers are too large: {shown(exc.message, 200)}")
         elif status >= 500:
             # Invariant 3 (DESIGN.md, "Invariants"): never a 500. Nothing of the failure is shown.
             response = internal_error()
         else:
-            detail = _safe(getattr(exc, "message", "") or message or "")
+            detail = shown(getattr(exc, "message", "") or message or "", 200)
             response = error_response(
                 "invalid-request", f"malformed HTTP request: {detail}", status=status, message="Bad Request"
             )
         response.force_close()
         return response
-
-
-def _safe(text: object, limit: int = 200) -> str:
-    value = str(text)[:limit]
-    return value if value.isprintable() else value.encode("unicode_escape").decode("ascii")
 
 
 class _JsonErrorServer(web.Server):

@@ -9,20 +9,7 @@ extra keys (ignored, as PyPI does, so clients that send more keep working).
 from __future__ import annotations
 
 from trustpub.messages import InvalidPayload, strictjson
-
-_TYPE_NAMES = {
-    str: "string",
-    int: "number",
-    float: "number",
-    bool: "boolean",
-    list: "array",
-    dict: "object",
-    type(None): "null",
-}
-
-
-def json_type(value: object) -> str:
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
+from trustpub.messages.text import json_type
 
 
 def token_from_body(body: bytes) -> str:

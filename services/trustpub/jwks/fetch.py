@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +18,7 @@ import aiohttp
 from trustpub.jwks.validate import KeySetRefused, ValidKeys, validate_key_set
 from trustpub.messages import strictjson
 from trustpub.messages.text import shown
-from trustpub.providers.issuers import Issuer, https_origin, origins
+from trustpub.providers.issuers import Issuer, https_origin, is_loopback, origins
 
 # (DESIGN.md, "Keys of identity providers"): connect within 2 s; the total (fetch_timeout) bounds the rest.
 CONNECT_TIMEOUT_S = 2.0
@@ -164,7 +163,7 @@ def check_jwks_uri(uri: object, iss: Issuer) -> None:
         raise FetchError(f"jwks_uri {_show(uri)} is not a URL", result="refused") from None
     if parts.username is not None or parts.password is not None or not host:
         raise FetchError(f"jwks_uri {_show(uri)} must be an absolute URL, no credentials", result="refused")
-    if iss.allow_loopback_http and _is_loopback(host) and parts.scheme in ("http", "https"):
+    if iss.allow_loopback_http and is_loopback(host) and parts.scheme in ("http", "https"):
         return  # development and tests only: the operator opted in for this issuer
     # The issuer's own host and port, or a host the operator configured for its keys (Google's
     # keys are on www.googleapis.com) on 443: a discovery document cannot send the fetch
@@ -188,15 +187,6 @@ def parse_json(body: bytes, what: str) -> Any:  # noqa: ANN401  (parsed JSON)
         return strictjson.loads(body, max_depth=MAX_JSON_DEPTH)
     except strictjson.StrictJSONError as exc:
         raise FetchError(f"{what} {exc}", result="refused") from None
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _show(value: object) -> str:

@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from trustpub.runtime.config import CommonSettings
+from trustpub.runtime.config import CommonSettings, IssuersFileSettings, LeewaySettings
 
 
 @dataclass(frozen=True, kw_only=True)
-class Settings(CommonSettings):
+class Settings(CommonSettings, IssuersFileSettings, LeewaySettings):
     """The registry owns PostgreSQL: publishers, projects, used token ids, mints, audit."""
 
     ops_port: int = 9103
     database_url: str = "postgresql://postgres@127.0.0.1:5432/trustpub"
-    # The issuers the verifier trusts (the same TOML file): a refused exchange's audit record
-    # may name only these.
-    issuers_file: Path | None = None
     # Connections in the pool, and requests handled at once: in-flight work is capped at
     # the pool size so that waiters on the pool are not overtaken (DESIGN.md, "Performance").
     pool_size: int = 16
     # Seconds a minted token is valid (PyPI: 900).
     token_lifetime: int = 900
-    # The verifier's clock leeway in seconds; a used token id is kept past its token's
-    # exp by this plus a margin, so it cannot be replayed while still accepted.
-    leeway: int = 30
     # Seconds between purges of expired used token ids.
     purge_interval: float = 600.0
     # Connect, statement and query timeout in seconds: an outage answers "unavailable"
@@ -37,14 +30,12 @@ class Settings(CommonSettings):
     max_pending_per_registrant: int = 3
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.pool_size < 1:
             msg = f"TRUSTPUB_POOL_SIZE must be at least 1, got {self.pool_size}"
             raise ValueError(msg)
         if self.token_lifetime < 1:
             msg = f"TRUSTPUB_TOKEN_LIFETIME must be at least 1 second, got {self.token_lifetime}"
-            raise ValueError(msg)
-        if self.leeway < 0:
-            msg = f"TRUSTPUB_LEEWAY must not be negative, got {self.leeway}"
             raise ValueError(msg)
         if not 1 <= self.pending_ttl_days <= 365:
             msg = f"TRUSTPUB_PENDING_TTL_DAYS must be 1 to 365, got {self.pending_ttl_days}"
