@@ -23,9 +23,9 @@ import msgspec
 import nats
 import nats.errors
 import nats.js.errors
+from deploy.devstack.servers import NatsServer
 from nats.aio.client import Client as NatsClient
 
-from trustpub.devstack.servers import NatsServer
 from trustpub.messages import DEADLINE_HEADER, EXCHANGE_ID_HEADER, Subjects, TrustpubError, Unavailable
 from trustpub.messages.endpoints import (
     BUCKETS,

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from deploy.devstack.bus import DevBus
+from deploy.devstack.issuer import DevIssuer
+from deploy.devstack.servers import NatsServer, PostgresServer
 from tests.bus import ROOTS, TestBus
 from tests.waiting import WAIT_S
 
-from trustpub.devstack.bus import DevBus
-from trustpub.devstack.issuer import DevIssuer
-from trustpub.devstack.servers import NatsServer, PostgresServer
 from trustpub.runtime import Runtime, serve
 from trustpub.runtime.service import Setup
 

@@ -19,6 +19,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from deploy.devstack.issuer import DevIssuer
+from deploy.devstack.stack import Stack
 from hypothesis.configuration import set_hypothesis_home_dir
 from tests.bus import ADMIN, TestBus
 from tests.conftest import _create_database
@@ -36,8 +38,6 @@ from tests.corpus.corpus_keys import (
 )
 from tests.waiting import WAIT_S
 
-from trustpub.devstack.issuer import DevIssuer
-from trustpub.devstack.stack import Stack
 from trustpub.messages.endpoints import TOKEN_MINT
 from trustpub.registry import cli
 

@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
+from deploy.devstack.stack import Stack
 from tests.corpus.cases import (
     CASES,
     NE,
@@ -44,8 +45,6 @@ from tests.corpus.cases import (
 )
 from tests.corpus.conftest import Probe, send
 from tests.corpus.corpus_keys import GH, LEEWAY, OFF, PROVIDER_OF, Cast
-
-from trustpub.devstack.stack import Stack
 
 pytestmark = pytest.mark.slow
 

@@ -17,11 +17,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from tests.bus import TestBus
-from tests.conftest import AUDIENCE
-from tests.waiting import WAIT_S
-
-from trustpub.devstack.issuer import (
+from deploy.devstack.issuer import (
     ACTIVESTATE_ISSUER,
     GITLAB_ISSUER,
     GOOGLE_ISSUER,
@@ -30,7 +26,11 @@ from trustpub.devstack.issuer import (
     github_claims,
     offline_builtins_toml,
 )
-from trustpub.devstack.stack import Stack
+from deploy.devstack.stack import Stack
+from tests.bus import TestBus
+from tests.conftest import AUDIENCE
+from tests.waiting import WAIT_S
+
 from trustpub.registry import cli
 
 

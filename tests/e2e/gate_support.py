@@ -20,10 +20,9 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-
-from trustpub.devstack.index import DevCertificate, PypiServer
-from trustpub.devstack.servers import free_port
-from trustpub.devstack.stack import Stack
+from deploy.devstack.index import DevCertificate, PypiServer
+from deploy.devstack.servers import free_port
+from deploy.devstack.stack import Stack
 
 UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
 TWINE = shutil.which("twine", path=str(Path(sys.executable).parent))

@@ -22,6 +22,8 @@ from pathlib import Path
 import aiohttp
 import psutil
 import pytest
+from deploy.devstack.index import DevCertificate, PypiServer
+from deploy.devstack.servers import free_port
 from tests.e2e.conftest import Publisher, mint
 from tests.e2e.gate_support import (
     TWINE,
@@ -40,8 +42,6 @@ from tests.e2e.gate_support import (
 )
 from tests.waiting import until
 
-from trustpub.devstack.index import DevCertificate, PypiServer
-from trustpub.devstack.servers import free_port
 from trustpub.messages import provenance, uploadtoken
 from trustpub.minter import keys as minter_keys
 from trustpub.minter.tokens import Signer

@@ -14,6 +14,7 @@ import msgspec
 import nats
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from deploy.devstack.issuer import DevIssuer
 from jwcrypto import jwk
 from nats.aio.client import Client
 from tests.bus import ADMIN, TestBus
@@ -21,7 +22,6 @@ from tests.conftest import running
 from tests.waiting import WAIT_S, bounded
 from tests.waiting import until as eventually
 
-from trustpub.devstack.issuer import DevIssuer
 from trustpub.jwks.app import setup_with
 from trustpub.jwks.config import Settings
 from trustpub.jwks.keysets import KeySets

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from deploy.devstack.issuer import DevIssuer
 from structlog.testing import capture_logs
 from tests.jwks.jwks_support import (
     JwksTest,
@@ -17,7 +18,6 @@ from tests.jwks.jwks_support import (
     rsa_private_jwk,
 )
 
-from trustpub.devstack.issuer import DevIssuer
 from trustpub.messages.v1 import KeySet, RefreshRequest
 
 COOLDOWN = 60.0

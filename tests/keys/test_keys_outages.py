@@ -7,10 +7,9 @@ import asyncio
 import time
 
 import pytest
+from deploy.devstack.issuer import SigningKey
 from tests.keys.keys_support import COOLDOWN, World, readyz, refreshes, sample, until
 from tests.waiting import bounded
-
-from trustpub.devstack.issuer import SigningKey
 
 OUTAGE = "and the last refresh of its keys failed"
 

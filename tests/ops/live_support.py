@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from deploy.devstack.index import PypiServer
+from deploy.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
+from deploy.devstack.servers import free_port
+from deploy.devstack.stack import Stack
 from prometheus_client.parser import text_string_to_metric_families
 from tests.bus import TestBus
 from tests.registry.registry_support import register, unique
 
-from trustpub.devstack.index import PypiServer
-from trustpub.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
-from trustpub.devstack.servers import free_port
-from trustpub.devstack.stack import Stack
 from trustpub.registry import db
 
 AUDIENCE = "trustpub-ops-test"

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from deploy.devstack.issuer import GITHUB_ISSUER, github_claims
 from tests.bus import hand_over
 from tests.conftest import running
 from tests.waiting import WAIT_S, until
 
-from trustpub.devstack.issuer import GITHUB_ISSUER, github_claims
 from trustpub.messages.endpoints import (
     MINT_REVOKE,
     MINT_STATUS,

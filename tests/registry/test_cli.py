@@ -7,9 +7,9 @@ import json
 import uuid
 
 import pytest
+from deploy.devstack.servers import free_port
 from tests.registry.registry_support import unique
 
-from trustpub.devstack.servers import free_port
 from trustpub.registry import db
 from trustpub.registry.cli import main
 

@@ -7,6 +7,7 @@ import uuid
 
 import msgspec
 import pytest
+from deploy.devstack.issuer import GITLAB_ISSUER, gitlab_claims
 from tests.registry.registry_support import (
     AUDIENCE,
     claims_for,
@@ -20,7 +21,6 @@ from tests.registry.registry_support import (
     unique,
 )
 
-from trustpub.devstack.issuer import GITLAB_ISSUER, gitlab_claims
 from trustpub.messages import InvalidPublisher
 from trustpub.providers import gitlab
 from trustpub.registry import db

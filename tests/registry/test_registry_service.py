@@ -11,6 +11,7 @@ import aiohttp
 import asyncpg
 import msgspec
 import pytest
+from deploy.devstack.servers import free_port
 from structlog.testing import capture_logs
 from tests.bus import TestBus
 from tests.registry.registry_support import (
@@ -26,7 +27,6 @@ from tests.registry.registry_support import (
     wait_until,
 )
 
-from trustpub.devstack.servers import free_port
 from trustpub.messages import InvalidPublisher, InvalidToken, ReusedToken, TrustpubError, Unavailable
 from trustpub.messages.endpoints import EXCHANGE_FAILED
 from trustpub.messages.v1 import ExchangeEvent, MintGrant

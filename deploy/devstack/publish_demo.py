@@ -21,8 +21,9 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from trustpub.devstack.index import DevCertificate, PypiServer
-from trustpub.devstack.issuer import DevIssuer
+from deploy.devstack.index import DevCertificate, PypiServer
+from deploy.devstack.issuer import DevIssuer
+
 from trustpub.runtime import provenancecli
 
 
