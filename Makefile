@@ -28,10 +28,11 @@ demo: install ## Like `up`, but stop everything after the demo exchange
 test: install ## Run the test suite (starts its own NATS, authenticated and TLS; its own PostgreSQL unless TRUSTPUB_TEST_DATABASE_URL is set)
 	$(BIN)/python -m pytest
 
-lint: install ## ruff (lint and format check) and mypy --strict
+lint: install ## ruff (lint and format check), mypy --strict, and the import layers (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: install ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
