@@ -43,8 +43,8 @@ from tests.corpus.cases import (
     pending_token,
     post,
 )
-from tests.corpus.conftest import Probe, send
 from tests.corpus.corpus_keys import GH, LEEWAY, OFF, PROVIDER_OF, Cast
+from tests.support.corpus import Probe, send
 
 pytestmark = pytest.mark.slow
 

@@ -20,9 +20,9 @@ import aiohttp
 import pytest
 from deploy.devstack.servers import free_port
 from tests.corpus.cases import Ctx, body
-from tests.corpus.conftest import CorpusStack, Probe
 from tests.corpus.corpus_keys import Cast
-from tests.waiting import WAIT_S, bounded
+from tests.support.corpus import CorpusStack, Probe
+from tests.support.waiting import WAIT_S, bounded
 
 pytestmark = pytest.mark.slow
 

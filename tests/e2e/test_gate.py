@@ -24,8 +24,8 @@ import psutil
 import pytest
 from deploy.devstack.index import DevCertificate, PypiServer
 from deploy.devstack.servers import free_port
-from tests.e2e.conftest import Publisher, mint
-from tests.e2e.gate_support import (
+from tests.support.e2e import Publisher, mint
+from tests.support.gate import (
     TWINE,
     UV,
     GateUnderTest,
@@ -40,7 +40,7 @@ from tests.e2e.gate_support import (
     stored,
     wheel,
 )
-from tests.waiting import until
+from tests.support.waiting import until
 
 from trustpub.messages import provenance, uploadtoken
 from trustpub.minter import keys as minter_keys

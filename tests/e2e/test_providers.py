@@ -31,8 +31,9 @@ from deploy.devstack.issuer import (
     gitlab_claims,
     google_claims,
 )
-from tests.conftest import AUDIENCE
-from tests.e2e.conftest import GHES_ISSUER, SELF_MANAGED_GITLAB_ISSUER, bounded, mint, register
+from tests.support.e2e import GHES_ISSUER, SELF_MANAGED_GITLAB_ISSUER, mint, register
+from tests.support.services import AUDIENCE
+from tests.support.waiting import bounded
 
 ACTOR_ID = "00000000-0000-1000-8000-000000000002"
 

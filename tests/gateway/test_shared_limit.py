@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 from deploy.devstack.bus import DevBus
 from deploy.devstack.servers import NatsServer
-from tests.conftest import running
-from tests.waiting import until
+from tests.support.services import running
+from tests.support.waiting import until
 
 from trustpub.gateway.app import setup
 from trustpub.gateway.config import Settings

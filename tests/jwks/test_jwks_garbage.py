@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from deploy.devstack.issuer import DevIssuer
 from structlog.testing import capture_logs
-from tests.jwks.jwks_support import (
+from tests.support.jwks import (
     JwksTest,
     oct_jwk,
     off_curve_jwk,

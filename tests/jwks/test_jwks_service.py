@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 from deploy.devstack.issuer import DevIssuer, SigningKey
 from structlog.testing import capture_logs
-from tests.jwks.jwks_support import JwksTest, jwks_service, kids, serve_briefly, wait_for
-from tests.waiting import WAIT_S, bounded
+from tests.support.jwks import JwksTest, jwks_service, kids, serve_briefly, wait_for
+from tests.support.waiting import WAIT_S, bounded
 
 from trustpub.messages.v1 import ErrorReply, KeySet, KeySetRotated, RefreshRequest
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from deploy.devstack.issuer import SigningKey
-from tests.jwks.jwks_support import ec_jwk, oct_jwk, off_curve_jwk, rsa_jwk, rsa_private_jwk
+from tests.support.jwks import ec_jwk, oct_jwk, off_curve_jwk, rsa_jwk, rsa_private_jwk
 
 from trustpub.jwks.fetch import FetchError, check_jwks_uri, parse_json
 from trustpub.jwks.validate import KeySetRefused, validate_key_set

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from deploy.devstack.issuer import DevIssuer, SigningKey
-from tests.bus import TestBus
-from tests.keys.keys_support import OTHER_ISSUER, IssuerServer, World
+from tests.support.bus import TestBus
+from tests.support.keys import OTHER_ISSUER, IssuerServer, World
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import time
 import uuid
 
 from deploy.devstack.issuer import SigningKey
-from tests.keys.keys_support import COOLDOWN, World, kids, refreshes, sample
-from tests.waiting import bounded
+from tests.support.keys import COOLDOWN, World, kids, refreshes, sample
+from tests.support.waiting import bounded
 
 from trustpub.messages.v1 import KeySet, RefreshRequest
 from trustpub.runtime import Runtime

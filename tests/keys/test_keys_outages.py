@@ -8,8 +8,8 @@ import time
 
 import pytest
 from deploy.devstack.issuer import SigningKey
-from tests.keys.keys_support import COOLDOWN, World, readyz, refreshes, sample, until
-from tests.waiting import bounded
+from tests.support.keys import COOLDOWN, World, readyz, refreshes, sample, until
+from tests.support.waiting import bounded
 
 OUTAGE = "and the last refresh of its keys failed"
 

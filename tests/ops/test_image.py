@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from tests.ops.ops_support import REPO, SERVICES, need_module
+from tests.support.ops import REPO, SERVICES, need_module
 
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 # What the build stages COPY from the context (the Tiltfile's `only` list is the same).

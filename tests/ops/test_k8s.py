@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from tests.ops.ops_support import (
+from tests.support.ops import (
     K8S,
     OPS_PORTS,
     REPO,
@@ -32,7 +32,7 @@ from tests.ops.ops_support import (
     render,
     tilt_made_objects,
 )
-from tests.waiting import WAIT_S, until
+from tests.support.waiting import WAIT_S, until
 
 from trustpub.messages.endpoints import pair_name, pairs_of
 

@@ -10,7 +10,7 @@ import tomllib
 
 import grimp
 import pytest
-from tests.ops.ops_support import REPO, SERVICES
+from tests.support.ops import REPO, SERVICES
 
 LIBRARIES = ("messages", "runtime", "providers")
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from tests.registry.registry_support import registry_running
+from tests.support.registry import registry_running
 
 from trustpub.registry import db
 from trustpub.registry.cli import main

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import _create_database
+from tests.support.services import create_database
 
 from trustpub.registry import ascode, db
 from trustpub.registry.cli import main
@@ -66,7 +66,7 @@ actor_id = "9a4b7e5c-1b2c-4d3e-8f9a-0b1c2d3e4f5a"
 @pytest.fixture
 async def own_db(pg_admin_url: str) -> str:
     """A database of this test's own: apply --prune makes all of it match the file."""
-    return await _create_database(pg_admin_url)
+    return await create_database(pg_admin_url)
 
 
 @pytest.fixture

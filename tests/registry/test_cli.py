@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 from deploy.devstack.servers import free_port
-from tests.registry.registry_support import unique
+from tests.support.registry import unique
 
 from trustpub.registry import db
 from trustpub.registry.cli import main

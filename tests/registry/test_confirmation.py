@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 from deploy.devstack.issuer import GITHUB_ISSUER, GITLAB_ISSUER, gitlab_claims
-from tests.registry.migration_support import database_before
-from tests.registry.registry_support import (
+from tests.support.migrations import database_before
+from tests.support.registry import (
     claims_for,
     explain,
     match,

@@ -15,8 +15,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from tests.bus import ADMIN, hand_over
-from tests.registry.registry_support import (
+from tests.support.bus import ADMIN, hand_over
+from tests.support.registry import (
     claims_for,
     match,
     match_request,

@@ -8,7 +8,7 @@ import uuid
 import msgspec
 import pytest
 from deploy.devstack.issuer import GITLAB_ISSUER, gitlab_claims
-from tests.registry.registry_support import (
+from tests.support.registry import (
     AUDIENCE,
     claims_for,
     explain,

@@ -13,8 +13,8 @@ import msgspec
 import pytest
 from deploy.devstack.servers import free_port
 from structlog.testing import capture_logs
-from tests.bus import TestBus
-from tests.registry.registry_support import (
+from tests.support.bus import TestBus
+from tests.support.registry import (
     claims_for,
     match,
     match_request,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from deploy.devstack.issuer import SigningKey, activestate_claims
-from tests.conftest import AUDIENCE
+from tests.support.services import AUDIENCE
 from tests.verifier.test_verifier_direct import make_verifier, rejected, sign
 
 from trustpub.messages import InvalidToken

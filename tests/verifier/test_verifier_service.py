@@ -22,9 +22,9 @@ import pytest
 from deploy.devstack.issuer import DevIssuer, SigningKey
 from nats.js.api import KeyValueConfig, StorageType
 from structlog.testing import capture_logs
-from tests.bus import Pipeline, TestBus, verification_pipeline
-from tests.conftest import AUDIENCE, running
-from tests.waiting import bounded, until
+from tests.support.bus import Pipeline, TestBus, verification_pipeline
+from tests.support.services import AUDIENCE, running
+from tests.support.waiting import bounded, until
 
 from trustpub.messages import Subjects
 from trustpub.messages.endpoints import JWKS_REFRESH
@@ -313,7 +313,7 @@ async def test_hanging_jwks_service_is_bounded_by_the_refresh_timeout(
     )
     await nc.flush()
     # Long enough that the good token below is answered while the refresh still waits, however
-    # loaded the machine; below the gateway's deadline for the slow one (tests/bus.py).
+    # loaded the machine; below the gateway's deadline for the slow one (tests/support/bus.py).
     refresh_timeout = 3.0
     rt = Runtime("verifier", load(Settings, {**env, "TRUSTPUB_REFRESH_TIMEOUT": f"{refresh_timeout:g}"}))
     try:

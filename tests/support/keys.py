@@ -23,10 +23,10 @@ import nats.js.errors
 from aiohttp import web
 from deploy.devstack.issuer import DevIssuer, SigningKey
 from nats.aio.client import Client
-from tests.bus import ADMIN, Pipeline, TestBus, verification_pipeline
-from tests.conftest import AUDIENCE, running
-from tests.waiting import WAIT_S, bounded
-from tests.waiting import until as eventually
+from tests.support.bus import ADMIN, Pipeline, TestBus, verification_pipeline
+from tests.support.services import AUDIENCE, running
+from tests.support.waiting import WAIT_S, bounded
+from tests.support.waiting import until as eventually
 
 from trustpub.jwks.app import setup_with as jwks_setup
 from trustpub.jwks.config import Settings as JwksSettings

@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from deploy.devstack.issuer import DevIssuer
 from jwcrypto import jwk
 from nats.aio.client import Client
-from tests.bus import ADMIN, TestBus
-from tests.conftest import running
-from tests.waiting import WAIT_S, bounded
-from tests.waiting import until as eventually
+from tests.support.bus import ADMIN, TestBus
+from tests.support.services import running
+from tests.support.waiting import WAIT_S, bounded
+from tests.support.waiting import until as eventually
 
 from trustpub.jwks.app import setup_with
 from trustpub.jwks.config import Settings
