@@ -36,21 +36,6 @@ from trustpub.runtime.events import ensure_stream
 GHES = "https://ghes.example.test/_services/token"
 
 
-@pytest.fixture
-async def conn(database_url):
-    c = await asyncio.wait_for(db.connect(database_url), 10)
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
-@pytest.fixture
-async def registry(common, database_url):
-    async with registry_running(common, database_url) as rt:
-        yield rt
-
-
 def sample(rt, name, **labels) -> float:
     return rt.registry.get_sample_value(name, labels) or 0.0
 
