@@ -1,7 +1,8 @@
 """What the tests share besides fixtures: conftest.py files hold only fixtures and hooks, and a
 test imports its helpers from here, one module a topic.
 
-- ``waiting``: waiting for a condition, never for a fixed time (``until``, ``bounded``, ``WAIT_S``)
+- ``waiting``: waiting for a condition, never for a fixed time (``until``, ``bounded``, ``WAIT_S``),
+  or not at all (``Clock``, moved by the test)
 - ``bus``: the suite's NATS, a pool of subject roots, connections as any identity
 - ``services``: a service in this process (``running``), a database of its own, ``AUDIENCE``
 - ``e2e``, ``gate``, ``live``: the whole stack as processes (tests/e2e, the gate, tests/ops)

@@ -25,7 +25,7 @@ from deploy.devstack.issuer import DevIssuer, SigningKey
 from nats.aio.client import Client
 from tests.support.bus import ADMIN, Pipeline, TestBus, verification_pipeline
 from tests.support.services import AUDIENCE, running
-from tests.support.waiting import WAIT_S, bounded
+from tests.support.waiting import WAIT_S, Clock, bounded
 from tests.support.waiting import until as eventually
 
 from trustpub.jwks.app import setup_with as jwks_setup
@@ -50,19 +50,6 @@ OFFLINE = (
     ("https://accounts.google.com", "google"),
     ("https://platform.activestate.com/api/v1/oauth/oidc", "activestate"),
 )
-
-
-class Clock:
-    """Unix seconds that the test moves."""
-
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class IssuerServer:
