@@ -20,18 +20,19 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 up: install ## Run the whole stack (NATS with TLS and per-service users, PostgreSQL, 6 services, dev issuer, pypiserver behind the upload gate) with the demos; Ctrl-C stops it
-	$(BIN)/python -m trustpub.devstack.up
+	$(BIN)/python -m deploy.devstack.up
 
 demo: install ## Like `up`, but stop everything after the demo exchange
-	$(BIN)/python -m trustpub.devstack.up --exit-after-demo
+	$(BIN)/python -m deploy.devstack.up --exit-after-demo
 
 test: install ## Run the test suite (starts its own NATS, authenticated and TLS; its own PostgreSQL unless TRUSTPUB_TEST_DATABASE_URL is set)
 	$(BIN)/python -m pytest
 
-lint: install ## ruff (lint and format check) and mypy --strict
+lint: install ## ruff (lint and format check), mypy --strict, and the import layers (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: install ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
@@ -70,4 +71,4 @@ dashboards: $(OPS_STAMP) ## Regenerate deploy/dashboards/exchange-flow.json from
 	$(BIN)/python -m deploy.dashboards.exchange_flow > deploy/dashboards/exchange-flow.json
 
 up-prometheus: install ## Like `up`, plus a real Prometheus scraping every service (http://127.0.0.1:9090; needs make ops-tools)
-	$(BIN)/python -m trustpub.devstack.up --prometheus
+	$(BIN)/python -m deploy.devstack.up --prometheus

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
-from trustpub.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
-from trustpub.devstack.servers import NatsServer, PostgresServer
-from trustpub.devstack.stack import Stack
+from deploy.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
+from deploy.devstack.servers import NatsServer, PostgresServer
+from deploy.devstack.stack import Stack
 
 AUDIENCE = "trustpub-bench"
 # The publisher every bench token matches (github_claims' defaults; both ids pinned at

@@ -50,11 +50,11 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+from deploy.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
+from deploy.devstack.servers import DevServerError, NatsServer, PostgresServer
+from deploy.devstack.stack import SERVICES, Stack
 
 from bench.exchange import PUBLISHER
-from trustpub.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
-from trustpub.devstack.servers import DevServerError, NatsServer, PostgresServer
-from trustpub.devstack.stack import SERVICES, Stack
 from trustpub.gateway.errors import EXCHANGE_ID_RESPONSE_HEADER
 
 AUDIENCE = "trustpub-faults"

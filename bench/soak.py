@@ -56,9 +56,9 @@ from typing import Any
 import aiohttp
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from deploy.devstack.issuer import SigningKey, compact, github_claims
 
 from bench.exchange import AUDIENCE, Bench, bench_stack, descendants, drive
-from trustpub.devstack.issuer import SigningKey, compact, github_claims
 
 MIB = 1024 * 1024
 # Figures printed per process, in this order; PostgreSQL is two (see the module doc).

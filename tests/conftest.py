@@ -2,7 +2,7 @@
 
 NATS always runs as trustpub runs it: with the authorization generated from the endpoint
 declarations for a pool of subject roots, each service its own nkey user, TLS first
-(devstack/bus.py); the suite starts it under a temporary directory. A test takes a root from
+(deploy/devstack/bus.py); the suite starts it under a temporary directory. A test takes a root from
 the pool (``subject_root``) whose streams and buckets were emptied first, so tests never see
 each other's messages. ``TRUSTPUB_TEST_DATABASE_URL`` names an existing PostgreSQL; when
 unset, the suite starts its own. The session gets its own database.
@@ -10,27 +10,30 @@ unset, the suite starts its own. The session gets its own database.
 
 from __future__ import annotations
 
-import asyncio
+import atexit
 import contextlib
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
-from tests.bus import ROOTS, TestBus
-from tests.waiting import WAIT_S
+from deploy.devstack.bus import DevBus
+from deploy.devstack.issuer import DevIssuer
+from deploy.devstack.servers import NatsServer, PostgresServer
+from hypothesis.configuration import set_hypothesis_home_dir
+from tests.support.bus import ROOTS, TestBus
+from tests.support.services import AUDIENCE, create_database
 
-from trustpub.devstack.bus import DevBus
-from trustpub.devstack.issuer import DevIssuer
-from trustpub.devstack.servers import NatsServer, PostgresServer
-from trustpub.runtime import Runtime, serve
-from trustpub.runtime.service import Setup
 
-AUDIENCE = "trustpub-test"
+def pytest_configure(config: pytest.Config) -> None:
+    # Hypothesis keeps caches (and by default its example database) under .hypothesis/ in the
+    # working directory; the fuzz tests (tests/corpus, the admin API's) keep them out of the
+    # work tree, whichever of them runs.
+    home = tempfile.mkdtemp(prefix="trustpub-hypothesis-")
+    set_hypothesis_home_dir(home)
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -76,29 +79,10 @@ def pg_admin_url() -> Iterator[str]:
             server.stop()
 
 
-def _with_db(url: str, name: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{name}"
-
-
-async def _create_database(admin_url: str) -> str:
-    name = f"trustpub_test_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(admin_url, timeout=10)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = _with_db(admin_url, name)
-    from trustpub.registry.migrations import apply  # noqa: PLC0415
-
-    await apply(url)
-    return url
-
-
 @pytest.fixture(scope="session")
 async def database_url(pg_admin_url: str) -> str:
     """A fresh database for this test session, with every migration applied."""
-    return await _create_database(pg_admin_url)
+    return await create_database(pg_admin_url)
 
 
 @pytest.fixture
@@ -124,35 +108,6 @@ def issuers_file(tmp_path: Path, dev_issuer: DevIssuer) -> Path:
     path = tmp_path / "issuers.toml"
     path.write_text(dev_issuer.issuers_toml())
     return path
-
-
-def bounded(coro: object, seconds: float = WAIT_S) -> object:
-    """Every network await in a test is bounded."""
-    return asyncio.wait_for(coro, seconds)  # type: ignore[arg-type]
-
-
-@contextlib.asynccontextmanager
-async def running(rt: Runtime, setup: Setup, timeout: float = WAIT_S) -> AsyncIterator[Runtime]:
-    """Run one service in this event loop (its own NATS connection) until the block ends:
-    entered once the service is ready."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(rt, setup, stop=stop))
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not rt.ready:
-        if task.done():
-            task.result()  # raises what setup raised
-            msg = f"{rt.name} stopped before it was ready"
-            raise RuntimeError(msg)
-        if asyncio.get_running_loop().time() > deadline:
-            task.cancel()
-            msg = f"{rt.name} not ready after {timeout} s"
-            raise TimeoutError(msg)
-        await asyncio.sleep(0.02)
-    try:
-        yield rt
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout)
 
 
 @pytest.fixture

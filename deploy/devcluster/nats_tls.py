@@ -2,7 +2,7 @@
 
     python -m deploy.devcluster.nats_tls .run/k8s-dev [--namespace trustpub-dev] [--service nats]
 
-Under DIR, as ``make up`` does under ``.run/bus`` (``trustpub.devstack.bus``): a development CA
+Under DIR, as ``make up`` does under ``.run/bus`` (``deploy.devstack.bus``): a development CA
 (``DIR/tls/ca.pem``; its key is not kept) and a server certificate valid for the in-cluster
 NATS service's names (``nats``, ``nats.<namespace>``, ``nats.<namespace>.svc``,
 ``nats.<namespace>.svc.cluster.local``, and localhost for a port-forward), plus the
@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from trustpub.devstack.bus import DevBus
+from deploy.devstack.bus import DevBus
 
 NATS_TLS_SECRET = "trustpub-nats-tls"
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from deploy.devstack.issuer import SigningKey, b64u, compact, enc_json
 from jwcrypto import jwe, jwk
 from tests.corpus.corpus_keys import (
     AS,
@@ -40,8 +41,6 @@ from tests.corpus.corpus_keys import (
     OFF,
     Cast,
 )
-
-from trustpub.devstack.issuer import SigningKey, b64u, compact, enc_json
 
 P = "invalid-payload"
 T = "invalid-token"

@@ -5,24 +5,15 @@ on loopback, the attacker's identity provider beside them, configured nowhere)."
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
-import io
-import json
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
-from hypothesis.configuration import set_hypothesis_home_dir
-from tests.bus import ADMIN, TestBus
-from tests.conftest import _create_database
-from tests.corpus.cases import Attempt
+from deploy.devstack.issuer import DevIssuer
+from deploy.devstack.stack import Stack
 from tests.corpus.corpus_keys import (
     AUD,
     OTHER_PUBLISHERS,
@@ -34,18 +25,12 @@ from tests.corpus.corpus_keys import (
     issuers_toml,
     pending_args,
 )
-from tests.waiting import WAIT_S
+from tests.support.bus import ADMIN, TestBus
+from tests.support.corpus import CorpusStack, Probe
+from tests.support.services import create_database
 
-from trustpub.devstack.issuer import DevIssuer
-from trustpub.devstack.stack import Stack
 from trustpub.messages.endpoints import TOKEN_MINT
 from trustpub.registry import cli
-
-# Hypothesis keeps caches (and by default its example database) under .hypothesis/ in the
-# working directory; the fuzz tests keep them out of the work tree.
-_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="trustpub-hypothesis-")
-set_hypothesis_home_dir(_HYPOTHESIS_HOME)
-atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -53,24 +38,10 @@ def cast() -> Cast:
     return Cast()
 
 
-@dataclass
-class CorpusStack:
-    stack: Stack
-    env: dict[str, str]
-    database_url: str
-    idps: dict[str, DevIssuer]
-    attacker: AttackerIdP
-    root: Path
-
-    @property
-    def base_url(self) -> str:
-        return self.stack.base_url
-
-
 @pytest.fixture(scope="session")
 async def corpus_database(pg_admin_url: str) -> str:
     """A database of the corpus's own: its publishers and its counts are exact."""
-    return await _create_database(pg_admin_url)
+    return await create_database(pg_admin_url)
 
 
 @pytest.fixture(scope="session")
@@ -131,35 +102,6 @@ async def _expire_pending(database_url: str, repository: str) -> None:
         await conn.close()
 
 
-@dataclass
-class Probe:
-    """What the invariants are checked with: the database, and a listener on the minter's subject
-    (a mint request on NATS is the other sign of a credential, V1)."""
-
-    cs: CorpusStack
-    conn: asyncpg.Connection
-    mint_requests: list[bytes] = field(default_factory=list)
-
-    async def mints(self) -> int:
-        return int(await self.conn.fetchval("SELECT count(*) FROM mints"))
-
-    async def audit_rows(self, exchange_id: str, *, wait: float = WAIT_S) -> list[dict[str, Any]]:
-        """The audit rows of an exchange, once its ``exchange.*`` record is there: a rejection's
-        arrives through JetStream, so wait for it (bounded). The registry may have written
-        others for the same exchange (pending.converted, project.created, ...)."""
-        deadline = asyncio.get_running_loop().time() + wait
-        while True:
-            rows = await self.conn.fetch(
-                "SELECT kind, outcome, code, detail::text AS detail FROM audit_events WHERE exchange_id = $1 "
-                "ORDER BY id",
-                exchange_id,
-            )
-            done = any(r["kind"].startswith("exchange.") for r in rows)
-            if done or asyncio.get_running_loop().time() > deadline:
-                return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
-            await asyncio.sleep(0.02)
-
-
 @pytest.fixture(scope="session")
 async def probe(corpus_stack: CorpusStack, bus: TestBus) -> AsyncIterator[Probe]:
     conn = await asyncio.wait_for(asyncpg.connect(corpus_stack.database_url), 10)
@@ -178,22 +120,6 @@ async def probe(corpus_stack: CorpusStack, bus: TestBus) -> AsyncIterator[Probe]
     finally:
         await nc.close()
         await conn.close()
-
-
-async def send(
-    http: aiohttp.ClientSession, base_url: str, attempt: Attempt
-) -> tuple[int, str, dict[str, str]]:
-    skip = () if "Content-Type" in attempt.headers else ("Content-Type",)
-    # aiohttp warns about raw bytes of a megabyte or more (A8): stream those.
-    data: bytes | io.BytesIO = attempt.body if len(attempt.body) < 1_000_000 else io.BytesIO(attempt.body)
-    async with http.request(
-        attempt.method,
-        base_url + attempt.path,
-        data=data,
-        headers=attempt.headers,
-        skip_auto_headers=skip,
-    ) as resp:
-        return resp.status, await resp.text(), dict(resp.headers)
 
 
 @pytest.fixture

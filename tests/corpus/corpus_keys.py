@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from deploy.devstack.issuer import DevIssuer, SigningKey
 
-from trustpub.devstack.issuer import DevIssuer, SigningKey
 from trustpub.providers.issuers import ACTIVESTATE, GITHUB, GITLAB, GOOGLE
 
 GH = GITHUB

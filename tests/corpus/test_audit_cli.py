@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 from tests.corpus.cases import Ctx, post
-from tests.corpus.conftest import Probe, send
 from tests.corpus.corpus_keys import GH, Cast
+from tests.support.corpus import Probe, send
 
 from trustpub.registry import cli
 

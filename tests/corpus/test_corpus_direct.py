@@ -12,11 +12,11 @@ import secrets
 import time
 
 import pytest
+from deploy.devstack.issuer import b64u
 from tests.corpus.cases import CASES, MATCH, NOMATCH, VERIFIED, Case, Ctx, case_ids
 from tests.corpus.corpus_keys import GH, Cast
 from tests.corpus.direct import Direct
 
-from trustpub.devstack.issuer import b64u
 from trustpub.messages import TrustpubError
 
 DIRECT = [c for c in CASES if c.expect.direct_outcome is not None and c.build is not None]

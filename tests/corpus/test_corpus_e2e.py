@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
+from deploy.devstack.stack import Stack
 from tests.corpus.cases import (
     CASES,
     NE,
@@ -42,10 +43,8 @@ from tests.corpus.cases import (
     pending_token,
     post,
 )
-from tests.corpus.conftest import Probe, send
 from tests.corpus.corpus_keys import GH, LEEWAY, OFF, PROVIDER_OF, Cast
-
-from trustpub.devstack.stack import Stack
+from tests.support.corpus import Probe, send
 
 pytestmark = pytest.mark.slow
 

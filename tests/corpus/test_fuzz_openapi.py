@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
     unsupported_method,
 )
-from tests.corpus.conftest import CorpusStack
+from tests.support.corpus import CorpusStack
 
 pytestmark = pytest.mark.slow
 

@@ -18,12 +18,11 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
+from deploy.devstack.servers import free_port
 from tests.corpus.cases import Ctx, body
-from tests.corpus.conftest import CorpusStack, Probe
 from tests.corpus.corpus_keys import Cast
-from tests.waiting import WAIT_S, bounded
-
-from trustpub.devstack.servers import free_port
+from tests.support.corpus import CorpusStack, Probe
+from tests.support.waiting import WAIT_S, bounded
 
 pytestmark = pytest.mark.slow
 

@@ -6,32 +6,26 @@ tests isolate themselves by registering publishers for repositories of their own
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
-from tests.bus import TestBus
-from tests.conftest import AUDIENCE
-from tests.waiting import WAIT_S
-
-from trustpub.devstack.issuer import (
+from deploy.devstack.issuer import (
     ACTIVESTATE_ISSUER,
     GITLAB_ISSUER,
     GOOGLE_ISSUER,
     DevIssuer,
     SigningKey,
-    github_claims,
     offline_builtins_toml,
 )
-from trustpub.devstack.stack import Stack
-from trustpub.registry import cli
+from deploy.devstack.stack import Stack
+from tests.support.bus import TestBus
+from tests.support.e2e import GHES_ISSUER, SELF_MANAGED_GITLAB_ISSUER, Publisher, register
+from tests.support.services import AUDIENCE
+from tests.support.waiting import WAIT_S
 
 
 @pytest.fixture(scope="session")
@@ -39,12 +33,6 @@ def e2e_issuer() -> Iterator[DevIssuer]:
     issuer = DevIssuer()
     with issuer.serve_in_thread():
         yield issuer
-
-
-# Operator-registered issuers played locally: a GitHub Enterprise Server and a self-managed
-# GitLab instance (each with its own keys), next to the built-in GitLab, Google, ActiveState.
-GHES_ISSUER = "https://ghes.example.test/_services/token"
-SELF_MANAGED_GITLAB_ISSUER = "https://gitlab.example.test"
 
 
 @pytest.fixture(scope="session")
@@ -149,34 +137,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-class Publisher:
-    """A GitHub publisher registered for this test only, and tokens for it."""
-
-    def __init__(self, issuer: DevIssuer, owner: str, repo: str, project: str, **spec: Any) -> None:
-        self.issuer = issuer
-        self.owner = owner
-        self.repo = repo
-        self.project = project
-        self.spec = spec
-
-    def claims(self, **overrides: Any) -> dict[str, Any]:
-        return github_claims(
-            AUDIENCE,
-            issuer=self.issuer.issuer,
-            owner=self.owner,
-            repo=self.repo,
-            owner_id=self.spec.get("owner_id", "1001"),
-            **overrides,
-        )
-
-    def token(self, **overrides: Any) -> str:
-        return self.issuer.token(self.claims(**overrides))
-
-
-def register(database_url: str, *args: str) -> int:
-    return cli.main([*args, "--database-url", database_url])
-
-
 @pytest.fixture
 def publisher(stack: Stack, e2e_issuer: DevIssuer, stack_env: dict[str, str]) -> Publisher:
     """A fresh project and GitHub publisher (owner id 1001, workflow release.yml, env release)."""
@@ -206,22 +166,3 @@ def publisher(stack: Stack, e2e_issuer: DevIssuer, stack_env: dict[str, str]) ->
         == 0
     )
     return Publisher(e2e_issuer, f"org-{n}", "demo", project, owner_id="1001")
-
-
-async def mint(
-    http: aiohttp.ClientSession, stack: Stack, token: Any, path: str = "/_/oidc/mint-token"
-) -> tuple[int, dict[str, Any], dict[str, str]]:
-    async with http.post(f"{stack.base_url}{path}", data=json.dumps({"token": token})) as resp:
-        return resp.status, await resp.json(content_type=None), dict(resp.headers)
-
-
-async def mints_count(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url, timeout=5)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM mints"))
-    finally:
-        await conn.close()
-
-
-def bounded(coro: Any, seconds: float = WAIT_S) -> Any:
-    return asyncio.wait_for(coro, seconds)

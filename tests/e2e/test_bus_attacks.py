@@ -47,18 +47,18 @@ import msgspec
 import nats
 import nats.errors
 import pytest
+from deploy.devstack.issuer import SigningKey
+from deploy.devstack.servers import free_port
+from deploy.devstack.stack import Stack
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from prometheus_client.parser import text_string_to_metric_families
-from tests import waiting
-from tests.bus import ADMIN, TestBus
-from tests.e2e.conftest import Publisher, mint, mints_count
-from tests.ops.live_support import metric_value
-from tests.waiting import WAIT_S, bounded
+from tests.support import waiting
+from tests.support.bus import ADMIN, TestBus
+from tests.support.e2e import Publisher, mint, mints_count
+from tests.support.live import metric_value
+from tests.support.waiting import WAIT_S, bounded
 
-from trustpub.devstack.issuer import SigningKey
-from trustpub.devstack.servers import free_port
-from trustpub.devstack.stack import Stack
 from trustpub.messages import DEADLINE_HEADER, EXCHANGE_ID_HEADER, Subjects
 from trustpub.messages.endpoints import (
     EXCHANGE_FAILED,

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import hashlib
 import ipaddress
 import os
 import shutil
 import ssl
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from trustpub.devstack.servers import free_port
+from deploy.devstack.publish_demo import write_wheel
+from deploy.devstack.servers import free_port
 
 UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
 
@@ -107,26 +105,7 @@ def _certificates(tmp: Path) -> tuple[Path, Path, Path]:
 
 def _wheel(tmp: Path, project: str) -> Path:
     """A minimal valid wheel of ``project`` 0.0.1."""
-    dist = project.replace("-", "_")
-    files = {
-        f"{dist}/__init__.py": b"",
-        f"{dist}-0.0.1.dist-info/METADATA": (
-            f"Metadata-Version: 2.1\nName: {project}\nVersion: 0.0.1\n".encode()
-        ),
-        f"{dist}-0.0.1.dist-info/WHEEL": (
-            b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-        ),
-    }
-    path = tmp / f"{dist}-0.0.1-py3-none-any.whl"
-    record = []
-    with zipfile.ZipFile(path, "w") as whl:
-        for name, data in files.items():
-            whl.writestr(name, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            record.append(f"{name},sha256={digest},{len(data)}")
-        record.append(f"{dist}-0.0.1.dist-info/RECORD,,")
-        whl.writestr(f"{dist}-0.0.1.dist-info/RECORD", "\n".join(record) + "\n")
-    return path
+    return write_wheel(tmp, project, "0.0.1", b"")
 
 
 class Index:

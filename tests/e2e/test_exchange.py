@@ -12,13 +12,12 @@ from typing import Any
 import asyncpg
 import id as oidc_id
 import pytest
+from deploy.devstack.issuer import SigningKey, b64u, compact, enc_json
 from jwcrypto import jwk, jws
-from tests.conftest import AUDIENCE
-from tests.e2e.conftest import Publisher, bounded, mint, mints_count, register
-from tests.registry.registry_support import wait_until
-from tests.waiting import until
-
-from trustpub.devstack.issuer import SigningKey, b64u, compact, enc_json
+from tests.support.e2e import Publisher, mint, mints_count, register
+from tests.support.registry import wait_until
+from tests.support.services import AUDIENCE
+from tests.support.waiting import bounded, until
 
 
 def decode(token: str) -> dict:

@@ -22,8 +22,10 @@ from pathlib import Path
 import aiohttp
 import psutil
 import pytest
-from tests.e2e.conftest import Publisher, mint
-from tests.e2e.gate_support import (
+from deploy.devstack.index import DevCertificate, PypiServer
+from deploy.devstack.servers import free_port
+from tests.support.e2e import Publisher, mint
+from tests.support.gate import (
     TWINE,
     UV,
     GateUnderTest,
@@ -38,10 +40,8 @@ from tests.e2e.gate_support import (
     stored,
     wheel,
 )
-from tests.waiting import until
+from tests.support.waiting import until
 
-from trustpub.devstack.index import DevCertificate, PypiServer
-from trustpub.devstack.servers import free_port
 from trustpub.messages import provenance, uploadtoken
 from trustpub.messages.text import b64, unb64
 from trustpub.minter import keys as minter_keys

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.e2e.conftest import bounded, mint
+from tests.support.e2e import mint
+from tests.support.waiting import bounded
 
 from trustpub.gateway.minterkeys import MinterKeys
 from trustpub.messages import InvalidToken, Unavailable

@@ -19,10 +19,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from tests.e2e.conftest import bounded, mint
-from tests.registry.registry_support import wait_until
-
-from trustpub.devstack.servers import free_port
+from deploy.devstack.servers import free_port
+from tests.support.e2e import mint
+from tests.support.registry import wait_until
+from tests.support.waiting import bounded
 
 DEADLINE_S = 3.0  # TRUSTPUB_REQUEST_TIMEOUT of the e2e stack
 

@@ -2,7 +2,7 @@
 Server, self-managed GitLab), pending publishers, the explain endpoint, and Trusted
 Publishing switched off per provider.
 
-Claim sets come from the DevIssuer helpers (libs/trustpub/devstack/issuer.py), each shaped
+Claim sets come from the DevIssuer helpers (deploy/devstack/issuer.py), each shaped
 like its platform's documented tokens: GitLab's "OpenID Connect (OIDC) Authentication Using ID
 Tokens" (docs.gitlab.com/ci/secrets/id_token_authentication/, "Token payload"), Google
 Cloud's "Verify the identity of VMs" (cloud.google.com/compute/docs/instances/
@@ -23,10 +23,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from tests.conftest import AUDIENCE
-from tests.e2e.conftest import GHES_ISSUER, SELF_MANAGED_GITLAB_ISSUER, bounded, mint, register
-
-from trustpub.devstack.issuer import (
+from deploy.devstack.issuer import (
     DevIssuer,
     SigningKey,
     activestate_claims,
@@ -34,6 +31,9 @@ from trustpub.devstack.issuer import (
     gitlab_claims,
     google_claims,
 )
+from tests.support.e2e import GHES_ISSUER, SELF_MANAGED_GITLAB_ISSUER, mint, register
+from tests.support.services import AUDIENCE
+from tests.support.waiting import bounded
 
 ACTOR_ID = "00000000-0000-1000-8000-000000000002"
 

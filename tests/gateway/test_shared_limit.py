@@ -18,11 +18,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from tests.conftest import running
-from tests.waiting import until
+from deploy.devstack.bus import DevBus
+from deploy.devstack.servers import NatsServer
+from tests.support.services import running
+from tests.support.waiting import until
 
-from trustpub.devstack.bus import DevBus
-from trustpub.devstack.servers import NatsServer
 from trustpub.gateway.app import setup
 from trustpub.gateway.config import Settings
 from trustpub.runtime import Runtime, load

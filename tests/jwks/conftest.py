@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tests.jwks.jwks_support import JwksTest
+from tests.support.jwks import JwksTest
 
 
 @pytest.fixture

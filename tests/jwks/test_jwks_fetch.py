@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
-from tests.waiting import bounded
+from deploy.devstack.issuer import SigningKey
+from tests.support.waiting import bounded
 
-from trustpub.devstack.issuer import SigningKey
 from trustpub.jwks.fetch import Fetcher, FetchError, cache_max_age, new_session
 from trustpub.providers.issuers import Issuer
 

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from deploy.devstack.issuer import DevIssuer
 from structlog.testing import capture_logs
-from tests.jwks.jwks_support import (
+from tests.support.jwks import (
     JwksTest,
     oct_jwk,
     off_curve_jwk,
@@ -17,7 +18,6 @@ from tests.jwks.jwks_support import (
     rsa_private_jwk,
 )
 
-from trustpub.devstack.issuer import DevIssuer
 from trustpub.messages.v1 import KeySet, RefreshRequest
 
 COOLDOWN = 60.0

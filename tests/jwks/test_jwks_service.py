@@ -10,11 +10,11 @@ import aiohttp
 import msgspec
 import pytest
 from aiohttp import web
+from deploy.devstack.issuer import DevIssuer, SigningKey
 from structlog.testing import capture_logs
-from tests.jwks.jwks_support import JwksTest, jwks_service, kids, serve_briefly, wait_for
-from tests.waiting import WAIT_S, bounded
+from tests.support.jwks import JwksTest, jwks_service, kids, serve_briefly, wait_for
+from tests.support.waiting import WAIT_S, bounded
 
-from trustpub.devstack.issuer import DevIssuer, SigningKey
 from trustpub.messages.v1 import ErrorReply, KeySet, KeySetRotated, RefreshRequest
 
 COOLDOWN = 60.0  # the default refresh_cooldown; tests move the clock past it

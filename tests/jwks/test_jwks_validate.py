@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.jwks.jwks_support import ec_jwk, oct_jwk, off_curve_jwk, rsa_jwk, rsa_private_jwk
+from deploy.devstack.issuer import SigningKey
+from tests.support.jwks import ec_jwk, oct_jwk, off_curve_jwk, rsa_jwk, rsa_private_jwk
 
-from trustpub.devstack.issuer import SigningKey
 from trustpub.jwks.fetch import FetchError, check_jwks_uri, parse_json
 from trustpub.jwks.validate import KeySetRefused, validate_key_set
 from trustpub.messages.keys import kv_key

@@ -6,10 +6,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.bus import TestBus
-from tests.keys.keys_support import OTHER_ISSUER, IssuerServer, World
-
-from trustpub.devstack.issuer import DevIssuer, SigningKey
+from deploy.devstack.issuer import DevIssuer, SigningKey
+from tests.support.bus import TestBus
+from tests.support.keys import OTHER_ISSUER, IssuerServer, World
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import asyncio
 import time
 import uuid
 
-from tests.keys.keys_support import COOLDOWN, World, kids, refreshes, sample
-from tests.waiting import bounded
+from deploy.devstack.issuer import SigningKey
+from tests.support.keys import COOLDOWN, World, kids, refreshes, sample
+from tests.support.waiting import bounded
 
-from trustpub.devstack.issuer import SigningKey
 from trustpub.messages.v1 import KeySet, RefreshRequest
 from trustpub.runtime import Runtime
 

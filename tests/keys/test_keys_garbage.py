@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from deploy.devstack.issuer import DevIssuer
 from jwcrypto import jwk
-from tests.keys.keys_support import COOLDOWN, World, kids, refreshes, sample
-
-from trustpub.devstack.issuer import DevIssuer
+from tests.support.keys import COOLDOWN, World, kids, refreshes, sample
 
 
 def document(*keys: dict[str, Any]) -> bytes:

@@ -7,10 +7,9 @@ import asyncio
 import time
 
 import pytest
-from tests.keys.keys_support import COOLDOWN, World, readyz, refreshes, sample, until
-from tests.waiting import bounded
-
-from trustpub.devstack.issuer import SigningKey
+from deploy.devstack.issuer import SigningKey
+from tests.support.keys import COOLDOWN, World, readyz, refreshes, sample, until
+from tests.support.waiting import bounded
 
 OUTAGE = "and the last refresh of its keys failed"
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 
 import msgspec
+from deploy.devstack.issuer import SigningKey
 from structlog.testing import capture_logs
-from tests.keys.keys_support import COOLDOWN, Verdict, World, kids
-from tests.waiting import WAIT_S, until
+from tests.support.keys import COOLDOWN, Verdict, World, kids
+from tests.support.waiting import WAIT_S, until
 
-from trustpub.devstack.issuer import SigningKey
 from trustpub.messages.v1 import KeySet, KeySetRotated, RefreshRequest
 from trustpub.runtime import Runtime
 

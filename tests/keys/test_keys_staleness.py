@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from tests.keys.keys_support import COOLDOWN, World, readyz, refreshes, sample
+from tests.support.keys import COOLDOWN, World, readyz, refreshes, sample
 
 BOUND = 86400.0  # the default, in both services
 

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from jwcrypto import jwk, jws
-from tests.bus import TestBus, hand_over
-from tests.conftest import running
-from tests.waiting import WAIT_S, until
+from tests.support.bus import TestBus, hand_over
+from tests.support.services import running
+from tests.support.waiting import WAIT_S, until
 
 from trustpub.messages import DEADLINE_HEADER, InvalidToken
 from trustpub.messages.endpoints import MINT_REVOKE, TOKEN_BURN, TOKEN_KEYS, TOKEN_MINT

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.ops.ops_support import REPO, SERVICES
+from tests.support.ops import REPO, SERVICES
 
 from trustpub.messages.authorization import table
 from trustpub.messages.endpoints import pair_name, pairs_of, seal_pairs

@@ -3,7 +3,7 @@ both rendered overlays and on deploy/Dockerfile. No check may fail; a check that
 is skipped where it is flagged, with its reason inline (a ``checkov.io/skipN`` annotation, a
 ``# checkov:skip=`` comment), and every skip must carry one (README.md, "Operating trustpub").
 
-checkov missing: skipped on a developer's machine, failed in CI (tests/ops/ops_support.py).
+checkov missing: skipped on a developer's machine, failed in CI (tests/support/ops.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.ops.ops_support import DEPLOY, need_binary, need_module, render
+from tests.support.ops import DEPLOY, need_binary, need_module, render
 
 # Checks whose result the scanner looks up online (none of ours): never downloaded.
 FLAGS = ("--skip-download", "--compact", "-o", "json")

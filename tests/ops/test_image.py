@@ -16,11 +16,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from tests.ops.ops_support import REPO, SERVICES, need_module
+from tests.support.ops import REPO, SERVICES, need_module
 
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 # What the build stages COPY from the context (the Tiltfile's `only` list is the same).
 CONTEXT = ("pyproject.toml", "constraints.txt", "README.md", "libs", "services")
+SOURCE_ROOTS = ("libs", "services")
+LIBRARIES = ("messages", "runtime", "providers")
 
 
 def stages() -> dict[str, list[tuple[str, tuple[str, ...], tuple[str, ...]]]]:
@@ -134,19 +136,20 @@ def test_wheel_from_the_docker_context_holds_every_package_and_the_migrations(tm
     (wheel,) = wheels.glob("trustpub-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
 
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    for package in config["packages"]:
-        source = REPO / config["package-dir"][package]
-        data = [
-            f for pattern in config.get("package-data", {}).get(package, []) for f in source.glob(pattern)
-        ]
-        expected = {
-            f"{package.replace('.', '/')}/{p.relative_to(source).as_posix()}"
-            for p in [*source.rglob("*.py"), *data]
-            if "__pycache__" not in p.parts
-        }
-        assert expected, package
-        assert expected <= names, f"{package}: missing {sorted(expected - names)}"
+    # Every module and migration of the two source roots, found as setuptools finds them (no
+    # list to forget a package in), and nothing else: the dev stack (deploy/devstack) stays out.
+    expected = {
+        p.relative_to(REPO / root).as_posix()
+        for root in SOURCE_ROOTS
+        for p in (REPO / root / "trustpub").rglob("*")
+        if p.suffix in {".py", ".sql"} and "__pycache__" not in p.parts
+    }
+    shipped = {n for n in names if n.startswith("trustpub/")}
+    assert expected <= shipped, f"missing from the wheel: {sorted(expected - shipped)}"
+    assert shipped <= expected, f"not from libs/ or services/: {sorted(shipped - expected)}"
+    packages = {n.rsplit("/", 1)[0].replace("/", ".") for n in shipped if n.endswith("/__init__.py")}
+    assert {f"trustpub.{name}" for name in (*LIBRARIES, *SERVICES)} <= packages
+    assert not [n for n in names if "devstack" in n]
     sql = {p.name for p in (REPO / "services/trustpub/registry/sql").glob("*.sql")}
     assert sql, "the registry has migrations"
     assert {f"trustpub/registry/sql/{n}" for n in sql} <= names

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from tests.ops.ops_support import (
+from tests.support.ops import (
     K8S,
     OPS_PORTS,
     REPO,
@@ -32,7 +32,7 @@ from tests.ops.ops_support import (
     render,
     tilt_made_objects,
 )
-from tests.waiting import WAIT_S, until
+from tests.support.waiting import WAIT_S, until
 
 from trustpub.messages.endpoints import pair_name, pairs_of
 
@@ -80,7 +80,7 @@ def operator_objects(tmp: Path, namespace: str) -> tuple[dict[str, Any], ...]:
     """What docs/bus.md has an operator run: `trustpub bus init`, then `trustpub bus
     kubernetes` with the CA of their NATS's certificate."""
     yaml = need_module("yaml")
-    from trustpub.devstack.bus import DevBus  # noqa: PLC0415  (a CA to name)
+    from deploy.devstack.bus import DevBus  # noqa: PLC0415  (a CA to name)
 
     ca = DevBus(tmp / "nats").ensure().ca_cert
     trustpub = str(Path(sys.prefix) / "bin" / "trustpub")
@@ -749,7 +749,7 @@ def _service_env(name: str, root: Path, docs: Docs, port: int) -> dict[str, str]
 
 @contextlib.contextmanager
 def _nats_server(conf: Path, port: int, monitor: int) -> Iterator[None]:
-    from trustpub.devstack.servers import DevServerError, nats_server_binary, wait_for_port  # noqa: PLC0415
+    from deploy.devstack.servers import DevServerError, nats_server_binary, wait_for_port  # noqa: PLC0415
 
     log = conf.parent / "nats.log"
     with log.open("wb") as out:
@@ -817,7 +817,8 @@ async def _join_without_credentials(port: int, ca: str, server_name: str) -> Non
 
 @pytest.mark.slow
 def test_dev_nats_admits_each_service_with_its_own_secret_and_nobody_without_one(tmp_path):
-    from trustpub.devstack.servers import free_port  # noqa: PLC0415
+    from deploy.devstack.servers import free_port  # noqa: PLC0415
+
     from trustpub.runtime.bus import minter_key_ids  # noqa: PLC0415
     from trustpub.runtime.seal import Seals  # noqa: PLC0415
 

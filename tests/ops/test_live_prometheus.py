@@ -20,11 +20,10 @@ import time
 
 import aiohttp
 import pytest
-from tests.ops.live_support import Live, exchange, finite, live_stack, upload
-from tests.ops.ops_support import DASHBOARD_JSON, need_binary, need_module
+from deploy.devstack.prometheus import PrometheusServer, serve_stack
 from tests.ops.test_rules_and_dashboard import ALERT_FORM, rules
-
-from trustpub.devstack.prometheus import PrometheusServer, serve_stack
+from tests.support.live import Live, exchange, finite, live_stack, upload
+from tests.support.ops import DASHBOARD_JSON, need_binary, need_module
 
 # Grafana's variables, as a person viewing the dashboard would have them: a window of
 # several scrapes (scrapes are 1 s apart here) and every provider.

@@ -10,7 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.ops.ops_support import (
+from tests.support.ops import (
     DASHBOARD_JSON,
     REPO,
     RULES,

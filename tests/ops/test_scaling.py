@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
-from tests.ops.live_support import Live, Result, exchange, live_stack, metric_value
-from tests.waiting import WAIT_S, bounded, until
+from tests.support.live import Live, Result, exchange, live_stack, metric_value
+from tests.support.waiting import WAIT_S, bounded, until
 
 # The gateway's deadline for one exchange, seconds: far above what an exchange takes on a
 # loaded machine, so that only the requests a killed verifier held miss it.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from tests.ops.ops_support import (
+from tests.support.ops import (
     K8S,
     REPO,
     SERVICES,

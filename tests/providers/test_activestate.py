@@ -1,7 +1,7 @@
 """ActiveState publisher rules: each rule passes and fails with its description, and
 registration input.
 
-Claim sets come from ``activestate_claims`` (libs/trustpub/devstack/issuer.py), shaped as PyPI
+Claim sets come from ``activestate_claims`` (deploy/devstack/issuer.py), shaped as PyPI
 consumes them (pypi/warehouse, tests/unit/oidc/models/test_activestate.py, and the claims
 warehouse/oidc/models/activestate.py knows): ActiveState's own documentation prints no token.
 """
@@ -9,8 +9,8 @@ warehouse/oidc/models/activestate.py knows): ActiveState's own documentation pri
 from __future__ import annotations
 
 import pytest
+from deploy.devstack.issuer import activestate_claims
 
-from trustpub.devstack.issuer import activestate_claims
 from trustpub.messages import InvalidPublisher
 from trustpub.providers import activestate
 from trustpub.providers.rules import RegistrationError

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from deploy.devstack.issuer import github_claims
 
-from trustpub.devstack.issuer import github_claims
 from trustpub.providers import github, rules
 from trustpub.providers.rules import RegistrationError, ref_matches
 

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import pytest
+from deploy.devstack.issuer import GITHUB_ISSUER, github_claims
 
-from trustpub.devstack.issuer import GITHUB_ISSUER, github_claims
 from trustpub.messages import InvalidPublisher
 from trustpub.providers import github, rules
 from trustpub.providers.rules import RegistrationError

@@ -1,7 +1,7 @@
 """GitLab publisher rules: each rule passes and fails with its description, id pinning,
 self-managed issuers, provenance and registration input (PyPI's form rules).
 
-Claim sets come from ``gitlab_claims`` (libs/trustpub/devstack/issuer.py), shaped like the
+Claim sets come from ``gitlab_claims`` (deploy/devstack/issuer.py), shaped like the
 payload in GitLab's documentation, "OpenID Connect (OIDC) Authentication Using ID Tokens",
 section "Token payload" (docs.gitlab.com/ci/secrets/id_token_authentication/).
 """
@@ -9,8 +9,8 @@ section "Token payload" (docs.gitlab.com/ci/secrets/id_token_authentication/).
 from __future__ import annotations
 
 import pytest
+from deploy.devstack.issuer import GITLAB_ISSUER, gitlab_claims
 
-from trustpub.devstack.issuer import GITLAB_ISSUER, gitlab_claims
 from trustpub.messages import InvalidPublisher
 from trustpub.providers import gitlab
 from trustpub.providers.rules import RegistrationError

@@ -1,7 +1,7 @@
 """Google Cloud publisher rules: each rule passes and fails with its description,
 specificity, provenance and registration input.
 
-Claim sets come from ``google_claims`` (libs/trustpub/devstack/issuer.py), shaped like the
+Claim sets come from ``google_claims`` (deploy/devstack/issuer.py), shaped like the
 payload in Google Cloud's documentation, "Verify the identity of VMs", section "Token
 payload" (cloud.google.com/compute/docs/instances/verifying-instance-identity): no ``jti``,
 ``email_verified`` a JSON boolean.
@@ -10,8 +10,8 @@ payload" (cloud.google.com/compute/docs/instances/verifying-instance-identity): 
 from __future__ import annotations
 
 import pytest
+from deploy.devstack.issuer import GOOGLE_ISSUER, google_claims
 
-from trustpub.devstack.issuer import GOOGLE_ISSUER, google_claims
 from trustpub.messages import InvalidPublisher
 from trustpub.providers import google
 from trustpub.providers.rules import RegistrationError

@@ -19,8 +19,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from tests.conftest import running
-from tests.registry.registry_support import register, registry_running, unique
+from tests.support.registry import register, registry_running, unique
+from tests.support.services import running
 
 from trustpub.gateway import app as gateway_app
 from trustpub.gateway.config import Settings as GatewaySettings

@@ -4,15 +4,13 @@ on a database of their own (``--prune`` removes what the file does not list)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import _create_database
+from tests.support.services import create_database
 
 from trustpub.registry import ascode
-from trustpub.registry.cli import main
 from trustpub.registry.pool import connect
 from trustpub.registry.publishers import list_projects, list_publishers
 
@@ -68,30 +66,19 @@ actor_id = "9a4b7e5c-1b2c-4d3e-8f9a-0b1c2d3e4f5a"
 @pytest.fixture
 async def own_db(pg_admin_url: str) -> str:
     """A database of this test's own: apply --prune makes all of it match the file."""
-    return await _create_database(pg_admin_url)
+    return await create_database(pg_admin_url)
 
 
 @pytest.fixture
-async def conn(own_db: str) -> AsyncIterator[Any]:
-    c = await asyncio.wait_for(connect(own_db), 10)
-    try:
-        yield c
-    finally:
-        await c.close()
+def database_url(own_db: str) -> str:
+    """The shared ``conn`` and ``cli`` (conftest.py) use this test's own database."""
+    return own_db
 
 
 @pytest.fixture
-def trustpub(monkeypatch: pytest.MonkeyPatch, own_db: str, capsys: pytest.CaptureFixture[str]) -> Any:
-    monkeypatch.setenv("TRUSTPUB_DATABASE_URL", own_db)
-    monkeypatch.delenv("TRUSTPUB_ISSUERS_FILE", raising=False)
-
-    async def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = await asyncio.wait_for(asyncio.to_thread(main, list(args)), 60)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+def trustpub(cli: Any) -> Any:
+    """``trustpub ARGS`` on this test's own database -> (code, out, err)."""
+    return cli
 
 
 async def _state(conn: Any) -> tuple[list[str], list[tuple[str, Any, list[str]]]]:

@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 
 import pytest
-from tests.registry.registry_support import unique
+from deploy.devstack.servers import free_port
+from tests.support.registry import unique
 
-from trustpub.devstack.servers import free_port
-from trustpub.registry.cli import main
-from trustpub.registry.pool import connect
 from trustpub.registry.publishers import normalize_name
-
-
-@pytest.fixture
-def cli(monkeypatch, database_url, capsys):
-    """Run ``trustpub ARGS`` (in a thread: the CLI runs its own event loop) -> (code, out, err)."""
-    monkeypatch.setenv("TRUSTPUB_DATABASE_URL", database_url)
-
-    async def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = await asyncio.wait_for(asyncio.to_thread(main, list(args)), 30)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-@pytest.fixture
-async def conn(database_url):
-    c = await asyncio.wait_for(connect(database_url), 10)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def test_project_add_and_list(cli):

@@ -7,7 +7,7 @@ import json
 import uuid
 
 import pytest
-from tests.registry.registry_support import unique
+from tests.support.registry import unique
 
 ACTOR_ID = "00000000-0000-1000-8000-000000000002"
 

@@ -9,8 +9,9 @@ import json
 import uuid
 
 import pytest
-from tests.registry.migration_support import database_before
-from tests.registry.registry_support import (
+from deploy.devstack.issuer import GITHUB_ISSUER, GITLAB_ISSUER, gitlab_claims
+from tests.support.migrations import database_before
+from tests.support.registry import (
     claims_for,
     explain,
     match,
@@ -22,7 +23,6 @@ from tests.registry.registry_support import (
     unique,
 )
 
-from trustpub.devstack.issuer import GITHUB_ISSUER, GITLAB_ISSUER, gitlab_claims
 from trustpub.messages import InvalidPendingPublisher, InvalidPublisher
 from trustpub.messages.v1 import MatchRequest, MintGrant
 from trustpub.providers import gitlab

@@ -15,8 +15,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from tests.bus import ADMIN, hand_over
-from tests.registry.registry_support import (
+from tests.support.bus import ADMIN, hand_over
+from tests.support.registry import (
     claims_for,
     match,
     match_request,
@@ -34,25 +34,8 @@ from trustpub.messages.v1 import ExchangeEvent, ExchangeEvents, MatchRequest, Mi
 from trustpub.registry.exchange import RELEASE_GRACE_S, REPORT_QUIET_S
 from trustpub.registry.pool import connect
 from trustpub.runtime import Runtime
-from trustpub.runtime.events import ensure_stream
 
 GITHUB = "https://token.actions.githubusercontent.com"
-
-
-@pytest.fixture
-async def conn(database_url):
-    c = await asyncio.wait_for(connect(database_url), 10)
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
-@pytest.fixture
-async def registry(common, database_url):
-    async with registry_running(common, database_url) as rt:
-        await asyncio.wait_for(ensure_stream(rt.nc.jetstream(), rt.subjects), 10)
-        yield rt
 
 
 def again(req: MatchRequest) -> MatchRequest:
@@ -108,6 +91,7 @@ async def until_column(conn: asyncpg.Connection, mint_id: str, column: str) -> N
     await wait_until(set_, timeout=30)
 
 
+@pytest.mark.usefixtures("events_stream")
 async def test_a_released_grant_is_granted_again_never_minted_twice(registry, conn):
     owner = unique("org")
     await register(conn, projects=[unique("pkg")], owner=owner)
@@ -144,6 +128,7 @@ async def test_a_released_grant_is_granted_again_never_minted_twice(registry, co
     assert await mints_of(conn, first) == 1
 
 
+@pytest.mark.usefixtures("events_stream")
 async def test_a_delivered_grant_stays_single_use_even_after_its_lease(registry, conn):
     owner = unique("org")
     await register(conn, projects=[unique("pkg")], owner=owner)
@@ -163,6 +148,7 @@ async def test_a_delivered_grant_stays_single_use_even_after_its_lease(registry,
         await match(registry, again(first))
 
 
+@pytest.mark.usefixtures("events_stream")
 async def test_a_presentation_right_after_the_grant_is_a_reuse(registry, conn):
     # The first exchange may still deliver (or did, and its report is on its way): PyPI's
     # answer to a token presented twice. So are concurrent presentations.
@@ -179,6 +165,7 @@ async def test_a_presentation_right_after_the_grant_is_a_reuse(registry, conn):
     assert await mints_of(conn, first) == 1
 
 
+@pytest.mark.usefixtures("events_stream")
 async def test_a_holder_silent_past_the_quiet_time_means_come_back(registry, conn):
     # Granted seconds ago, its lease still running, no report: the exchange holding it is slow
     # or its gateway died (a client whose connection was reset retries now). Not a reuse: come
@@ -212,6 +199,7 @@ async def test_a_holder_silent_past_the_quiet_time_means_come_back(registry, con
     assert await mints_of(conn, first) == 1
 
 
+@pytest.mark.usefixtures("events_stream")
 async def test_the_same_exchange_asking_again_gets_the_same_grant(registry, conn):
     # The gateway asks again within its deadline when a stage was not there (no responders):
     # same exchange id, so the registry's part is not done twice.
@@ -227,6 +215,7 @@ async def test_the_same_exchange_asking_again_gets_the_same_grant(registry, conn
     assert [r["kind"] for r in kinds] == ["mint.granted"]
 
 
+@pytest.mark.usefixtures("events_stream")
 async def test_no_word_from_the_gateway_means_wait_then_grant_again(registry, conn):
     owner = unique("org")
     await register(conn, projects=[unique("pkg")], owner=owner)
@@ -249,6 +238,7 @@ async def test_no_word_from_the_gateway_means_wait_then_grant_again(registry, co
     assert await match(registry, again(first)) == grant
 
 
+@pytest.mark.usefixtures("events_stream")
 async def test_a_revoked_or_foreign_record_is_not_granted_again(registry, conn):
     owner = unique("org")
     await register(conn, projects=[unique("pkg")], owner=owner)
@@ -312,6 +302,7 @@ async def _waiting_for_lock(conn: asyncpg.Connection) -> Any:
     )
 
 
+@pytest.mark.usefixtures("events_stream")
 async def test_a_forged_delivery_report_marks_nothing(registry, conn, bus):
     # Only the gateway's sealed report marks a record delivered: one without its seal (here
     # from the suite's admin identity, which NATS lets publish anywhere) is refused and counted.

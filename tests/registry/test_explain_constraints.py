@@ -7,7 +7,8 @@ import uuid
 
 import msgspec
 import pytest
-from tests.registry.registry_support import (
+from deploy.devstack.issuer import GITLAB_ISSUER, gitlab_claims
+from tests.support.registry import (
     AUDIENCE,
     claims_for,
     explain,
@@ -20,7 +21,6 @@ from tests.registry.registry_support import (
     unique,
 )
 
-from trustpub.devstack.issuer import GITLAB_ISSUER, gitlab_claims
 from trustpub.messages import InvalidPublisher
 from trustpub.providers import gitlab
 from trustpub.registry.publishers import add_project, add_publisher, get_publisher

@@ -7,8 +7,8 @@ import asyncio
 import uuid
 
 import pytest
-from tests.registry.migration_support import database_before
-from tests.registry.registry_support import unique
+from tests.support.migrations import database_before
+from tests.support.registry import unique
 
 from trustpub.providers.rules import RegistrationError
 from trustpub.registry import migrations

@@ -8,7 +8,7 @@ import asyncio
 import uuid
 
 import pytest
-from tests.registry.registry_support import (
+from tests.support.registry import (
     claims_for,
     match,
     match_request,

@@ -11,9 +11,10 @@ import aiohttp
 import asyncpg
 import msgspec
 import pytest
+from deploy.devstack.servers import free_port
 from structlog.testing import capture_logs
-from tests.bus import TestBus
-from tests.registry.registry_support import (
+from tests.support.bus import TestBus
+from tests.support.registry import (
     claims_for,
     match,
     match_request,
@@ -26,31 +27,14 @@ from tests.registry.registry_support import (
     wait_until,
 )
 
-from trustpub.devstack.servers import free_port
 from trustpub.messages import InvalidPublisher, InvalidToken, ReusedToken, TrustpubError, Unavailable
 from trustpub.messages.endpoints import EXCHANGE_FAILED
 from trustpub.messages.v1 import ExchangeEvent, MintGrant
 from trustpub.registry import migrations
-from trustpub.registry.pool import connect
 from trustpub.registry.publishers import add_project, normalize_name, remove_publisher
 from trustpub.runtime.events import ensure_stream
 
 GHES = "https://ghes.example.test/_services/token"
-
-
-@pytest.fixture
-async def conn(database_url):
-    c = await asyncio.wait_for(connect(database_url), 10)
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
-@pytest.fixture
-async def registry(common, database_url):
-    async with registry_running(common, database_url) as rt:
-        yield rt
 
 
 def sample(rt, name, **labels) -> float:

@@ -13,8 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from trustpub.devstack import servers
+from deploy.devstack import servers
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the cluster to another user")
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import nats.errors
 import pytest
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
-from tests.bus import ADMIN, TestBus
-from tests.conftest import running
+from tests.support.bus import ADMIN, TestBus
+from tests.support.services import running
 
 from trustpub.messages import Subjects
 from trustpub.messages.authorization import may_update_events_stream, permissions

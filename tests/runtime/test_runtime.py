@@ -12,9 +12,9 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import pytest
-from tests.bus import ADMIN, TestBus
-from tests.conftest import running
-from tests.waiting import WAIT_S, bounded, until
+from tests.support.bus import ADMIN, TestBus
+from tests.support.services import running
+from tests.support.waiting import WAIT_S, bounded, until
 
 from trustpub.messages import DEADLINE_HEADER, InvalidPublisher, TrustpubError, Unavailable
 from trustpub.messages.endpoints import MINT_STATUS, PUBLISHER_MATCH, TOKEN_KEYS, TOKEN_MINT, inbox_prefix

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from deploy.devstack.servers import free_port
 
-from trustpub.devstack.servers import free_port
 from trustpub.minter.config import Settings as MinterSettings
 from trustpub.registry import cli
 from trustpub.registry.config import Settings as RegistrySettings

@@ -6,10 +6,10 @@ import hashlib
 import time
 
 import pytest
-from tests.conftest import AUDIENCE
+from deploy.devstack.issuer import SigningKey, activestate_claims
+from tests.support.services import AUDIENCE
 from tests.verifier.test_verifier_direct import make_verifier, rejected, sign
 
-from trustpub.devstack.issuer import SigningKey, activestate_claims
 from trustpub.messages import InvalidToken
 from trustpub.providers.issuers import ACTIVESTATE, GITHUB, GITLAB, GOOGLE
 

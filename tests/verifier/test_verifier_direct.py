@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from deploy.devstack.issuer import SigningKey, b64u, compact, enc_json, github_claims
 from structlog.testing import capture_logs
-from tests.conftest import AUDIENCE
+from tests.support.services import AUDIENCE
 
-from trustpub.devstack.issuer import SigningKey, b64u, compact, enc_json, github_claims
 from trustpub.messages import (
     InvalidPayload,
     InvalidToken,

@@ -19,13 +19,13 @@ import aiohttp
 import nats
 import nats.js.errors
 import pytest
+from deploy.devstack.issuer import DevIssuer, SigningKey
 from nats.js.api import KeyValueConfig, StorageType
 from structlog.testing import capture_logs
-from tests.bus import Pipeline, TestBus, verification_pipeline
-from tests.conftest import AUDIENCE, running
-from tests.waiting import bounded, until
+from tests.support.bus import Pipeline, TestBus, verification_pipeline
+from tests.support.services import AUDIENCE, running
+from tests.support.waiting import bounded, until
 
-from trustpub.devstack.issuer import DevIssuer, SigningKey
 from trustpub.messages import Subjects
 from trustpub.messages.endpoints import JWKS_REFRESH
 from trustpub.messages.v1 import (
@@ -213,7 +213,7 @@ async def test_waits_for_the_bucket_its_writer_creates_and_follows_its_updates(
 
 
 def dev_issuer_claims(dev: DevIssuer) -> dict:
-    from trustpub.devstack.issuer import github_claims  # noqa: PLC0415
+    from deploy.devstack.issuer import github_claims  # noqa: PLC0415
 
     return github_claims(AUDIENCE, issuer=dev.issuer)
 
@@ -313,7 +313,7 @@ async def test_hanging_jwks_service_is_bounded_by_the_refresh_timeout(
     )
     await nc.flush()
     # Long enough that the good token below is answered while the refresh still waits, however
-    # loaded the machine; below the gateway's deadline for the slow one (tests/bus.py).
+    # loaded the machine; below the gateway's deadline for the slow one (tests/support/bus.py).
     refresh_timeout = 3.0
     rt = Runtime("verifier", load(Settings, {**env, "TRUSTPUB_REFRESH_TIMEOUT": f"{refresh_timeout:g}"}))
     try:

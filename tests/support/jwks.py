@@ -14,14 +14,14 @@ import msgspec
 import nats
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from deploy.devstack.issuer import DevIssuer
 from jwcrypto import jwk
 from nats.aio.client import Client
-from tests.bus import ADMIN, TestBus
-from tests.conftest import running
-from tests.waiting import WAIT_S, bounded
-from tests.waiting import until as eventually
+from tests.support.bus import ADMIN, TestBus
+from tests.support.services import running
+from tests.support.waiting import WAIT_S, Clock, bounded
+from tests.support.waiting import until as eventually
 
-from trustpub.devstack.issuer import DevIssuer
 from trustpub.jwks.app import setup_with
 from trustpub.jwks.config import Settings
 from trustpub.jwks.keysets import KeySets
@@ -36,19 +36,6 @@ from trustpub.runtime.service import any_reply
 
 # The other built-in issuers would be fetched from the internet: the tests have one issuer.
 OTHER_PROVIDERS = "gitlab,google,activestate"
-
-
-class Clock:
-    """A clock the test moves (unix seconds): cooldowns pass without sleeping."""
-
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 @dataclass

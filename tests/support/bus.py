@@ -23,9 +23,10 @@ import msgspec
 import nats
 import nats.errors
 import nats.js.errors
+from deploy.devstack.servers import NatsServer
 from nats.aio.client import Client as NatsClient
+from tests.support.services import running
 
-from trustpub.devstack.servers import NatsServer
 from trustpub.messages import DEADLINE_HEADER, EXCHANGE_ID_HEADER, Subjects, TrustpubError, Unavailable
 from trustpub.messages.endpoints import (
     BUCKETS,
@@ -193,8 +194,6 @@ async def _nothing(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
 @contextlib.asynccontextmanager
 async def verification_pipeline(common: dict[str, str]) -> AsyncIterator[Pipeline]:
     """A :class:`Pipeline` around whatever verifier runs on ``common``'s root."""
-    from tests.conftest import running  # noqa: PLC0415  (conftest imports this module)
-
     settings = load(CommonSettings, common)
     verified: dict[str, VerifiedToken] = {}
 

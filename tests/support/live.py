@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from deploy.devstack.index import PypiServer
+from deploy.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
+from deploy.devstack.servers import free_port
+from deploy.devstack.stack import Stack
 from prometheus_client.parser import text_string_to_metric_families
-from tests.bus import TestBus
-from tests.registry.registry_support import register, unique
+from tests.support.bus import TestBus
+from tests.support.registry import register, unique
 
-from trustpub.devstack.index import PypiServer
-from trustpub.devstack.issuer import DevIssuer, github_claims, offline_builtins_toml
-from trustpub.devstack.servers import free_port
-from trustpub.devstack.stack import Stack
 from trustpub.registry.pool import connect
 
 AUDIENCE = "trustpub-ops-test"
@@ -100,7 +100,7 @@ async def live_stack(
 async def upload(session: aiohttp.ClientSession, live: Live, version: str, project: str = "") -> int:
     """Mint a token and upload a small file of ``project`` (default: the publisher's) through
     the gate; the gate's answer."""
-    from tests.e2e.gate_support import basic, form, metadata  # noqa: PLC0415  (the gate's tests' own)
+    from tests.support.gate import basic, form, metadata  # noqa: PLC0415  (the gate's tests' own)
 
     async with session.post(live.mint_url, json={"token": live.token()}) as resp:
         token = (await resp.json())["token"]

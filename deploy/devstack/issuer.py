@@ -4,7 +4,7 @@ It serves a discovery document, a JWKS and, like GitHub's ``ACTIONS_ID_TOKEN_REQ
 a token endpoint (``GET /token?audience=X`` with ``Authorization: bearer <request token>``
 answering ``{"value": "<JWT>"}``), so the ``id`` library obtains tokens from it unchanged.
 Tests use it in-process to sign any token they like (real RSA, real HTTP); ``make up`` runs
-it as a process: ``python -m trustpub.devstack.issuer --port 8900``.
+it as a process: ``python -m deploy.devstack.issuer --port 8900``.
 
 Its behaviour can be changed by the test driving it (``mode``): serve normally, fail with
 500, hang, or serve garbage, and keys can be added and withdrawn to play a rotation.

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import io
 import json
 import os
 import shutil
 import ssl
 import sys
-import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +18,10 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-
-from trustpub.devstack.index import DevCertificate, PypiServer
-from trustpub.devstack.servers import free_port
-from trustpub.devstack.stack import Stack
+from deploy.devstack.index import DevCertificate, PypiServer
+from deploy.devstack.publish_demo import write_wheel
+from deploy.devstack.servers import free_port
+from deploy.devstack.stack import Stack
 
 UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
 TWINE = shutil.which("twine", path=str(Path(sys.executable).parent))
@@ -63,26 +61,7 @@ def start_gate(stack: Stack, index: PypiServer, tls: DevCertificate, key: str, *
 
 def wheel(directory: Path, project: str, version: str = "0.0.1", payload: bytes = b"") -> Path:
     """A small valid wheel of ``project``."""
-    dist = project.replace("-", "_")
-    files = {
-        f"{dist}/__init__.py": b"VALUE = 1\n" + payload,
-        f"{dist}-{version}.dist-info/METADATA": (
-            f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n".encode()
-        ),
-        f"{dist}-{version}.dist-info/WHEEL": (
-            b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-        ),
-    }
-    path = directory / f"{dist}-{version}-py3-none-any.whl"
-    record = []
-    with zipfile.ZipFile(path, "w") as whl:
-        for name, data in files.items():
-            whl.writestr(name, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            record.append(f"{name},sha256={digest},{len(data)}")
-        record.append(f"{dist}-{version}.dist-info/RECORD,,")
-        whl.writestr(f"{dist}-{version}.dist-info/RECORD", "\n".join(record) + "\n")
-    return path
+    return write_wheel(directory, project, version, b"VALUE = 1\n" + payload)
 
 
 def metadata(project: str, version: str) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""A real Prometheus scraping a :class:`~trustpub.devstack.stack.Stack`, for ``make up`` and tests.
+"""A real Prometheus scraping a :class:`~deploy.devstack.stack.Stack`, for ``make up`` and tests.
 
 The binary is Debian's ``prometheus`` package (``make ops-tools`` installs it) or any
 ``prometheus`` on the PATH. Its configuration is written at start, because the services'
@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trustpub.devstack.servers import DevServerError, free_port, wait_for_port
-from trustpub.devstack.stack import SERVICES, Stack
+from deploy.devstack.servers import DevServerError, free_port, wait_for_port
+from deploy.devstack.stack import SERVICES, Stack
 
 # In a source checkout (make up, the tests): the rules that promtool checks and tests.
-REPO_RULES = Path(__file__).resolve().parents[3] / "deploy" / "prometheus" / "rules.yml"
+REPO_RULES = Path(__file__).resolve().parents[1] / "prometheus" / "rules.yml"
 
 
 def prometheus_binary() -> str:
@@ -54,7 +54,7 @@ def config(targets_file: Path, *, scrape_interval: str, rule_files: list[Path]) 
     """The Prometheus configuration (YAML) for the local stack."""
     rules = "".join(f"  - {json.dumps(str(p))}\n" for p in rule_files)
     return (
-        "# Written at start by trustpub.devstack.prometheus: the local stack's ops ports.\n"
+        "# Written at start by deploy.devstack.prometheus: the local stack's ops ports.\n"
         "global:\n"
         f"  scrape_interval: {scrape_interval}\n"
         f"  evaluation_interval: {scrape_interval}\n"

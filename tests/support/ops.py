@@ -98,7 +98,7 @@ TILT_BUS_DIR = ".run/k8s-dev"
 def render(overlay: str) -> tuple[dict[str, Any], ...]:
     """``kubectl kustomize k8s/overlays/<overlay>``, parsed."""
     yaml = need_module("yaml")
-    done = subprocess.run(  # noqa: S603  (a kubectl found by ops_support)
+    done = subprocess.run(  # noqa: S603  (a kubectl found by need_binary)
         [kubectl(), "kustomize", str(K8S / "overlays" / overlay)],
         capture_output=True,
         text=True,

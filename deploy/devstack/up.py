@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-
-from trustpub.devstack import publish_demo
-from trustpub.devstack.bus import DevBus
-from trustpub.devstack.index import DevCertificate, PypiServer
-from trustpub.devstack.issuer import DevIssuer, SigningKey, offline_builtins_toml
-from trustpub.devstack.prometheus import serve_for_up
-from trustpub.devstack.servers import NatsServer, PostgresServer, free_port, port_if_free
-from trustpub.devstack.stack import Stack
+from deploy.devstack import publish_demo
+from deploy.devstack.bus import DevBus
+from deploy.devstack.index import DevCertificate, PypiServer
+from deploy.devstack.issuer import DevIssuer, SigningKey, offline_builtins_toml
+from deploy.devstack.prometheus import serve_for_up
+from deploy.devstack.servers import NatsServer, PostgresServer, free_port, port_if_free
+from deploy.devstack.stack import Stack
 
 DEMO = {
     "project": "demo-pkg",

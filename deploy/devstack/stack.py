@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from trustpub.devstack.servers import DevServerError, bus_env, free_port, port_if_free
+from deploy.devstack.servers import DevServerError, bus_env, free_port, port_if_free
+
 from trustpub.messages import uploadtoken
 from trustpub.runtime.bus import minter_key_ids
 from trustpub.runtime.seal import write_secret

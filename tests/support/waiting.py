@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -47,3 +48,17 @@ async def until(
 def bounded(coro: Awaitable[Any], seconds: float = WAIT_S) -> Awaitable[Any]:
     """An await that cannot hang the suite: it fails after ``seconds``."""
     return asyncio.wait_for(coro, seconds)
+
+
+class Clock:
+    """Unix seconds that the test moves, for a service that takes a clock: a cooldown or a key
+    set's age passes without waiting at all."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds

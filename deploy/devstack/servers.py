@@ -35,8 +35,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
-
-from trustpub.devstack.bus import PROBE_INBOX, PROBE_SUBJECT, DevBus
+from deploy.devstack.bus import PROBE_INBOX, PROBE_SUBJECT, DevBus
 
 # How long a server may take to be ready: far above what a loaded machine needs.
 START_TIMEOUT_S = 30.0

@@ -21,13 +21,13 @@ from typing import Any
 import aiohttp
 import nats.js.errors
 from aiohttp import web
+from deploy.devstack.issuer import DevIssuer, SigningKey
 from nats.aio.client import Client
-from tests.bus import ADMIN, Pipeline, TestBus, verification_pipeline
-from tests.conftest import AUDIENCE, running
-from tests.waiting import WAIT_S, bounded
-from tests.waiting import until as eventually
+from tests.support.bus import ADMIN, Pipeline, TestBus, verification_pipeline
+from tests.support.services import AUDIENCE, running
+from tests.support.waiting import WAIT_S, Clock, bounded
+from tests.support.waiting import until as eventually
 
-from trustpub.devstack.issuer import DevIssuer, SigningKey
 from trustpub.jwks.app import setup_with as jwks_setup
 from trustpub.jwks.config import Settings as JwksSettings
 from trustpub.jwks.keysets import KeySets
@@ -50,19 +50,6 @@ OFFLINE = (
     ("https://accounts.google.com", "google"),
     ("https://platform.activestate.com/api/v1/oauth/oidc", "activestate"),
 )
-
-
-class Clock:
-    """Unix seconds that the test moves."""
-
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class IssuerServer:
@@ -248,7 +235,7 @@ class World:
 
 
 def dev_claims(dev: DevIssuer) -> dict[str, Any]:
-    from trustpub.devstack.issuer import github_claims  # noqa: PLC0415
+    from deploy.devstack.issuer import github_claims  # noqa: PLC0415
 
     return github_claims(AUDIENCE, issuer=dev.issuer)
 

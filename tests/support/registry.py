@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.bus import hand_over
-from tests.conftest import running
-from tests.waiting import WAIT_S, until
+from deploy.devstack.issuer import GITHUB_ISSUER, github_claims
+from tests.support.bus import hand_over
+from tests.support.services import running
+from tests.support.waiting import WAIT_S, until
 
-from trustpub.devstack.issuer import GITHUB_ISSUER, github_claims
 from trustpub.messages.endpoints import (
     MINT_REVOKE,
     MINT_STATUS,
@@ -116,7 +116,7 @@ async def register(
 async def wait_until(predicate: Any, timeout: float = WAIT_S, interval: float = 0.05) -> Any:
     """Poll an async predicate until it returns something truthy, and return that.
 
-    Bounded by ``timeout``, never less than tests/waiting.WAIT_S: a budget matters only when
+    Bounded by ``timeout``, never less than tests/support/waiting.WAIT_S: a budget matters only when
     the condition never comes, and a shorter one fails on a loaded machine."""
     return await until(
         predicate, getattr(predicate, "__name__", ""), timeout=max(timeout, WAIT_S), interval=interval

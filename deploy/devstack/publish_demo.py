@@ -21,20 +21,22 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from trustpub.devstack.index import DevCertificate, PypiServer
-from trustpub.devstack.issuer import DevIssuer
+from deploy.devstack.index import DevCertificate, PypiServer
+from deploy.devstack.issuer import DevIssuer
+
 from trustpub.runtime import provenancecli
 
 
-def build_wheel(directory: Path, project: str, version: str) -> Path:
-    """A small pure-Python wheel of ``project`` whose module prints where it came from."""
+def write_wheel(directory: Path, project: str, version: str, module: bytes, metadata: str = "") -> Path:
+    """A small valid pure-Python wheel of ``project`` in ``directory``: one module (``module``, its
+    ``__init__.py``), METADATA (with the extra ``metadata`` lines), WHEEL and RECORD. The demo's, and
+    the tests' uploads."""
     dist = project.replace("-", "_")
     files = {
-        f"{dist}/__init__.py": f'VERSION = "{version}"\n'.encode(),
+        f"{dist}/__init__.py": module,
         f"{dist}-{version}.dist-info/METADATA": (
-            f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n"
-            "Summary: published by make up through the trustpub upload gate\n"
-        ).encode(),
+            f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n{metadata}".encode()
+        ),
         f"{dist}-{version}.dist-info/WHEEL": (
             b"Wheel-Version: 1.0\nGenerator: trustpub-devstack\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
         ),
@@ -49,6 +51,17 @@ def build_wheel(directory: Path, project: str, version: str) -> Path:
         record.append(f"{dist}-{version}.dist-info/RECORD,,")
         whl.writestr(f"{dist}-{version}.dist-info/RECORD", "\n".join(record) + "\n")
     return path
+
+
+def build_wheel(directory: Path, project: str, version: str) -> Path:
+    """A small pure-Python wheel of ``project`` whose module prints where it came from."""
+    return write_wheel(
+        directory,
+        project,
+        version,
+        f'VERSION = "{version}"\n'.encode(),
+        metadata="Summary: published by make up through the trustpub upload gate\n",
+    )
 
 
 def _tool(name: str) -> str:

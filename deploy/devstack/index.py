@@ -20,9 +20,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from deploy.devstack.bus import _certificate, _pem_key, _valid  # one way to make dev certificates
+from deploy.devstack.servers import DevServerError, free_port, wait_for_port
 
-from trustpub.devstack.bus import _certificate, _pem_key, _valid  # one way to make dev certificates
-from trustpub.devstack.servers import DevServerError, free_port, wait_for_port
 from trustpub.runtime.seal import write_secret
 
 # The user the gate uploads as (its own credentials at the index).
