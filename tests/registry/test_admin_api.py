@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
+from structlog.testing import capture_logs
 from tests.support.registry import register, registry_running, unique
 from tests.support.services import running
 
@@ -404,6 +407,44 @@ async def test_the_clis_validation_applies_with_its_message(api: Api) -> None:
     assert (await api.call("GET", "/publishers/not-a-uuid"))[0] == 404
     assert (await api.call("PUT", "/projects"))[0] == 405
     assert (await api.call("GET", "/nothing/here"))[0] == 404
+
+
+async def test_nul_characters_are_refused_never_a_503(api: Api, conn: Any) -> None:
+    """PostgreSQL's text and jsonb hold no U+0000: anywhere in a call it is a 422 naming where,
+    not a failed statement (found by the live fuzz: an audit filter carrying one was a 503)."""
+    mint_id = uuid.uuid4()
+    for method, path in (
+        ("GET", "/audit?kind=%00"),
+        ("GET", "/audit?exchange_id=a%00b&code=x"),
+        ("GET", "/publishers?project=%00"),
+        ("GET", "/projects/a%00b"),
+        ("DELETE", "/pending/%00"),
+    ):
+        status, answer = await api.call(method, path)
+        assert status == 422, (path, answer)
+        assert "U+0000" in answer["message"], answer
+    for path, body in (
+        ("/projects", {"name": "a\u0000b"}),
+        (f"/mints/{mint_id}/revoke", {"reason": "\u0000"}),
+        ("/publishers", GITHUB | {"projects": [api.ids["mine"]], "registrant": "x\u0000"}),
+        ("/apply", {"file": "", "plan": ["\u0000"]}),
+    ):
+        status, answer = await api.call("POST", path, body=body)
+        assert status == 422, (path, answer)
+        assert {e["field"] for e in answer["errors"]} == {"body"}, answer
+    # Refused and audited like any other refusal; the audit row holds the path escaped.
+    rows = await _audit(conn, api.ids["admin"], "admin.refused")
+    assert any(r["path"] == "/projects/a\\u0000b" for r in rows), rows
+
+
+async def test_an_admin_calls_log_lines_carry_one_id_through_the_bus(api: Api) -> None:
+    """The admin site gives each call an id, bound to its log lines and sent with the call, so
+    the registry's lines for it carry that id too."""
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        status, _ = await api.call("GET", "/projects", token="tpadm_forged")
+    assert status == 401
+    [refused] = [e for e in logs if e["event"] == "admin_refused"]
+    assert re.fullmatch(r"[0-9a-f]{32}", refused["exchange_id"]), refused
 
 
 async def test_a_missing_owner_id_names_its_field(api: Api) -> None:

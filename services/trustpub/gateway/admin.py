@@ -19,7 +19,7 @@ from aiohttp import web
 
 from trustpub.gateway import adminopenapi, limits
 from trustpub.gateway.config import Settings
-from trustpub.gateway.errors import INTERNAL_ERROR
+from trustpub.gateway.errors import EXCHANGE_ID, INTERNAL_ERROR, exchange_ids
 from trustpub.messages import TrustpubError
 from trustpub.messages.endpoints import ADMIN_CALL
 from trustpub.messages.v1 import AdminRequest
@@ -74,7 +74,12 @@ class AdminListener:
             body=body,
         )
         try:
-            reply = await self.rt.call(ADMIN_CALL, call, deadline=time.time() + self.settings.request_timeout)
+            reply = await self.rt.call(
+                ADMIN_CALL,
+                call,
+                deadline=time.time() + self.settings.request_timeout,
+                exchange_id=request[EXCHANGE_ID],
+            )
         except TrustpubError as exc:
             log.warning("admin_call_failed", code=exc.code.value, description=exc.description[:200])
             return _error(503, "unavailable", "the registry did not answer; try again", {"Retry-After": "1"})
@@ -88,7 +93,7 @@ class AdminListener:
 
 def admin_app(rt: Runtime, settings: Settings) -> web.Application:
     listener = AdminListener(rt, settings)
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_never_500])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[exchange_ids, _never_500])
     app.router.add_get(adminopenapi.OPENAPI_PATH, adminopenapi.serve)
     app.router.add_route("*", adminopenapi.PREFIX + "/{tail:.*}", listener.forward)
     return app

@@ -19,7 +19,14 @@ from aiohttp import web
 
 from trustpub.gateway import admin, limits, openapi
 from trustpub.gateway.config import Settings
-from trustpub.gateway.errors import EXCHANGE_ID, from_error, http_error, internal_error, json_response
+from trustpub.gateway.errors import (
+    EXCHANGE_ID,
+    exchange_ids,
+    from_error,
+    http_error,
+    internal_error,
+    json_response,
+)
 from trustpub.gateway.explain import Explainer
 from trustpub.gateway.minterkeys import MinterKeys
 from trustpub.gateway.outcome import Exchange, Outcomes
@@ -39,7 +46,7 @@ from trustpub.messages.v1 import (
     MintStatusRequest,
     VerifyRequest,
 )
-from trustpub.runtime import Runtime, bound_port, new_exchange_id
+from trustpub.runtime import Runtime, bound_port
 from trustpub.runtime.events import ensure_stream
 
 log = structlog.get_logger("trustpub.gateway")
@@ -162,15 +169,6 @@ class Gateway:
             return from_error(exc)
         max_age = int(self.settings.jwks_cache_seconds)
         return json_response(document, headers={"Cache-Control": f"public, max-age={max_age}"})
-
-
-@web.middleware
-async def exchange_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give the request its exchange id, bound to every log line written while it is served."""
-    exchange_id = new_exchange_id()
-    request[EXCHANGE_ID] = exchange_id
-    with structlog.contextvars.bound_contextvars(exchange_id=exchange_id):
-        return await handler(request)
 
 
 @web.middleware

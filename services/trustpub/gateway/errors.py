@@ -5,19 +5,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 
 import orjson
+import structlog
 from aiohttp import web
 
 from trustpub.messages import ErrorCode, InvalidPayload, TrustpubError
+from trustpub.runtime import new_exchange_id
 
 TOKEN_REQUEST_FAILED = "Token request failed"
 # On every exchange answer; quoted in support requests: the same id is in every service's
 # log lines for that exchange and in its audit record.
 EXCHANGE_ID_RESPONSE_HEADER = "X-Trustpub-Exchange-Id"
-# Each request's exchange id (given by ``app.exchange_ids``, bound to its log lines).
+# Each request's exchange id (given by :func:`exchange_ids`, bound to its log lines).
 EXCHANGE_ID = web.RequestKey("exchange_id", str)
 
 # The one map between errors and HTTP statuses. A TrustpubError's status by its code: PyPI
@@ -130,3 +132,15 @@ def retry_after(exc: TrustpubError) -> str:
     if asked.isdigit() and 1 <= int(asked) <= MAX_RETRY_AFTER_S:
         return asked
     return "1"
+
+
+@web.middleware
+async def exchange_ids(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Give the request its exchange id (``request[EXCHANGE_ID]``), bound to every log line
+    written while it is served; the public site and the admin site both use it."""
+    exchange_id = new_exchange_id()
+    request[EXCHANGE_ID] = exchange_id
+    with structlog.contextvars.bound_contextvars(exchange_id=exchange_id):
+        return await handler(request)

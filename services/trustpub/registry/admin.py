@@ -72,6 +72,30 @@ class ApiError(Exception):
         self.errors = errors or {}
 
 
+# PostgreSQL's text and jsonb cannot hold U+0000: a value carrying one would fail its statement
+# (a 503) instead of being refused (DESIGN.md, "Invariants", 3: a refusal is a 4xx).
+NUL_REFUSED = "must not contain the character U+0000"
+
+
+def _holds_nul(value: object) -> bool:
+    """Whether a decoded JSON value has U+0000 in any string, key or element."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    return False
+
+
+def _check_nul(req: AdminRequest) -> None:
+    """Refuse a path or query parameter carrying U+0000 (see NUL_REFUSED)."""
+    errors = {"path": NUL_REFUSED} if "\x00" in req.path else {}
+    errors |= {k.replace("\x00", "\\u0000"): NUL_REFUSED for k, v in req.query.items() if _holds_nul([k, v])}
+    if errors:
+        raise ApiError(422, "invalid-request", f"the request {NUL_REFUSED}", errors)
+
+
 def _forbidden(message: str) -> ApiError:
     return ApiError(403, "forbidden", message)
 
@@ -102,9 +126,12 @@ class Call:
         if len(self.req.body) > MAX_BODY:
             raise ApiError(413, "too-large", f"request body larger than {MAX_BODY} bytes")
         try:
-            return orjson.loads(self.req.body or "null")
+            value = orjson.loads(self.req.body or "null")
         except orjson.JSONDecodeError as exc:
             raise ApiError(422, "invalid-request", "the body is not JSON", {"body": str(exc)}) from None
+        if _holds_nul(value):
+            raise ApiError(422, "invalid-request", NUL_REFUSED, {"body": NUL_REFUSED})
+        return value
 
     def object_body(self, fields: dict[str, str], *, required: tuple[str, ...] = ()) -> dict[str, Any]:
         """A JSON object with only ``fields`` (name: the JSON type), those in ``required`` given."""
@@ -498,6 +525,7 @@ class Admin:
         async with self.db.connection() as conn:
             token: AdminToken | None = None
             try:
+                _check_nul(req)
                 op, args = route(req.method, req.path)
                 try:
                     token = await admintokens.authenticate(conn, req.token)
@@ -528,7 +556,8 @@ class Admin:
 
     @staticmethod
     def _detail(req: AdminRequest, token: AdminToken | None, status: int) -> dict[str, Any]:
-        detail: dict[str, Any] = {"method": req.method[:10], "path": req.path[:300], "status": status}
+        path = req.path[:300].replace("\x00", "\\u0000")  # jsonb holds no U+0000 (NUL_REFUSED)
+        detail: dict[str, Any] = {"method": req.method[:10], "path": path, "status": status}
         if token is not None:
             detail |= {"token_id": token.id, "token_name": token.name, "scope": token.scope}
         else:
