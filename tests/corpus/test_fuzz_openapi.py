@@ -14,28 +14,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    negative_data_rejection,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-    unsupported_method,
-)
 from tests.support.corpus import CorpusStack
+from tests.support.fuzz import CHECKS
 
 pytestmark = pytest.mark.slow
 
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    negative_data_rejection,
-    unsupported_method,
-]
 # Examples per generation mode, over all operations: bounded, so the whole fuzz stays in
 # seconds; a fresh random sample every run.
 EXAMPLES = 120

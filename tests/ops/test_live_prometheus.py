@@ -21,9 +21,8 @@ import time
 import aiohttp
 import pytest
 from deploy.devstack.prometheus import PrometheusServer, serve_stack
-from tests.ops.test_rules_and_dashboard import ALERT_FORM, rules
 from tests.support.live import Live, exchange, finite, live_stack, upload
-from tests.support.ops import DASHBOARD_JSON, need_binary, need_module
+from tests.support.ops import ALERT_FORM, DASHBOARD_JSON, need_binary, need_module, rules
 
 # Grafana's variables, as a person viewing the dashboard would have them: a window of
 # several scrapes (scrapes are 1 s apart here) and every provider.

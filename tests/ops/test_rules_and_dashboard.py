@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 from tests.support.ops import (
+    ALERT_FORM,
     DASHBOARD_JSON,
     REPO,
     RULES,
@@ -19,19 +20,10 @@ from tests.support.ops import (
     metric_names,
     need_binary,
     need_module,
+    rules,
 )
 
-# `<query> <comparison> <number>`: the form every alert has (see rules.yml's header), so
-# that the live test can evaluate the query with `bool` and see it match real series.
-ALERT_FORM = re.compile(
-    r"^(?P<lhs>.*\S)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<num>-?[0-9.]+(?:e-?[0-9]+)?)\s*$", re.DOTALL
-)
 PLANNED = {"trustpub_pending_publishers_converted_total"}
-
-
-def rules() -> list[dict[str, str]]:
-    yaml = need_module("yaml")
-    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
 
 
 def dashboard_queries() -> list[tuple[str, str]]:

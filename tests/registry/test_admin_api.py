@@ -567,7 +567,7 @@ async def test_answers_conform_to_the_openapi_document(api: Api, mode: str) -> N
     import schemathesis  # noqa: PLC0415  (only the fuzz needs it)
     from hypothesis import HealthCheck, given, settings  # noqa: PLC0415
     from schemathesis import GenerationMode  # noqa: PLC0415
-    from tests.corpus.test_fuzz_openapi import CHECKS  # noqa: PLC0415
+    from tests.support.fuzz import CHECKS  # noqa: PLC0415
 
     auth = {"Authorization": f"Bearer {api.tokens['admin']}"}
     generation = GenerationMode.POSITIVE if mode == "positive" else GenerationMode.NEGATIVE

@@ -231,3 +231,15 @@ def referenced_by_pods(docs: tuple[dict[str, Any], ...]) -> set[tuple[str, str]]
         if doc["kind"] in {"Deployment", "StatefulSet"}:
             found |= _pod_references(doc["spec"]["template"]["spec"])
     return found
+
+
+# `<query> <comparison> <number>`: the form every alert has (see rules.yml's header), so
+# that the live test can evaluate the query with `bool` and see it match real series.
+ALERT_FORM = re.compile(
+    r"^(?P<lhs>.*\S)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<num>-?[0-9.]+(?:e-?[0-9]+)?)\s*$", re.DOTALL
+)
+
+
+def rules() -> list[dict[str, str]]:
+    yaml = need_module("yaml")
+    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]

@@ -8,7 +8,7 @@ import time
 import pytest
 from deploy.devstack.issuer import SigningKey, activestate_claims
 from tests.support.services import AUDIENCE
-from tests.verifier.test_verifier_direct import make_verifier, rejected, sign
+from tests.support.verifier import make_verifier, rejected, sign
 
 from trustpub.messages import InvalidToken
 from trustpub.providers.issuers import ACTIVESTATE, GITHUB, GITLAB, GOOGLE

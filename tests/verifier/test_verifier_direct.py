@@ -20,12 +20,12 @@ from cryptography.hazmat.primitives import serialization
 from deploy.devstack.issuer import SigningKey, b64u, compact, enc_json, github_claims
 from structlog.testing import capture_logs
 from tests.support.services import AUDIENCE
+from tests.support.verifier import H0, make_verifier, rejected, sign
 
 from trustpub.messages import (
     InvalidPayload,
     InvalidToken,
     NotEnabled,
-    TrustpubError,
     Unavailable,
 )
 from trustpub.messages.v1 import KeySet, VerifiedToken
@@ -36,7 +36,6 @@ from trustpub.verifier.metrics import VerifierMetrics
 from trustpub.verifier.verify import Verifier
 
 LEEWAY = 30
-H0 = {"alg": "RS256", "kid": "gh-1", "typ": "JWT", "x5t": "dGVzdA"}
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +47,6 @@ def keys() -> dict[str, SigningKey]:
         ACTIVESTATE: SigningKey.generate("as-1"),
         "attacker": SigningKey.generate("gh-1"),  # same kid as GitHub's, other key
     }
-
-
-def make_verifier(
-    keys: dict[str, SigningKey],
-    *,
-    disabled: tuple[str, ...] = (),
-    metrics: VerifierMetrics | None = None,
-    **settings: Any,
-) -> Verifier:
-    issuers = IssuerRegistry.load(None, disabled_providers=disabled)
-    cache = KeyCache(issuers, metrics=metrics)
-    for iss in (GITHUB, GITLAB, GOOGLE, ACTIVESTATE):
-        cache.apply(KeySet(issuer=iss, keys=[keys[iss].public_jwk()], fetched_at=time.time()))
-    return Verifier(Settings(audience=AUDIENCE, **settings), issuers, cache, metrics=metrics)
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +61,6 @@ def gh(**overrides: Any) -> dict[str, Any]:
     return claims
 
 
-def sign(
-    keys: dict[str, SigningKey],
-    claims: dict[str, Any],
-    header: dict[str, Any] | None = None,
-    key: str = GITHUB,
-) -> str:
-    return compact(keys[key], H0 if header is None else header, claims)
-
-
 def jws_raw(key: SigningKey, header: bytes, payload: bytes, alg: str = "RS256") -> str:
     signing_input = f"{b64u(header)}.{b64u(payload)}"
     return f"{signing_input}.{b64u(key.sign(signing_input.encode(), alg))}"
@@ -92,13 +68,6 @@ def jws_raw(key: SigningKey, header: bytes, payload: bytes, alg: str = "RS256") 
 
 def gh_bytes(**overrides: Any) -> bytes:
     return json.dumps(gh(**overrides), separators=(",", ":")).encode()
-
-
-async def rejected(verifier: Verifier, token: str, cls: type[TrustpubError]) -> str:
-    with pytest.raises(TrustpubError) as info:
-        await asyncio.wait_for(verifier.verify(token), 5)
-    assert type(info.value) is cls, info.value.description
-    return info.value.description
 
 
 # -- positive controls --------------------------------------------------------------------
