@@ -31,6 +31,7 @@ from tests.support.registry import (
 from trustpub.messages import ReusedToken, Unavailable
 from trustpub.messages.endpoints import EXCHANGE_FAILED, EXCHANGE_SUCCEEDED, PUBLISHER_MATCH
 from trustpub.messages.v1 import ExchangeEvent, ExchangeEvents, MatchRequest, MintGrant, encode
+from trustpub.registry import exchange
 from trustpub.registry.exchange import RELEASE_GRACE_S, REPORT_QUIET_S
 from trustpub.registry.pool import connect
 from trustpub.runtime import Runtime
@@ -149,15 +150,19 @@ async def test_a_delivered_grant_stays_single_use_even_after_its_lease(registry,
 
 
 @pytest.mark.usefixtures("events_stream")
-async def test_a_presentation_right_after_the_grant_is_a_reuse(registry, conn):
+async def test_a_presentation_right_after_the_grant_is_a_reuse(registry, conn, monkeypatch):
     # The first exchange may still deliver (or did, and its report is on its way): PyPI's
     # answer to a token presented twice. So are concurrent presentations.
     owner = unique("org")
     await register(conn, projects=[unique("pkg")], owner=owner)
     first = match_request(claims_for(owner))
     grant = await match(registry, first)
-    # "Right after", however slow this machine: granted now.
-    await conn.execute("UPDATE mints SET issued_at = now() WHERE id = $1", uuid.UUID(grant.mint_id))
+    # "Right after", however slow this machine: the quiet time and the lease outlast the test.
+    monkeypatch.setattr(exchange, "REPORT_QUIET_S", 3600.0)
+    await conn.execute(
+        "UPDATE mints SET issued_at = now(), lease_until = now() + interval '1 hour' WHERE id = $1",
+        uuid.UUID(grant.mint_id),
+    )
     outcomes = await asyncio.gather(
         *(match(registry, again(first)) for _ in range(5)), return_exceptions=True
     )

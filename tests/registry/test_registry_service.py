@@ -122,11 +122,13 @@ async def test_concurrent_presentations_give_one_grant(registry, conn):
 
     grants = [r for r in results if isinstance(r, MintGrant)]
     reused = [r for r in results if isinstance(r, ReusedToken)]
-    # Judged more than a second after the grant on a very slow machine: "come back" instead.
+    # Which of the two refusals a presentation gets depends on how long after the grant it is
+    # judged (a reuse within a second, "come back" later: DESIGN.md, "Exactly once, as the
+    # publisher sees it"); on a loaded machine all 19 may come later. test_delivery.py pins
+    # each answer down; here, whatever the timing: one grant, and no other answer.
     later = [r for r in results if isinstance(r, Unavailable) and "present the same token again" in str(r)]
     assert len(grants) == 1, results
     assert len(reused) + len(later) == 19, results
-    assert reused, results
     assert await conn.fetchval("SELECT count(*) FROM mints WHERE token_key = $1", claims["jti"]) == 1
     assert (
         await conn.fetchval(
