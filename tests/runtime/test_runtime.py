@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import pytest
+import structlog
 from tests.support.bus import ADMIN, TestBus
 from tests.support.services import running
 from tests.support.waiting import WAIT_S, bounded, until
@@ -67,6 +68,28 @@ async def test_errors_become_error_replies_without_internals(common, bus: TestBu
             assert any_reply(msg.data) == ErrorReply(
                 code="internal-error", description="malformed request message"
             )
+
+
+async def test_a_call_carries_the_exchange_id_bound_to_its_log_lines(common):
+    # An HTTP request's id (the gateway's middleware) or the handled message's id travels with
+    # every call made while it is bound, unless the call names one itself.
+    seen: list[str] = []
+
+    async def keys(req: KeysRequest) -> KeysReply:
+        seen.append(structlog.contextvars.get_contextvars().get("exchange_id", ""))
+        return KeysReply(jwks={"keys": []})
+
+    async def minter(rt: Runtime, stack) -> None:
+        rt.serve(TOKEN_KEYS, keys)
+
+    async with (
+        running(Runtime("minter", settings(common)), minter),
+        running(Runtime("gateway", settings(common)), nothing) as gateway,
+    ):
+        with structlog.contextvars.bound_contextvars(exchange_id="a" * 32):
+            await gateway.call(TOKEN_KEYS, KeysRequest(), deadline=soon())
+            await gateway.call(TOKEN_KEYS, KeysRequest(), deadline=soon(), exchange_id="b" * 32)
+    assert seen == ["a" * 32, "b" * 32]
 
 
 async def test_request_to_nobody_is_unavailable_by_its_deadline(common):

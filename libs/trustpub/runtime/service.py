@@ -317,7 +317,9 @@ class Runtime:
         exchange_id: str = "",
     ) -> Rep:
         """Send ``message`` to ``endpoint`` and return what the pipeline answers, or raise
-        the error it carries. ``deadline`` is unix seconds; it travels with the request.
+        the error it carries. ``deadline`` is unix seconds; it travels with the request, as does
+        ``exchange_id``: by default the one bound to this task's log lines (an HTTP request's,
+        or the message being handled), so the stages' lines for the call carry it too.
 
         Raises:
             TrustpubError: a stage answered with an error reply (same code).
@@ -330,6 +332,8 @@ class Runtime:
             msg = f"{self.name} may not call {endpoint!r}"
             raise ValueError(msg)
         label = endpoint.label
+        if not exchange_id:
+            exchange_id = str(structlog.contextvars.get_contextvars().get("exchange_id", ""))
         started = time.perf_counter()
         outcome = "ok"
         try:

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from trustpub.gateway import adminopenapi, limits
 from trustpub.gateway.config import Settings
-from trustpub.gateway.errors import EXCHANGE_ID, INTERNAL_ERROR, exchange_ids
+from trustpub.gateway.errors import INTERNAL_ERROR, exchange_ids
 from trustpub.messages import TrustpubError
 from trustpub.messages.endpoints import ADMIN_CALL
 from trustpub.messages.v1 import AdminRequest
@@ -74,12 +74,7 @@ class AdminListener:
             body=body,
         )
         try:
-            reply = await self.rt.call(
-                ADMIN_CALL,
-                call,
-                deadline=time.time() + self.settings.request_timeout,
-                exchange_id=request[EXCHANGE_ID],
-            )
+            reply = await self.rt.call(ADMIN_CALL, call, deadline=time.time() + self.settings.request_timeout)
         except TrustpubError as exc:
             log.warning("admin_call_failed", code=exc.code.value, description=exc.description[:200])
             return _error(503, "unavailable", "the registry did not answer; try again", {"Retry-After": "1"})

@@ -61,7 +61,6 @@ class Gateway:
         self.minter_keys = MinterKeys(settings.minter_key_ids, self._fetch_keys)
         # How each exchange ends: its event, metrics and log line (outcome.py).
         self.outcomes = Outcomes(rt)
-        self.events = self.outcomes.events
         self.explainer: Explainer = Explainer(rt, settings)
         # The per-client rate limit of the exchange endpoints (limits.py).
         self.guard = limits.ExchangeGuard(settings, self.outcomes.rate_limited, rt)
@@ -242,7 +241,7 @@ async def setup(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     await runner.setup()
     rt.before_drain.append(runner.cleanup)  # stop taking requests, finish the ones in flight
     # Then report what those last requests delivered, before the connection drains.
-    rt.before_drain.append(gw.events.flush)
+    rt.before_drain.append(gw.outcomes.events.flush)
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, settings.http_host, settings.http_port, ssl_context=ssl_ctx)
     await site.start()

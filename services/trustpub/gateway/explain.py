@@ -95,9 +95,7 @@ class Explainer:
             )
             token = token_from_body(body)
             # The verifier hands the verified token to the registry's read-only judgement.
-            reply = await self.rt.call(
-                TOKEN_EXPLAIN, VerifyRequest(token=token), deadline=deadline, exchange_id=exchange_id
-            )
+            reply = await self.rt.call(TOKEN_EXPLAIN, VerifyRequest(token=token), deadline=deadline)
             provider = reply.provider
         except TrustpubError as exc:
             response = from_error(exc)
