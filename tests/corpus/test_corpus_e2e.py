@@ -226,7 +226,9 @@ async def test_d2_kid_flood_costs_at_most_one_key_fetch(
 
 
 async def test_h2_concurrent_replay_mints_once(probe: Probe, cast: Cast, warm: dict[str, Any]) -> None:
-    """H2: 50 parallel presentations of one fresh token: exactly one 200, the rest refused as reuse."""
+    """H2: 50 parallel presentations of one fresh token: exactly one 200, the rest refused as
+    reuse, or told to come back when judged more than a second after the grant (503 is acceptable
+    by the anchor; DESIGN.md, "Exactly once, as the publisher sees it")."""
     cs = probe.cs
     token = Ctx(cast, attacker=cs.attacker.base_url).tok0
     mints = await probe.mints()
@@ -237,7 +239,11 @@ async def test_h2_concurrent_replay_mints_once(probe: Probe, cast: Cast, warm: d
         )
     statuses = sorted(s for s, _, _ in results)
     assert statuses.count(200) == 1, statuses
-    assert all(s == 422 and '"invalid-reuse-token"' in t for s, t, _ in results if s != 200)
+    assert all(
+        (s == 422 and '"invalid-reuse-token"' in t) or (s == 503 and '"unavailable"' in t)
+        for s, t, _ in results
+        if s != 200
+    ), results
     assert await probe.mints() == mints + 1
 
 

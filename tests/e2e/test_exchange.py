@@ -121,12 +121,12 @@ async def test_twenty_concurrent_submissions_of_one_token_mint_exactly_one(http,
     results = await bounded(asyncio.gather(*(mint(http, stack, token) for _ in range(20))), 30)
     statuses = sorted(r[0] for r in results)
     assert statuses.count(200) == 1, statuses
-    # PyPI's answer to a second presentation; on a machine so slow that one is judged more
-    # than a second after the grant, "come back" (DESIGN.md, "Exactly once, as the publisher
-    # sees it"). Never a second token.
-    codes = {r[1]["errors"][0]["code"] for r in results if r[0] != 200}
-    assert codes <= {"invalid-reuse-token", "unavailable"}, results
-    assert statuses.count(422) >= 1
+    # Never a second token. The others get PyPI's answer to a second presentation, or, when
+    # judged more than a second after the grant (on a loaded machine, all of them can be),
+    # "come back" (DESIGN.md, "Exactly once, as the publisher sees it"). Which one is timing;
+    # tests/registry/test_delivery.py pins each down.
+    codes = {(r[0], r[1]["errors"][0]["code"]) for r in results if r[0] != 200}
+    assert codes <= {(422, "invalid-reuse-token"), (503, "unavailable")}, results
 
 
 # Each GitHub rule, refused with invalid-publisher and a description naming what was
