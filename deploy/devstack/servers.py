@@ -18,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import grp
 import json
+import math
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import ssl
@@ -30,12 +33,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
 from deploy.devstack.bus import PROBE_INBOX, PROBE_SUBJECT, DevBus
+from nats.aio.client import Client as NatsClient
 
 # How long a server may take to be ready: far above what a loaded machine needs.
 START_TIMEOUT_S = 30.0
@@ -45,10 +51,57 @@ class DevServerError(RuntimeError):
     """A development server could not be found or started; the message says why."""
 
 
+# Where the kernel takes the local ports of outgoing connections when the machine does not
+# say (Linux's default; the BSDs and macOS use 49152-65535, which this range lies inside).
+_DEFAULT_EPHEMERAL = (32768, 60999)
+_LOWEST_PICK = 10000  # below: the well-known services a machine is likely to run
+_given: set[int] = set()  # ports this process handed out already
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The range the kernel draws the local ports of outgoing connections from."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return _DEFAULT_EPHEMERAL
+    return low, high
+
+
+@functools.cache
+def _outside_ephemeral() -> list[int]:
+    low, high = ephemeral_range()
+    return [*range(_LOWEST_PICK, low), *range(high + 1, 65536)]
+
+
 def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on, for a server this process starts next.
+
+    The port is free when it is picked, not when the server binds it. A port from the kernel
+    (bind to 0) lies in the ephemeral range, where every outgoing connection of the machine
+    also takes its local port: the services of a stack starting at the same moment connect to
+    NATS and PostgreSQL dozens of times, and one of those connections can take the port before
+    the server that was given it binds (CI saw the gateway fail so, "address already in use").
+    So the port is drawn at random from outside that range, where only explicit binds go, and
+    never twice in one process. Without room outside it, the kernel's pick is the fallback.
+    """
+    pool = _outside_ephemeral()
+    for _ in range(200 if len(pool) > len(_given) + 1000 else 0):
+        port = secrets.choice(pool)
+        if port not in _given and _bindable(port):
+            _given.add(port)
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def port_if_free(port: int) -> int | None:
@@ -188,31 +241,50 @@ async def _probe_until(url: str, bus: DevBus, timeout: float, proc: subprocess.P
         await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def joined(url: str, timeout: float, **options: Any) -> AsyncIterator[NatsClient]:  # noqa: ANN401  (nats-py's options)
+    """A client of the NATS server at ``url`` (one attempt, within ``timeout`` seconds), closed
+    on the way out whatever happened: also when the server refused it or the attempt timed
+    out. nats-py gives up on its first server without closing the connection it opened, and a
+    connection still open when its event loop ends is a ResourceWarning wherever the garbage
+    collector finds it, in whichever test then runs (CI saw one so, after a refusal in
+    tests/ops/test_k8s.py)."""
+    nc = NatsClient()
+    try:
+        await asyncio.wait_for(
+            nc.connect(
+                url,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                connect_timeout=math.ceil(timeout),  # nats-py types it whole seconds
+                **options,
+            ),
+            timeout,
+        )
+        yield nc
+    finally:
+        # A client that failed before it opened anything has nothing to close (and asserts).
+        with contextlib.suppress(AssertionError):
+            await nc.close()
+
+
 async def _probe(url: str, bus: DevBus, timeout: float) -> None:
     """One attempt: connect as the probe, ask JetStream for the account's information."""
 
     async def quiet(_exc: Exception) -> None:
         pass  # a failed attempt is reported by its exception, not by nats-py's log
 
-    nc = await asyncio.wait_for(
-        nats.connect(
-            url,
-            name="trustpub-devstack-probe",
-            nkeys_seed=str(bus.probe_seed),
-            tls=ssl.create_default_context(cafile=str(bus.ca_cert)),
-            tls_handshake_first=True,
-            inbox_prefix=PROBE_INBOX,
-            connect_timeout=timeout,
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
-            error_cb=quiet,
-        ),
+    async with joined(
+        url,
         timeout,
-    )
-    try:
+        name="trustpub-devstack-probe",
+        nkeys_seed=str(bus.probe_seed),
+        tls=ssl.create_default_context(cafile=str(bus.ca_cert)),
+        tls_handshake_first=True,
+        inbox_prefix=PROBE_INBOX,
+        error_cb=quiet,
+    ) as nc:
         reply = await nc.request(PROBE_SUBJECT, b"", timeout=timeout)
-    finally:
-        await nc.close()
     answer = json.loads(reply.data)
     if not isinstance(answer, dict) or "error" in answer:
         error = answer.get("error") if isinstance(answer, dict) else answer

@@ -48,7 +48,7 @@ import nats
 import nats.errors
 import pytest
 from deploy.devstack.issuer import SigningKey
-from deploy.devstack.servers import free_port
+from deploy.devstack.servers import free_port, joined
 from deploy.devstack.stack import Stack
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -221,17 +221,8 @@ async def refused_connection(bus: TestBus, identity: str, frames: bytes = b"") -
         return True
     if identity == ANON_TLS:
         with pytest.raises(nats.errors.Error, match=r"(?i)authorization violation"):
-            await bounded(
-                nats.connect(
-                    bus.url,
-                    tls=bus.tls(),
-                    tls_handshake_first=True,
-                    connect_timeout=5,
-                    allow_reconnect=False,
-                    max_reconnect_attempts=0,
-                    error_cb=_ignore,
-                )
-            )
+            async with joined(bus.url, 5, tls=bus.tls(), tls_handshake_first=True, error_cb=_ignore):
+                pass
         return True
     return False
 

@@ -803,16 +803,16 @@ async def _join_as(name: str, env: dict[str, str]) -> list[Exception]:
 
 
 async def _join_without_credentials(port: int, ca: str, server_name: str) -> None:
-    nats_py = need_module("nats")
-    await nats_py.connect(
+    from deploy.devstack.servers import joined  # noqa: PLC0415
+
+    async with joined(
         f"tls://127.0.0.1:{port}",
+        5,
         tls=ssl.create_default_context(cafile=ca),
         tls_hostname=server_name,
         tls_handshake_first=True,
-        allow_reconnect=False,
-        max_reconnect_attempts=0,
-        connect_timeout=5,
-    )
+    ):
+        pass
 
 
 @pytest.mark.slow
