@@ -52,8 +52,8 @@ class DevServerError(RuntimeError):
 
 
 # Where the kernel takes the local ports of outgoing connections when the machine does not
-# say (Linux's default; the BSDs and macOS use 49152-65535, which this range lies inside).
-_DEFAULT_EPHEMERAL = (32768, 60999)
+# say: Linux's default (32768-60999) and that of the BSDs and macOS (49152-65535) together.
+_DEFAULT_EPHEMERAL = (32768, 65535)
 _LOWEST_PICK = 10000  # below: the well-known services a machine is likely to run
 _given: set[int] = set()  # ports this process handed out already
 
