@@ -85,11 +85,12 @@ def free_port() -> int:
     never twice in one process. Without room outside it, the kernel's pick is the fallback.
     """
     pool = _outside_ephemeral()
-    for _ in range(200 if len(pool) > len(_given) + 1000 else 0):
-        port = secrets.choice(pool)
-        if port not in _given and _bindable(port):
-            _given.add(port)
-            return port
+    if len(pool) > len(_given) + 1000:  # room enough that a few random draws find a port
+        for _ in range(200):
+            port = secrets.choice(pool)
+            if port not in _given and _bindable(port):
+                _given.add(port)
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
